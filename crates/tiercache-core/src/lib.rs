@@ -1,2 +1,30 @@
 //! The tiercache engine. No gRPC in here: the server crate translates.
+//!
+//! # Components
+//! - [`policy`]: namespace names and per-namespace policy (TTLs, budget, limits).
+//! - [`keys`]: the injective, cluster-shaped Redis key layout.
+//! - [`codec`]: the entry codec (starts with a format byte).
+//! - [`namespace`]: a namespace on one replica: its L1 (moka, bounded in bytes), cached
+//!   invalidation marks, counters and event fan-out.
+//! - [`l2`]: the Redis tier and its Lua scripts.
+//! - [`event`]: invalidation events and their wire form.
+//! - [`engine`]: [`Cache`], the read/write paths and the event bus that keeps L1s coherent.
+
+pub mod codec;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod keys;
+pub mod l2;
+pub mod namespace;
 pub mod policy;
+
+pub use engine::{
+    Cache, CacheConfig, DeleteOutcome, Found, Lookup, Mode, ReadOptions, SetOutcome, Tier,
+    WriteArgs, WriteCondition,
+};
+pub use error::CoreError;
+pub use event::{Event, EventKind};
+pub use l2::RedisOptions;
+pub use namespace::Namespace;
+pub use policy::NamespacePolicy;

@@ -1,14 +1,29 @@
-//! The tiercache gRPC server.
+//! The tiercache gRPC server: tonic services over the [`tiercache_core`] engine.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration (TOML, unknown fields rejected).
+//! - [`validate`]: request checks, run before any tier is touched.
+//! - [`error`]: the one mapping from errors to gRPC statuses with `google.rpc` details.
+//! - [`cache`], [`admin`]: the services.
 //!
 //! [`run`] is the one entry point for production, tests and benches: it serves on a listener the
 //! caller bound (port 0 in tests) until `shutdown` completes.
 
+pub mod admin;
+pub mod cache;
 pub mod config;
+pub mod error;
+pub mod validate;
 
 use std::future::Future;
 
 pub use config::Config;
+use tiercache_core::{Cache, CacheConfig, RedisOptions};
+use tiercache_proto::v1::admin_service_server::AdminServiceServer;
+use tiercache_proto::v1::cache_service_server::CacheServiceServer;
+use tiercache_proto::v1::lock_service_server::LockServiceServer;
 use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
 
 /// A failure that stops the server.
 #[derive(Debug, thiserror::Error)]
@@ -16,24 +31,94 @@ pub enum ServerError {
     #[error("invalid config: {0}")]
     Config(#[from] config::ConfigError),
     #[error("cannot start storage: {0}")]
-    Storage(String),
+    Storage(#[from] tiercache_core::CoreError),
+    #[error("cannot build reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the tiercache API on `listener` until `shutdown` completes, then drains in-flight RPCs
-/// for at most `config.shutdown_grace`.
+/// The gRPC service names whose health is reported besides the server-wide `""`.
+const SERVICES: [&str; 3] = [
+    "tiercache.v1.CacheService",
+    "tiercache.v1.LockService",
+    "tiercache.v1.AdminService",
+];
+
+/// Builds the engine the config describes: memory-only, or L1 over Redis.
+pub async fn build_cache(config: &Config) -> Result<Cache, ServerError> {
+    let cache_config = CacheConfig {
+        namespaces: config.namespace_policies(),
+        dynamic_namespaces: config.dynamic_namespaces,
+        default_policy: config.default_policy(),
+    };
+    Ok(match &config.redis {
+        None => Cache::memory(cache_config),
+        Some(r) => {
+            Cache::two_tier(
+                cache_config,
+                RedisOptions {
+                    url: r.url.clone(),
+                    connect_timeout: r.connect_timeout,
+                    response_timeout: r.response_timeout,
+                },
+            )
+            .await?
+        }
+    })
+}
+
+/// Serves the tiercache API on `listener` until `shutdown` completes: then reports NOT_SERVING,
+/// stops accepting connections and lets in-flight RPCs finish for at most
+/// `config.shutdown_grace`.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let cache = build_cache(&config).await?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in std::iter::once("").chain(SERVICES) {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tiercache_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let cache_api = cache::CacheApi::new(cache.clone(), config.limits.clone());
+    let admin_api = admin::AdminApi::new(cache.clone());
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(health)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(reflection)
+        .add_service(CacheServiceServer::new(cache_api))
+        .add_service(LockServiceServer::new(admin::LockApi))
+        .add_service(AdminServiceServer::new(admin_api))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = &mut server => return Ok(r?),
+        _ = &mut shutdown => {}
+    }
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down");
+    for name in std::iter::once("").chain(SERVICES) {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(r) => r?,
+        Err(_) => tracing::warn!("shutdown grace period passed, dropping in-flight rpcs"),
+    }
     Ok(())
 }

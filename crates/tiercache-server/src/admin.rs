@@ -1,0 +1,154 @@
+//! `AdminService` and `LockService` (the latter answers UNIMPLEMENTED until locks land).
+
+use std::sync::atomic::Ordering;
+
+use tiercache_core::{Cache, Mode, NamespacePolicy};
+use tiercache_proto::v1 as pb;
+use tiercache_proto::v1::admin_service_server::AdminService;
+use tiercache_proto::v1::lock_service_server::LockService;
+use tonic::{Request, Response, Status};
+
+use crate::cache::duration_pb;
+use crate::error::ApiError;
+use crate::validate;
+
+/// The AdminService implementation.
+#[derive(Clone)]
+pub struct AdminApi {
+    cache: Cache,
+}
+
+impl AdminApi {
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+}
+
+/// Converts a policy for the wire.
+pub fn policy_pb(p: &NamespacePolicy) -> pb::NamespacePolicy {
+    pb::NamespacePolicy {
+        default_ttl: Some(duration_pb(p.default_ttl)),
+        max_ttl: Some(duration_pb(p.max_ttl)),
+        stale_ttl: Some(duration_pb(p.stale_ttl)),
+        negative_ttl: Some(duration_pb(p.negative_ttl)),
+        jitter: p.jitter,
+        l1_max_bytes: p.l1_max_bytes,
+        l1_max_ttl: Some(duration_pb(p.l1_max_ttl)),
+        max_value_bytes: p.max_value_bytes as u64,
+        lease_ttl: Some(duration_pb(p.lease_ttl)),
+        max_wait: Some(duration_pb(p.max_wait)),
+        l1_enabled: p.l1_enabled,
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn list_namespaces(
+        &self,
+        _r: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        Ok(Response::new(pb::ListNamespacesResponse {
+            namespaces: self
+                .cache
+                .namespaces()
+                .iter()
+                .map(|ns| pb::NamespaceInfo {
+                    name: ns.name.to_string(),
+                    policy: Some(policy_pb(&ns.policy)),
+                    dynamic: ns.dynamic,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        r: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let req = r.into_inner();
+        let namespaces = if req.namespace.is_empty() {
+            self.cache.namespaces()
+        } else {
+            validate::namespace("namespace", &req.namespace)?;
+            vec![self
+                .cache
+                .namespace(&req.namespace)
+                .map_err(ApiError::from)?]
+        };
+        let stats = namespaces
+            .iter()
+            .map(|ns| {
+                let s = &ns.stats;
+                let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                let (entries, bytes) = ns.l1_usage();
+                pb::NamespaceStats {
+                    namespace: ns.name.to_string(),
+                    hits_l1: get(&s.hits_l1),
+                    hits_l2: get(&s.hits_l2),
+                    stale_hits_l1: get(&s.stale_hits_l1),
+                    stale_hits_l2: get(&s.stale_hits_l2),
+                    misses: get(&s.misses),
+                    sets: get(&s.sets),
+                    deletes: get(&s.deletes),
+                    fills: get(&s.fills),
+                    leases_granted: get(&s.leases_granted),
+                    lease_waits: get(&s.lease_waits),
+                    coalesced: get(&s.coalesced),
+                    invalidations: get(&s.invalidations),
+                    l1_evictions: get(&s.l1_evictions),
+                    l1_entries: entries,
+                    l1_bytes: bytes,
+                    l1_budget_bytes: ns.policy.l1_max_bytes,
+                    l1_clears: get(&s.l1_clears),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetStatsResponse {
+            namespaces: stats,
+            mode: match self.cache.mode() {
+                Mode::MemoryOnly => pb::StorageMode::Memory,
+                Mode::TwoTier => pb::StorageMode::TwoTier,
+            } as i32,
+            degraded: self.cache.degraded(),
+        }))
+    }
+
+    async fn inspect(
+        &self,
+        _r: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        Err(ApiError::Core(tiercache_core::CoreError::Unimplemented("Inspect")).into())
+    }
+}
+
+/// The LockService: answers UNIMPLEMENTED until distributed locks land.
+#[derive(Clone, Default)]
+pub struct LockApi;
+
+fn lock_unimplemented() -> Status {
+    ApiError::Core(tiercache_core::CoreError::Unimplemented("LockService")).into()
+}
+
+#[tonic::async_trait]
+impl LockService for LockApi {
+    async fn acquire_lock(
+        &self,
+        _r: Request<pb::AcquireLockRequest>,
+    ) -> Result<Response<pb::AcquireLockResponse>, Status> {
+        Err(lock_unimplemented())
+    }
+
+    async fn renew_lock(
+        &self,
+        _r: Request<pb::RenewLockRequest>,
+    ) -> Result<Response<pb::RenewLockResponse>, Status> {
+        Err(lock_unimplemented())
+    }
+
+    async fn release_lock(
+        &self,
+        _r: Request<pb::ReleaseLockRequest>,
+    ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+        Err(lock_unimplemented())
+    }
+}

@@ -1,0 +1,466 @@
+//! `CacheService`: translates requests to engine calls.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
+use tiercache_core::{
+    Cache, DeleteOutcome, EventKind, Found, Lookup, Namespace, ReadOptions, SetOutcome, Tier,
+    WriteArgs, WriteCondition,
+};
+use tiercache_proto::v1 as pb;
+use tiercache_proto::v1::cache_service_server::CacheService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::validate::{self, Violations};
+
+/// The CacheService implementation.
+#[derive(Clone)]
+pub struct CacheApi {
+    cache: Cache,
+    limits: Arc<LimitsConfig>,
+}
+
+impl CacheApi {
+    pub fn new(cache: Cache, limits: LimitsConfig) -> Self {
+        Self {
+            cache,
+            limits: Arc::new(limits),
+        }
+    }
+
+    fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ApiError> {
+        validate::namespace("namespace", name)?;
+        Ok(self.cache.namespace(name)?)
+    }
+
+    async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
+        let ns = self.namespace(&req.namespace)?;
+        let mut v = Violations::default();
+        validate::key(&mut v, "key", &req.key, &ns.policy);
+        v.finish()?;
+        let opts = ReadOptions {
+            fresh_only: req.fresh_only,
+        };
+        let lookup = self.cache.get(&ns, &req.key, opts).await?;
+        Ok(get_response(lookup, req.if_version_not))
+    }
+
+    async fn set(&self, req: pb::SetRequest, prefix: &str) -> Result<pb::SetResponse, ApiError> {
+        let ns = self
+            .namespace(&req.namespace)
+            .map_err(|e| prefixed(e, prefix))?;
+        let mut v = Violations::default();
+        let f = |name: &str| format!("{prefix}{name}");
+        validate::key(&mut v, &f("key"), &req.key, &ns.policy);
+        validate::value(&mut v, &f("value"), &req.value, &ns.policy);
+        validate::tags(&mut v, &f("tags"), &req.tags, &ns.policy);
+        let ttl = validate::duration(&mut v, &f("ttl"), req.ttl.as_ref(), true);
+        let stale_ttl = validate::duration(&mut v, &f("stale_ttl"), req.stale_ttl.as_ref(), false);
+        v.finish()?;
+        let condition = match req.condition.and_then(|c| c.condition) {
+            None => WriteCondition::None,
+            Some(pb::write_condition::Condition::IfAbsent(true)) => WriteCondition::IfAbsent,
+            Some(pb::write_condition::Condition::IfAbsent(false)) => WriteCondition::None,
+            Some(pb::write_condition::Condition::IfVersion(v)) => WriteCondition::IfVersion(v),
+        };
+        let outcome = self
+            .cache
+            .set(
+                &ns,
+                &req.key,
+                WriteArgs {
+                    value: req.value,
+                    ttl,
+                    stale_ttl,
+                    tags: req.tags,
+                    condition,
+                },
+            )
+            .await?;
+        Ok(match outcome {
+            SetOutcome::Stored { version } => pb::SetResponse {
+                outcome: pb::SetOutcome::Stored as i32,
+                version,
+                current_version: 0,
+            },
+            SetOutcome::VersionMismatch { current } => pb::SetResponse {
+                outcome: pb::SetOutcome::VersionMismatch as i32,
+                version: 0,
+                current_version: current,
+            },
+            SetOutcome::Exists { current } => pb::SetResponse {
+                outcome: pb::SetOutcome::Exists as i32,
+                version: 0,
+                current_version: current,
+            },
+        })
+    }
+
+    async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, ApiError> {
+        let ns = self.namespace(&req.namespace)?;
+        let mut v = Violations::default();
+        validate::key(&mut v, "key", &req.key, &ns.policy);
+        v.finish()?;
+        let outcome = self.cache.delete(&ns, &req.key, req.if_version).await?;
+        Ok(match outcome {
+            DeleteOutcome::Deleted => pb::DeleteResponse {
+                outcome: pb::DeleteOutcome::Deleted as i32,
+                current_version: 0,
+            },
+            DeleteOutcome::NotFound => pb::DeleteResponse {
+                outcome: pb::DeleteOutcome::NotFound as i32,
+                current_version: 0,
+            },
+            DeleteOutcome::VersionMismatch { current } => pb::DeleteResponse {
+                outcome: pb::DeleteOutcome::VersionMismatch as i32,
+                current_version: current,
+            },
+        })
+    }
+
+    async fn pipeline_one(&self, req: pb::PipelineRequest) -> pb::PipelineResponse {
+        use pb::pipeline_request::Operation;
+        use pb::pipeline_response::Result as R;
+        let result = match req.operation {
+            Some(Operation::Get(r)) => self.get(r).await.map(R::Get),
+            Some(Operation::Set(r)) => self.set(r, "").await.map(R::Set),
+            Some(Operation::Delete(r)) => self.delete(r).await.map(R::Delete),
+            None => Err(ApiError::field("operation", "must be set")),
+        };
+        let result = result.unwrap_or_else(|e| {
+            let s = Status::from(e);
+            R::Error(pb::PipelineError {
+                code: s.code() as i32,
+                message: s.message().to_string(),
+                details: s.details().to_vec().into(),
+            })
+        });
+        pb::PipelineResponse {
+            id: req.id,
+            result: Some(result),
+        }
+    }
+}
+
+fn prefixed(e: ApiError, prefix: &str) -> ApiError {
+    match e {
+        ApiError::InvalidArgument(v) if !prefix.is_empty() => ApiError::InvalidArgument(
+            v.into_iter()
+                .map(|(f, d)| (format!("{prefix}{f}"), d))
+                .collect(),
+        ),
+        e => e,
+    }
+}
+
+/// Converts a duration for the wire.
+pub fn duration_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Converts a found entry for the wire, with or without its value.
+pub fn entry_pb(f: Found, with_value: bool) -> pb::Entry {
+    pb::Entry {
+        value: if with_value {
+            f.data.value
+        } else {
+            Default::default()
+        },
+        version: f.data.version,
+        tags: f.data.tags.to_vec(),
+        fresh_remaining: Some(duration_pb(f.fresh_remaining)),
+        stale_remaining: Some(duration_pb(f.stale_remaining)),
+        stale: f.stale,
+        tier: match f.tier {
+            Tier::L1 => pb::Tier::L1,
+            Tier::L2 => pb::Tier::L2,
+        } as i32,
+        absent: f.data.absent,
+        born: f.data.born,
+    }
+}
+
+fn get_response(lookup: Lookup, if_version_not: Option<u64>) -> pb::GetResponse {
+    match lookup {
+        Lookup::Miss => pb::GetResponse {
+            outcome: pb::GetOutcome::Miss as i32,
+            entry: None,
+        },
+        Lookup::Hit(f) if Some(f.data.version) == if_version_not => pb::GetResponse {
+            outcome: pb::GetOutcome::NotModified as i32,
+            entry: Some(entry_pb(f, false)),
+        },
+        Lookup::Hit(f) => pb::GetResponse {
+            outcome: pb::GetOutcome::Hit as i32,
+            entry: Some(entry_pb(f, true)),
+        },
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn unimplemented(what: &str) -> Status {
+    ApiError::Core(tiercache_core::CoreError::Unimplemented(match what {
+        "GetOrSet" => "GetOrSet",
+        "GetOrSetMany" => "GetOrSetMany",
+        "Fill" => "Fill",
+        "FillMany" => "FillMany",
+        _ => "ReleaseLease",
+    }))
+    .into()
+}
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        Ok(Response::new(CacheApi::get(self, r.into_inner()).await?))
+    }
+
+    async fn get_many(
+        &self,
+        r: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let req = r.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let mut v = Violations::default();
+        validate::batch(&mut v, "keys", req.keys.len(), self.limits.max_batch);
+        for (i, k) in req.keys.iter().enumerate() {
+            validate::key(&mut v, &format!("keys[{i}]"), k, &ns.policy);
+        }
+        v.finish()?;
+        let keys: Vec<&str> = req.keys.iter().map(String::as_str).collect();
+        let opts = ReadOptions {
+            fresh_only: req.fresh_only,
+        };
+        let results = self
+            .cache
+            .get_many(&ns, &keys, opts)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::GetManyResponse {
+            results: results.into_iter().map(|l| get_response(l, None)).collect(),
+        }))
+    }
+
+    async fn set(&self, r: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        Ok(Response::new(
+            CacheApi::set(self, r.into_inner(), "").await?,
+        ))
+    }
+
+    async fn set_many(
+        &self,
+        r: Request<pb::SetManyRequest>,
+    ) -> Result<Response<pb::SetManyResponse>, Status> {
+        let req = r.into_inner();
+        let mut v = Violations::default();
+        validate::batch(
+            &mut v,
+            "requests",
+            req.requests.len(),
+            self.limits.max_batch,
+        );
+        v.finish()?;
+        // Validate every item before writing any, so a bad batch writes nothing.
+        for (i, item) in req.requests.iter().enumerate() {
+            let prefix = format!("requests[{i}].");
+            let ns = self
+                .namespace(&item.namespace)
+                .map_err(|e| prefixed(e, &prefix))?;
+            let mut v = Violations::default();
+            validate::key(&mut v, &format!("{prefix}key"), &item.key, &ns.policy);
+            validate::value(&mut v, &format!("{prefix}value"), &item.value, &ns.policy);
+            validate::tags(&mut v, &format!("{prefix}tags"), &item.tags, &ns.policy);
+            validate::duration(&mut v, &format!("{prefix}ttl"), item.ttl.as_ref(), true);
+            validate::duration(
+                &mut v,
+                &format!("{prefix}stale_ttl"),
+                item.stale_ttl.as_ref(),
+                false,
+            );
+            v.finish()?;
+        }
+        let responses = futures::future::try_join_all(req.requests.into_iter().enumerate().map(
+            |(i, item)| async move { CacheApi::set(self, item, &format!("requests[{i}].")).await },
+        ))
+        .await?;
+        Ok(Response::new(pb::SetManyResponse { responses }))
+    }
+
+    async fn delete(
+        &self,
+        r: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Ok(Response::new(CacheApi::delete(self, r.into_inner()).await?))
+    }
+
+    async fn get_or_set(
+        &self,
+        _r: Request<pb::GetOrSetRequest>,
+    ) -> Result<Response<pb::GetOrSetResponse>, Status> {
+        Err(unimplemented("GetOrSet"))
+    }
+
+    async fn get_or_set_many(
+        &self,
+        _r: Request<pb::GetOrSetManyRequest>,
+    ) -> Result<Response<pb::GetOrSetManyResponse>, Status> {
+        Err(unimplemented("GetOrSetMany"))
+    }
+
+    async fn fill(
+        &self,
+        _r: Request<pb::FillRequest>,
+    ) -> Result<Response<pb::FillResponse>, Status> {
+        Err(unimplemented("Fill"))
+    }
+
+    async fn fill_many(
+        &self,
+        _r: Request<pb::FillManyRequest>,
+    ) -> Result<Response<pb::FillManyResponse>, Status> {
+        Err(unimplemented("FillMany"))
+    }
+
+    async fn release_lease(
+        &self,
+        _r: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        Err(unimplemented("ReleaseLease"))
+    }
+
+    async fn invalidate_tags(
+        &self,
+        r: Request<pb::InvalidateTagsRequest>,
+    ) -> Result<Response<pb::InvalidateTagsResponse>, Status> {
+        let req = r.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let mut v = Violations::default();
+        validate::batch(&mut v, "tags", req.tags.len(), self.limits.max_batch);
+        if req.tags.len() <= self.limits.max_batch {
+            let policy = tiercache_core::NamespacePolicy {
+                max_tags: self.limits.max_batch,
+                ..ns.policy.clone()
+            };
+            validate::tags(&mut v, "tags", &req.tags, &policy);
+        }
+        v.finish()?;
+        let sequence = self
+            .cache
+            .invalidate_tags(&ns, &req.tags)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::InvalidateTagsResponse { sequence }))
+    }
+
+    async fn flush_namespace(
+        &self,
+        r: Request<pb::FlushNamespaceRequest>,
+    ) -> Result<Response<pb::FlushNamespaceResponse>, Status> {
+        let req = r.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let sequence = self.cache.flush(&ns).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::FlushNamespaceResponse { sequence }))
+    }
+
+    type PipelineStream = BoxStream<pb::PipelineResponse>;
+
+    async fn pipeline(
+        &self,
+        r: Request<Streaming<pb::PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let mut inbound = r.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let api = self.clone();
+        let max_in_flight = self.limits.pipeline_max_in_flight;
+        tokio::spawn(async move {
+            let mut in_flight = FuturesUnordered::new();
+            let mut input_open = true;
+            loop {
+                tokio::select! {
+                    msg = inbound.message(), if input_open && in_flight.len() < max_in_flight => {
+                        match msg {
+                            Ok(Some(req)) => {
+                                let api = api.clone();
+                                in_flight.push(async move { api.pipeline_one(req).await });
+                            }
+                            Ok(None) => input_open = false,
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                        }
+                    }
+                    Some(resp) = in_flight.next(), if !in_flight.is_empty() => {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                    else => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchStream = BoxStream<pb::WatchResponse>;
+
+    async fn watch(
+        &self,
+        r: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = r.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let mut events = ns.subscribe();
+        let current = ns.last_sequence();
+        let (tx, rx) = mpsc::channel(256);
+        let started = pb::WatchResponse {
+            sequence: current,
+            event: Some(pb::watch_response::Event::Started(pb::WatchStarted {})),
+        };
+        tokio::spawn(async move {
+            if tx.send(Ok(started)).await.is_err() {
+                return;
+            }
+            loop {
+                use pb::watch_response::Event as E;
+                let msg = match events.recv().await {
+                    Ok(e) => pb::WatchResponse {
+                        sequence: e.sequence,
+                        event: Some(match e.kind {
+                            EventKind::KeyChanged { key, version } => {
+                                E::KeyChanged(pb::KeyChanged { key, version })
+                            }
+                            EventKind::TagsInvalidated { tags } => {
+                                E::TagsInvalidated(pb::TagsInvalidated { tags })
+                            }
+                            EventKind::Flushed => E::NamespaceFlushed(pb::NamespaceFlushed {}),
+                            EventKind::Gap { last_sequence } => {
+                                E::Gap(pb::EventGap { last_sequence })
+                            }
+                        }),
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => pb::WatchResponse {
+                        sequence: 0,
+                        event: Some(E::Gap(pb::EventGap { last_sequence: 0 })),
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

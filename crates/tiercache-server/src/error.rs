@@ -1,0 +1,110 @@
+//! The one place where errors become gRPC statuses.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tiercache_core::CoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every status this server returns.
+pub const ERROR_DOMAIN: &str = "tiercache.v1";
+
+/// A request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input: one or more fields violate their rules.
+    #[error("invalid request: {}", .0.iter().map(|(f, d)| format!("{f}: {d}")).collect::<Vec<_>>().join("; "))]
+    InvalidArgument(Vec<(String, String)>),
+    /// The engine failed.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// A GetOrSet waiter's bound passed and it asked for UNAVAILABLE.
+    #[error("wait for fill of key timed out")]
+    WaitTimeout { retry_after: Duration },
+}
+
+impl ApiError {
+    /// A single field violation.
+    pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument(vec![(field.into(), description.into())])
+    }
+}
+
+fn status(
+    code: Code,
+    message: String,
+    reason: &str,
+    extra: impl FnOnce(&mut ErrorDetails),
+) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    extra(&mut details);
+    Status::with_error_details(code, message, details)
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let message = e.to_string();
+        match e {
+            ApiError::InvalidArgument(violations) => {
+                status(Code::InvalidArgument, message, "INVALID_ARGUMENT", |d| {
+                    for (field, description) in violations {
+                        d.add_bad_request_violation(field, description);
+                    }
+                })
+            }
+            ApiError::WaitTimeout { retry_after } => {
+                status(Code::Unavailable, message, "WAIT_TIMEOUT", |d| {
+                    d.set_retry_info(Some(retry_after));
+                })
+            }
+            ApiError::Core(core) => match core {
+                CoreError::NamespaceNotFound(_) => {
+                    status(Code::NotFound, message, "NAMESPACE_NOT_FOUND", |_| {})
+                }
+                CoreError::TooManyNamespaces(_) => status(
+                    Code::ResourceExhausted,
+                    message,
+                    "TOO_MANY_NAMESPACES",
+                    |_| {},
+                ),
+                CoreError::Unavailable(_) => {
+                    status(Code::Unavailable, message, "REDIS_UNAVAILABLE", |d| {
+                        d.set_retry_info(Some(Duration::from_millis(200)));
+                    })
+                }
+                CoreError::Corrupt { .. } => {
+                    status(Code::DataLoss, message, "CORRUPT_ENTRY", |_| {})
+                }
+                CoreError::Unimplemented(_) => {
+                    status(Code::Unimplemented, message, "UNIMPLEMENTED", |_| {})
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_names_the_field() {
+        let s: Status = ApiError::field("key", "must not be empty").into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let br = s.get_details_bad_request().unwrap();
+        assert_eq!(br.field_violations[0].field, "key");
+        assert_eq!(
+            s.get_details_error_info().unwrap().reason,
+            "INVALID_ARGUMENT"
+        );
+    }
+
+    #[test]
+    fn unavailable_has_retry_info() {
+        let s: Status = ApiError::Core(CoreError::Unavailable("down".into())).into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.get_details_retry_info().unwrap().retry_delay.is_some());
+    }
+}
