@@ -119,9 +119,9 @@ pub fn is_valid_namespace(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'))
+        && b[1..].iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
 }
 
 #[cfg(test)]
@@ -130,10 +130,28 @@ mod tests {
 
     #[test]
     fn namespace_names() {
-        for ok in ["default", "a", "0", "user-profiles", "a.b_c-d", &"a".repeat(64)] {
+        for ok in [
+            "default",
+            "a",
+            "0",
+            "user-profiles",
+            "a.b_c-d",
+            &"a".repeat(64),
+        ] {
             assert!(is_valid_namespace(ok), "{ok}");
         }
-        for bad in ["", "A", "-a", "_a", ".a", "a:b", "a b", "a{b}", &"a".repeat(65), "é"] {
+        for bad in [
+            "",
+            "A",
+            "-a",
+            "_a",
+            ".a",
+            "a:b",
+            "a b",
+            "a{b}",
+            &"a".repeat(65),
+            "é",
+        ] {
             assert!(!is_valid_namespace(bad), "{bad}");
         }
     }
