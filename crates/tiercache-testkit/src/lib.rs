@@ -1,1 +1,22 @@
-//! Test helpers for tiercache.
+//! Test helpers for tiercache: real dependencies, started and stopped by guards.
+//!
+//! Tests use real processes rather than mocks: a `redis-server` on a free port and the real
+//! server library on port 0, both stopped when their guard is dropped.
+//!
+//! # Layout
+//!
+//! - [`redis`]: [`RedisServer`], a guard that spawns `redis-server` on a free port in a temporary
+//!   directory, can stop and restart it on the same port, kills it on drop and prints its log
+//!   when a test panics.
+//! - [`server`]: [`TestServer`], the in-process tiercache server (`tiercache_server::run`) on
+//!   `127.0.0.1:0`, ready once its health service answers `SERVING`.
+//! - [`wait`]: [`wait_for`], a bounded poll for conditions that become true eventually (no
+//!   fixed sleeps in tests).
+
+pub mod redis;
+pub mod server;
+pub mod wait;
+
+pub use crate::redis::RedisServer;
+pub use crate::server::TestServer;
+pub use crate::wait::{wait_for, WaitTimeout};

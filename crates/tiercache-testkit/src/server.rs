@@ -1,0 +1,223 @@
+//! The tiercache server in-process, on a port the OS picks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tiercache_server::config::RedisConfig;
+use tiercache_server::{Config, ServerError};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// How long a fresh server may take to answer its health check with `SERVING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two health checks while it starts.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long [`TestServer::shutdown`] waits for `run` to return.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A tiercache server running in the test's tokio runtime on `127.0.0.1:<free port>`.
+///
+/// It runs the production entry point, `tiercache_server::run`, on a listener bound to port 0,
+/// so tests exercise the same code as `tiercache serve`. Dropping the guard signals shutdown
+/// without waiting; call [`TestServer::shutdown`] to wait for a clean exit and see its result.
+pub struct TestServer {
+    addr: SocketAddr,
+    /// Completes the shutdown future passed to `run`; `None` once shutdown was signalled.
+    shutdown: Option<oneshot::Sender<()>>,
+    /// The task running `run`; `None` once [`TestServer::shutdown`] took it.
+    handle: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .field("running", &self.handle.is_some())
+            .finish()
+    }
+}
+
+impl TestServer {
+    /// Starts the server with `config` on a free port and returns once its health service
+    /// answers `SERVING` for the whole server (service name `""`).
+    ///
+    /// `config.listen` is replaced by the address actually bound.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the port cannot be bound, if `run` returns during start (the message holds its
+    /// error), or if the server is not `SERVING` within about 10 s.
+    pub async fn start(mut config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("cannot bind 127.0.0.1:0 for the test server");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        config.listen = addr;
+        let (tx, rx) = oneshot::channel::<()>();
+        let shutdown = async move {
+            // A dropped sender also means shutdown.
+            let _ = rx.await;
+        };
+        let handle = tokio::spawn(tiercache_server::run(listener, config, shutdown));
+        let mut server = Self {
+            addr,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
+        server.wait_until_serving().await;
+        server
+    }
+
+    /// Starts a memory-only server: `Config::default()` (namespace `default`, dynamic
+    /// namespaces on, no Redis).
+    pub async fn memory() -> Self {
+        Self::start(Config::default()).await
+    }
+
+    /// Starts a server whose L2 tier is the Redis at `url` (for example
+    /// [`RedisServer::url`](crate::RedisServer::url)), with otherwise default config.
+    pub async fn with_redis(url: &str) -> Self {
+        Self::start(Config {
+            redis: Some(RedisConfig::new(url)),
+            ..Config::default()
+        })
+        .await
+    }
+
+    /// Returns the address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Returns the URL clients connect to, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Returns a channel to the server. It connects lazily, on the first call, and must be
+    /// created inside a tokio runtime.
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.endpoint())
+            .expect("an http:// URL with a port is a valid endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy()
+    }
+
+    /// Signals shutdown, waits for `run` to return and returns its result.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the server task panicked, if `run` does not return within 30 s, or if called
+    /// twice.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().expect("shutdown is called once");
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, handle).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join_error)) => match join_error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("server task was cancelled: {e}"),
+            },
+            Err(_) => panic!(
+                "server on {} did not stop within {SHUTDOWN_TIMEOUT:?} after shutdown",
+                self.addr
+            ),
+        }
+    }
+
+    async fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last;
+        loop {
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let handle = self.handle.take().expect("checked above");
+                match handle.await {
+                    Ok(Ok(())) => panic!("server on {} stopped during start", self.addr),
+                    Ok(Err(e)) => panic!("server on {} failed to start: {e}", self.addr),
+                    Err(e) => panic!("server on {} panicked during start: {e}", self.addr),
+                }
+            }
+            match self.check_health().await {
+                Ok(ServingStatus::Serving) => return,
+                Ok(status) => last = format!("health status {status:?}"),
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "server on {} not SERVING within {READY_TIMEOUT:?}; last: {last}",
+                    self.addr
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn check_health(&self) -> Result<ServingStatus, String> {
+        let channel = Endpoint::from_shared(self.endpoint())
+            .expect("an http:// URL with a port is a valid endpoint")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|e| format!("health check: {e}"))?;
+        Ok(response.into_inner().status())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Signal only: Drop cannot await. The task ends on its own, or with the runtime.
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_server_is_serving_and_shuts_down_cleanly() {
+        let server = TestServer::memory().await;
+        assert_eq!(server.endpoint(), format!("http://{}", server.addr()));
+        let response = HealthClient::new(server.channel())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving);
+
+        let addr = server.addr();
+        server.shutdown().await.unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "{addr} still accepts connections after shutdown"
+        );
+    }
+
+    #[tokio::test]
+    async fn servers_get_different_ports() {
+        let a = TestServer::memory().await;
+        let b = TestServer::memory().await;
+        assert_ne!(a.addr(), b.addr());
+    }
+}
