@@ -443,6 +443,8 @@ impl Cache {
                     WriteCondition::IfAbsent => Condition::IfAbsent,
                     WriteCondition::IfVersion(v) => Condition::IfVersion(v),
                 };
+                // Sync first so the write can go through to L1 on a namespace's first write.
+                self.ensure_synced(ns).await?;
                 let blob = codec::encode(&data);
                 match l2.set(&ns.keys, key, blob, ttl + stale, cond).await? {
                     L2SetResult::Stored { version, sequence } => {
@@ -561,7 +563,8 @@ impl Cache {
         s.epoch += 1;
         let bus_up = self.inner.bus_up.load(Ordering::Acquire);
         match (written, s.last_seq) {
-            (Some((data, ttl)), Some(last)) if bus_up && last < sequence => {
+            // `last == sequence`: our own event was applied first, which changed nothing else.
+            (Some((data, ttl)), Some(last)) if bus_up && last <= sequence => {
                 let now = Instant::now();
                 let lifetime = ttl + data.stale_window;
                 let entry = L1Entry {
