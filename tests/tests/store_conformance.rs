@@ -93,7 +93,10 @@ async fn set_get_roundtrip(s: Store) {
     assert_eq!(f.data.version, v1);
     assert_eq!(&*f.data.tags, &["t1".to_string()]);
     assert!(!f.stale);
-    assert!(f.fresh_remaining > Duration::from_secs(250) && f.fresh_remaining <= Duration::from_secs(300));
+    assert!(
+        f.fresh_remaining > Duration::from_secs(250)
+            && f.fresh_remaining <= Duration::from_secs(300)
+    );
     let v2 = stored(c, "default", "k", put("two")).await;
     assert!(v2 > v1, "versions increase: {v1} then {v2}");
     assert_eq!(value(c, "default", "k").await.as_deref(), Some("two"));
@@ -135,8 +138,14 @@ async fn conditions(s: Store) {
         c.delete(&ns, "c", Some(v1)).await.unwrap(),
         DeleteOutcome::VersionMismatch { current: v2 }
     );
-    assert_eq!(c.delete(&ns, "c", Some(v2)).await.unwrap(), DeleteOutcome::Deleted);
-    assert_eq!(c.delete(&ns, "c", None).await.unwrap(), DeleteOutcome::NotFound);
+    assert_eq!(
+        c.delete(&ns, "c", Some(v2)).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(
+        c.delete(&ns, "c", None).await.unwrap(),
+        DeleteOutcome::NotFound
+    );
     assert_eq!(value(c, "default", "c").await, None);
     // if_version on a missing key compares against 0.
     assert_eq!(
@@ -171,25 +180,33 @@ async fn fresh_stale_gone(s: Store) {
         },
     )
     .await;
-    let lookup = || async {
-        c.get(&ns, "ttl", ReadOptions::default()).await.unwrap()
+    let lookup = || async { c.get(&ns, "ttl", ReadOptions::default()).await.unwrap() };
+    let Lookup::Hit(f) = lookup().await else {
+        panic!("miss")
     };
-    let Lookup::Hit(f) = lookup().await else { panic!("miss") };
     assert!(!f.stale);
-    wait_for(Duration::from_secs(5), Duration::from_millis(10), || async {
-        matches!(lookup().await, Lookup::Hit(f) if f.stale)
-    })
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || async { matches!(lookup().await, Lookup::Hit(f) if f.stale) },
+    )
     .await
     .expect("entry turns stale");
-    let Lookup::Hit(f) = lookup().await else { panic!("stale entry must still be served") };
+    let Lookup::Hit(f) = lookup().await else {
+        panic!("stale entry must still be served")
+    };
     assert!(f.stale && f.fresh_remaining.is_zero() && f.stale_remaining > Duration::ZERO);
     assert!(matches!(
-        c.get(&ns, "ttl", ReadOptions { fresh_only: true }).await.unwrap(),
+        c.get(&ns, "ttl", ReadOptions { fresh_only: true })
+            .await
+            .unwrap(),
         Lookup::Miss
     ));
-    wait_for(Duration::from_secs(5), Duration::from_millis(10), || async {
-        matches!(lookup().await, Lookup::Miss)
-    })
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || async { matches!(lookup().await, Lookup::Miss) },
+    )
     .await
     .expect("entry expires after its stale window");
 }
@@ -215,13 +232,20 @@ async fn tags_and_flush(s: Store) {
     assert_eq!(value(c, "default", "b").await, None);
     assert_eq!(value(c, "default", "c").await.as_deref(), Some("c"));
     assert_eq!(value(c, "default", "d").await.as_deref(), Some("d"));
-    assert_eq!(value(c, "other", "a").await.as_deref(), Some("other-a"), "other namespaces untouched");
+    assert_eq!(
+        value(c, "other", "a").await.as_deref(),
+        Some("other-a"),
+        "other namespaces untouched"
+    );
     // A write after the invalidation is visible, tag and all; if_absent sees hidden entries as absent.
     let absent = WriteArgs {
         condition: WriteCondition::IfAbsent,
         ..tagged("a2", &["red"])
     };
-    assert!(matches!(c.set(&ns, "a", absent).await.unwrap(), SetOutcome::Stored { .. }));
+    assert!(matches!(
+        c.set(&ns, "a", absent).await.unwrap(),
+        SetOutcome::Stored { .. }
+    ));
     assert_eq!(value(c, "default", "a").await.as_deref(), Some("a2"));
     c.flush(&ns).await.unwrap();
     for k in ["a", "b", "c", "d"] {
@@ -253,13 +277,20 @@ async fn many_and_isolation(s: Store) {
         .collect();
     assert_eq!(
         vals,
-        vec![Some(Bytes::from("from-one")), None, Some(Bytes::from("colon"))]
+        vec![
+            Some(Bytes::from("from-one")),
+            None,
+            Some(Bytes::from("colon"))
+        ]
     );
     // Special characters in keys stay apart.
     stored(c, "one", "a{b}", put("braces")).await;
     stored(c, "one", "a%7Bb%7D", put("escaped")).await;
     assert_eq!(value(c, "one", "a{b}").await.as_deref(), Some("braces"));
-    assert_eq!(value(c, "one", "a%7Bb%7D").await.as_deref(), Some("escaped"));
+    assert_eq!(
+        value(c, "one", "a%7Bb%7D").await.as_deref(),
+        Some("escaped")
+    );
 }
 
 async fn second_read_hits_l1(s: Store) {
@@ -314,6 +345,12 @@ async fn l2_hit_after_l1_is_bypassed() {
         Lookup::Hit(f) => f.tier,
         Lookup::Miss => panic!("miss"),
     };
-    assert_eq!(tier(other.get(&ns, "x", ReadOptions::default()).await.unwrap()), Tier::L2);
-    assert_eq!(tier(other.get(&ns, "x", ReadOptions::default()).await.unwrap()), Tier::L1);
+    assert_eq!(
+        tier(other.get(&ns, "x", ReadOptions::default()).await.unwrap()),
+        Tier::L2
+    );
+    assert_eq!(
+        tier(other.get(&ns, "x", ReadOptions::default()).await.unwrap()),
+        Tier::L1
+    );
 }
