@@ -335,9 +335,8 @@ impl Cache {
         }
         let visible = {
             let sync = ns.sync.read();
-            if sync.last_seq.is_none() {
-                return None;
-            }
+            // Not synced since the last reset: the marks cannot be trusted.
+            sync.last_seq?;
             sync.visible(&e.data)
         };
         match visible {
