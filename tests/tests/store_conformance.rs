@@ -354,3 +354,66 @@ async fn l2_hit_after_l1_is_bypassed() {
         Tier::L1
     );
 }
+
+async fn l1_stays_within_its_byte_budget(budget_store: Store) {
+    let c = &budget_store.cache;
+    let ns = c.namespace("small").unwrap();
+    assert_eq!(ns.policy.l1_max_bytes, 64 * 1024);
+    for i in 0..2000 {
+        let n = c.namespace("small").unwrap();
+        c.set(&n, &format!("key-{i}"), put(&"x".repeat(100)))
+            .await
+            .unwrap();
+    }
+    let (entries, bytes) = ns.l1_usage();
+    assert!(bytes <= 64 * 1024, "L1 holds {bytes} bytes, budget 65536");
+    assert!(entries > 0 && entries < 2000, "{entries} entries");
+    assert!(
+        ns.stats
+            .l1_evictions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "size evictions are counted"
+    );
+}
+
+fn small_budget() -> CacheConfig {
+    let mut c = config();
+    c.namespaces.push((
+        "small".into(),
+        NamespacePolicy {
+            l1_max_bytes: 64 * 1024,
+            ..NamespacePolicy::default()
+        },
+    ));
+    c
+}
+
+#[tokio::test]
+async fn l1_budget_memory_only() {
+    l1_stays_within_its_byte_budget(Store {
+        cache: Cache::memory(small_budget()),
+        _redis: None,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn l1_budget_two_tier() {
+    let redis = RedisServer::start();
+    let cache = Cache::two_tier(
+        small_budget(),
+        RedisOptions {
+            url: redis.url(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        },
+    )
+    .await
+    .unwrap();
+    l1_stays_within_its_byte_budget(Store {
+        cache,
+        _redis: Some(redis),
+    })
+    .await;
+}
