@@ -73,8 +73,9 @@ pub enum Error {
     /// Any other status code.
     #[error("{}: {message}", code_name(*code))]
     Other { code: Code, message: String },
-    /// The connection could not be set up (bad address, connect failure or timeout).
-    #[error("transport error: {0}")]
+    /// The connection could not be set up (bad address, connect failure or timeout). Its
+    /// `source()` chain names the cause, e.g. `tcp connect error: Connection refused`.
+    #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
     /// The server answered with something this SDK does not understand, such as an unknown
     /// outcome; usually a server newer than the SDK.
