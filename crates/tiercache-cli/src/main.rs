@@ -1,1 +1,52 @@
-fn main() {}
+//! The `tiercache` binary: parses flags and hands over to `serve` or `commands`.
+//!
+//! # Layout
+//!
+//! - `args`: the clap command line.
+//! - `serve`: `tiercache serve` (config, logging, signals, `tiercache_server::run`).
+//! - `commands`: the client commands (get, set, del, stats, health) and their output.
+//! - `exit`: exit codes and the failure type that carries one.
+
+mod args;
+mod commands;
+mod exit;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::exit::{Exit, Failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(exit) => exit.into(),
+        Err(Failure { exit, error }) => {
+            eprintln!("error: {error:#}");
+            exit.into()
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<Exit, Failure> {
+    match command {
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Get(args) => commands::get(args).await,
+        Command::Set(args) => commands::set(args).await,
+        Command::Del(args) => commands::del(args).await,
+        Command::Stats(args) => commands::stats(args).await,
+        Command::Health(args) => commands::health(args).await,
+    }
+}

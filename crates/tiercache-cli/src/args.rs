@@ -1,0 +1,195 @@
+//! The command line, as clap derive structs. Parsing only; the work is in `serve` and `commands`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// tiercache: a gRPC cache-as-a-service, and a client for it.
+///
+/// Exit codes: 0 success or hit, 1 miss (get) or failed condition (set, del), 2 usage or config
+/// error, 3 server or transport error.
+#[derive(Debug, Parser)]
+#[command(name = "tiercache", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the server until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Reads a key; prints its value followed by a newline.
+    Get(GetArgs),
+    /// Writes a key.
+    Set(SetArgs),
+    /// Deletes a key.
+    #[command(alias = "delete")]
+    Del(DelArgs),
+    /// Prints the server's counters.
+    Stats(StatsArgs),
+    /// Checks that the server is serving.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML config file; the built-in defaults (memory-only) when omitted.
+    #[arg(long, env = "TIERCACHE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The gRPC listen address, overriding the config's `listen`.
+    #[arg(long, env = "TIERCACHE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The Redis URL, overriding the config's `redis.url` (and turning on the L2 tier).
+    #[arg(long, env = "TIERCACHE_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Log line format; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How to reach the server and how to print; shared by every client command.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// The server address.
+    #[arg(long, env = "TIERCACHE_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Bounds connecting and the call itself.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Prints one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub key: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Treats a stale entry as a miss.
+    #[arg(long)]
+    pub fresh_only: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    pub key: String,
+    /// The value; `-` reads it from stdin.
+    pub value: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Fresh period, e.g. `30s` or `5m`; the namespace default when omitted.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Stale window after the fresh period; the namespace default when omitted.
+    #[arg(long, value_parser = parse_duration)]
+    pub stale_ttl: Option<Duration>,
+    /// A tag for invalidation; repeat for more.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Writes only if the key holds no visible entry.
+    #[arg(long, conflicts_with = "if_version")]
+    pub if_absent: bool,
+    /// Writes only if the current version is V.
+    #[arg(long, value_name = "V")]
+    pub if_version: Option<u64>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    pub key: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Deletes only if the current version is V.
+    #[arg(long, value_name = "V")]
+    pub if_version: Option<u64>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only this namespace; all when omitted.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn set_parses_durations_tags_and_condition() {
+        let cli = Cli::try_parse_from([
+            "tiercache",
+            "set",
+            "k",
+            "v",
+            "--ttl",
+            "30s",
+            "--stale-ttl",
+            "1m",
+            "--tag",
+            "a",
+            "--tag",
+            "b",
+            "--if-version",
+            "7",
+        ])
+        .unwrap();
+        let Command::Set(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.ttl, Some(Duration::from_secs(30)));
+        assert_eq!(a.stale_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(a.tags, ["a", "b"]);
+        assert_eq!(a.if_version, Some(7));
+        assert_eq!(a.namespace, "default");
+    }
+
+    #[test]
+    fn if_absent_conflicts_with_if_version() {
+        let err = Cli::try_parse_from([
+            "tiercache",
+            "set",
+            "k",
+            "v",
+            "--if-absent",
+            "--if-version",
+            "1",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}
