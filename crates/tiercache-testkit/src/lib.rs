@@ -13,6 +13,8 @@
 //! - [`wait`]: [`wait_for`], a bounded poll for conditions that become true eventually (no
 //!   fixed sleeps in tests).
 
+#![warn(missing_docs)]
+
 pub mod redis;
 pub mod server;
 pub mod wait;

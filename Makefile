@@ -1,0 +1,69 @@
+# The one task runner: CI runs `make test` (through .ci/run), and so can you.
+#
+#   make serve   run the server, memory-only on 127.0.0.1:50051
+#   make test    the whole suite: setup, lint, tests, cargo deny
+#   make setup   install what the tests need (scripts/setup.sh)
+#   make lint    rustfmt check, clippy, buf lint and buf format check
+#   make fmt     format Rust and proto files in place
+#   make nextest / make deny   single steps of `make test`
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tiercache-target
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+BUF := .tools/node/node_modules/.bin/buf
+ifeq ($(CI),true)
+NEXTEST_PROFILE := ci
+# CI must build exactly what Cargo.lock says.
+LOCKED := --locked
+else
+NEXTEST_PROFILE := default
+LOCKED :=
+endif
+
+# Runs one target in a sub-make and prints how long it took.
+step = @start=$$(date +%s); echo "==> make $(1)"; \
+	$(MAKE) --no-print-directory $(1); \
+	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
+
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny
+
+serve:
+	cargo run -p tiercache-cli --release -- serve
+
+test:
+	$(call step,setup)
+	$(call step,lint)
+	$(call step,nextest)
+	$(call step,deny)
+
+setup:
+	bash scripts/setup.sh
+
+lint: fmt-check clippy buf-lint
+
+fmt:
+	cargo fmt --all
+	$(BUF) format -w
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets $(LOCKED) -- -D warnings
+
+buf-lint:
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+nextest:
+	cargo nextest run --workspace $(LOCKED) --profile $(NEXTEST_PROFILE)
+
+# cargo-deny runs offline against the advisory database setup cloned; `cargo fetch` makes sure
+# every crate of the lock file (all platforms) is in the local cache for `cargo metadata`.
+deny:
+	cargo fetch --locked --quiet
+	cargo deny --offline check

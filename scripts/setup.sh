@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need, where it can; fast and silent-ish when all is there.
+#
+#   redis-server   Debian package (apt-get, as root; otherwise prints the command and stops)
+#   buf            npm package pinned in .tools/node/package.json, installed into .tools/node
+#   cargo-nextest  cargo install, if missing
+#   cargo-deny     cargo install (pinned), if missing; takes a few minutes once, then cached
+#   advisory DB    the vendored RustSec bundle (../shared/vendor), cloned where deny.toml looks
+#
+# Environment:
+#   TIERCACHE_ADVISORY_BUNDLE  the RustSec git bundle (default: ../shared/vendor/rustsec-advisory-db.bundle)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+CARGO_DENY_VERSION=0.20.2
+# deny.toml's [advisories] db-path; cargo-deny reads <db-path>/advisory-db-<hash of the default URL>.
+ADVISORY_DB_ROOT="$HOME/.cache/tiercache-advisory-db"
+ADVISORY_DB="$ADVISORY_DB_ROOT/advisory-db-3157b0e258782691"
+ADVISORY_BUNDLE=${TIERCACHE_ADVISORY_BUNDLE:-$root/../shared/vendor/rustsec-advisory-db.bundle}
+
+say() { echo "setup: $*"; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# --- system tools -------------------------------------------------------------------------------
+for tool in cargo rustc node npm git; do
+    command -v "$tool" >/dev/null || die "$tool is not on PATH; it must come with the machine"
+done
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: rustup component add clippy"
+
+# --- redis-server ---------------------------------------------------------------------------------
+if ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" -eq 0 ]; then
+        say "installing redis-server with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q redis-server
+        command -v redis-server >/dev/null || die "redis-server still not on PATH after apt-get"
+    else
+        echo "setup: redis-server is missing and this is not root; install it with:" >&2
+        echo "  sudo apt-get update && sudo apt-get install -y redis-server" >&2
+        exit 1
+    fi
+fi
+# The tests start their own redis-server processes on free ports; none needs to run here.
+
+# --- buf (npm, pinned) ---------------------------------------------------------------------------
+buf="$root/.tools/node/node_modules/.bin/buf"
+buf_want=$(node -p "require('$root/.tools/node/package.json').devDependencies['@bufbuild/buf']")
+if [ "$("$buf" --version 2>/dev/null || true)" != "$buf_want" ]; then
+    say "installing buf $buf_want into .tools/node"
+    npm ci --prefix "$root/.tools/node" --no-audit --no-fund --loglevel=error
+    [ "$("$buf" --version)" = "$buf_want" ] || die "buf $buf_want did not install"
+fi
+
+# --- cargo tools ---------------------------------------------------------------------------------
+# `cargo install` builds in its own temporary directory, not in the shared CARGO_TARGET_DIR.
+if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest"
+    env -u CARGO_TARGET_DIR cargo install cargo-nextest --locked
+fi
+if ! cargo deny --version >/dev/null 2>&1; then
+    say "installing cargo-deny $CARGO_DENY_VERSION (a few minutes, once)"
+    env -u CARGO_TARGET_DIR cargo install "cargo-deny@$CARGO_DENY_VERSION" --locked
+fi
+
+# --- RustSec advisory database (offline) ---------------------------------------------------------
+if [ -f "$ADVISORY_BUNDLE" ]; then
+    bundle_head=$(git bundle list-heads "$ADVISORY_BUNDLE" | awk 'NR==1 {print $1}')
+    db_head=$(git -C "$ADVISORY_DB" rev-parse HEAD 2>/dev/null || true)
+    if [ "$bundle_head" != "$db_head" ]; then
+        say "cloning the advisory database from $ADVISORY_BUNDLE"
+        mkdir -p "$ADVISORY_DB_ROOT"
+        rm -rf "$ADVISORY_DB.tmp"
+        git -c advice.detachedHead=false -c init.defaultBranch=main clone -q "$ADVISORY_BUNDLE" "$ADVISORY_DB.tmp"
+        rm -rf "$ADVISORY_DB"
+        mv "$ADVISORY_DB.tmp" "$ADVISORY_DB"
+    fi
+elif [ -d "$ADVISORY_DB/.git" ]; then
+    say "no advisory bundle at $ADVISORY_BUNDLE; using the cached database in $ADVISORY_DB"
+else
+    die "no advisory database: $ADVISORY_BUNDLE is missing (set TIERCACHE_ADVISORY_BUNDLE)"
+fi
+
+say "ok (redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), buf $buf_want," \
+    "$(cargo nextest --version | head -1), $(cargo deny --version))"
