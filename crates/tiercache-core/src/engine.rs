@@ -112,7 +112,7 @@ pub enum Mode {
 /// The cache engine. Cheap to clone; every clone shares the same state.
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -121,13 +121,13 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-struct Inner {
-    config: CacheConfig,
-    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
-    l2: Option<L2>,
+pub(crate) struct Inner {
+    pub(crate) config: CacheConfig,
+    pub(crate) namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    pub(crate) l2: Option<L2>,
     /// True while the event subscription is live. L1 is neither read nor filled without it
     /// (two-tier mode), because invalidations could be missed.
-    bus_up: AtomicBool,
+    pub(crate) bus_up: AtomicBool,
     /// Bumped on every (re)subscription, so a namespace sync that raced a reset is discarded.
     bus_generation: AtomicU64,
     /// Memory-only mode's version clock: microseconds, strictly increasing.
@@ -351,7 +351,7 @@ impl Cache {
 
     /// Makes sure the replica knows the namespace's sequence and flush mark. Returns the epoch
     /// an L1 fill must still see, or `None` when L1 must not be filled (subscription down).
-    async fn ensure_synced(&self, ns: &Namespace) -> Result<Option<u64>, CoreError> {
+    pub(crate) async fn ensure_synced(&self, ns: &Namespace) -> Result<Option<u64>, CoreError> {
         let Some(l2) = &self.inner.l2 else {
             return Ok(Some(ns.sync.read().epoch));
         };
@@ -382,7 +382,7 @@ impl Cache {
 
     /// Decides visibility of an entry read from L2, asking Redis for marks this replica does
     /// not know.
-    async fn check_visible(
+    pub(crate) async fn check_visible(
         &self,
         ns: &Namespace,
         data: &EntryData,
