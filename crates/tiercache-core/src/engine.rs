@@ -21,8 +21,8 @@ use crate::policy::NamespacePolicy;
 
 /// The most namespaces one server creates dynamically; past it, unknown names are refused.
 pub const MAX_NAMESPACES: usize = 10_000;
-/// The pattern every replica subscribes to: all namespaces' event channels.
-const EVENTS_PATTERN: &str = "tc:{*}:events";
+/// The patterns every replica subscribes to: all namespaces' event, lease and lock channels.
+const PATTERNS: [&str; 3] = ["tc:{*}:events", "tc:{*}:leases", "tc:{*}:locks"];
 
 /// The engine's configuration.
 #[derive(Debug, Clone)]
@@ -133,6 +133,10 @@ pub(crate) struct Inner {
     /// Memory-only mode's version clock: microseconds, strictly increasing.
     version_clock: AtomicU64,
     bus_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// GetOrSet waiters, by namespace and key.
+    pub(crate) flights: crate::coalesce::Flights,
+    /// Lock waiters, by namespace and lock name.
+    pub(crate) lock_flights: crate::coalesce::Flights,
 }
 
 impl Drop for Inner {
@@ -191,6 +195,8 @@ impl Cache {
                 bus_generation: AtomicU64::new(0),
                 version_clock: AtomicU64::new(0),
                 bus_task: parking_lot::Mutex::new(None),
+                flights: Default::default(),
+                lock_flights: Default::default(),
             }),
         }
     }
@@ -277,6 +283,18 @@ impl Cache {
         keys: &[&str],
         opts: ReadOptions,
     ) -> Result<Vec<Lookup>, CoreError> {
+        self.lookup_many(ns, keys, opts, true).await
+    }
+
+    /// Reads keys; `count` says whether the lookups count in the namespace statistics (waiters'
+    /// re-checks do not).
+    pub(crate) async fn lookup_many(
+        &self,
+        ns: &Namespace,
+        keys: &[&str],
+        opts: ReadOptions,
+        count: bool,
+    ) -> Result<Vec<Lookup>, CoreError> {
         let now = Instant::now();
         let mut out: Vec<Option<Lookup>> = keys
             .iter()
@@ -313,7 +331,9 @@ impl Cache {
             .into_iter()
             .map(|l| {
                 let l = l.unwrap_or(Lookup::Miss);
-                count_lookup(ns, &l);
+                if count {
+                    count_lookup(ns, &l);
+                }
                 match l {
                     Lookup::Hit(f) if opts.fresh_only && f.stale => Lookup::Miss,
                     l => l,
@@ -461,6 +481,7 @@ impl Cache {
         };
         if matches!(outcome, SetOutcome::Stored { .. }) {
             bump(&ns.stats.sets);
+            self.inner.flights.wake(&ns.name, key);
         }
         Ok(outcome)
     }
@@ -489,6 +510,7 @@ impl Cache {
             }
             _ => {}
         }
+        ns.revoke_local_lease(key);
         data.version = self.next_version();
         let mut s = ns.sync.write();
         let seq = s.last_seq.unwrap_or(0) + 1;
@@ -516,7 +538,7 @@ impl Cache {
     }
 
     /// The version of the visible entry of `key` in memory-only mode.
-    fn memory_current(&self, ns: &Namespace, key: &str, now: Instant) -> Option<u64> {
+    pub(crate) fn memory_current(&self, ns: &Namespace, key: &str, now: Instant) -> Option<u64> {
         let e = ns.l1.as_ref()?.get(key)?;
         if now >= e.stale_until {
             return None;
@@ -528,7 +550,7 @@ impl Cache {
             .then_some(e.data.version)
     }
 
-    fn next_version(&self) -> u64 {
+    pub(crate) fn next_version(&self) -> u64 {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -550,7 +572,7 @@ impl Cache {
 
     /// Updates L1 after an L2 write that took `sequence`: holds the new entry only if no later
     /// event has been applied yet (later events will then be applied on top of it).
-    fn l1_after_write(
+    pub(crate) fn l1_after_write(
         &self,
         ns: &Namespace,
         key: &str,
@@ -598,6 +620,7 @@ impl Cache {
                         current: c.unwrap_or(0),
                     },
                     (_, c) => {
+                        ns.revoke_local_lease(key);
                         let mut s = ns.sync.write();
                         let seq = s.last_seq.unwrap_or(0) + 1;
                         s.last_seq = Some(seq);
@@ -634,6 +657,9 @@ impl Cache {
         };
         if outcome == DeleteOutcome::Deleted {
             bump(&ns.stats.deletes);
+        }
+        if !matches!(outcome, DeleteOutcome::VersionMismatch { .. }) {
+            self.inner.flights.wake(&ns.name, key);
         }
         Ok(outcome)
     }
@@ -722,10 +748,22 @@ impl Cache {
     }
 
     fn apply_message(&self, channel: &str, payload: &[u8]) {
-        let Some(name) = channel
-            .strip_prefix("tc:{")
-            .and_then(|c| c.strip_suffix("}:events"))
-        else {
+        let Some(rest) = channel.strip_prefix("tc:{") else {
+            return;
+        };
+        if let Some(name) = rest.strip_suffix("}:leases") {
+            if let Ok(key) = std::str::from_utf8(payload) {
+                self.inner.flights.wake(name, key);
+            }
+            return;
+        }
+        if let Some(name) = rest.strip_suffix("}:locks") {
+            if let Ok(lock) = std::str::from_utf8(payload) {
+                self.inner.lock_flights.wake(name, lock);
+            }
+            return;
+        }
+        let Some(name) = rest.strip_suffix("}:events") else {
             return;
         };
         let Some(ns) = self.inner.namespaces.read().get(name).cloned() else {
@@ -735,6 +773,9 @@ impl Cache {
             tracing::warn!(namespace = name, "undecodable invalidation event");
             return;
         };
+        if let EventKind::KeyChanged { key, .. } = &event.kind {
+            self.inner.flights.wake(name, key);
+        }
         apply_event(&ns, event);
     }
 }
@@ -802,7 +843,7 @@ async fn bus_loop(inner: Weak<Inner>, client: redis::Client) {
         .unwrap_or(Duration::from_secs(2));
         let subscribed = async {
             let mut ps = client.get_async_pubsub().await?;
-            ps.psubscribe(EVENTS_PATTERN).await?;
+            ps.psubscribe(&PATTERNS[..]).await?;
             Ok::<_, redis::RedisError>(ps)
         };
         match tokio::time::timeout(timeout, subscribed).await {
@@ -814,6 +855,9 @@ async fn bus_loop(inner: Weak<Inner>, client: redis::Client) {
                     cache.inner.bus_generation.fetch_add(1, Ordering::AcqRel);
                     cache.reset_all();
                     cache.inner.bus_up.store(true, Ordering::Release);
+                    // Wake-ups may have been lost while unsubscribed.
+                    cache.inner.flights.wake_all();
+                    cache.inner.lock_flights.wake_all();
                     tracing::info!("subscribed to invalidation events");
                 }
                 let mut stream = ps.into_on_message();

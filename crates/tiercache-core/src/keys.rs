@@ -10,7 +10,8 @@
 //! | `tc:{<ns>}:seq` | the namespace sequence |
 //! | `tc:{<ns>}:flush` | the namespace flush mark |
 //! | `tc:{<ns>}:tag:<tag>` | a tag's invalidation mark |
-//! | channel `tc:{<ns>}:events` | the namespace's invalidation events |
+//! | channel `tc:{<ns>}:events` | the namespace's invalidation events (sequenced) |
+//! | channels `tc:{<ns>}:leases`, `tc:{<ns>}:locks` | release wake-ups (unsequenced) |
 //!
 //! An entry, its lease and its lock keys share a hash tag, so per-key scripts stay in one slot.
 //! Keys and tags are escaped (`%` → `%25`, `{` → `%7B`, `}` → `%7D`) so a key can never end the
@@ -67,6 +68,10 @@ pub struct NamespaceKeys {
     pub flush: String,
     /// `tc:{<ns>}:events`
     pub channel: String,
+    /// `tc:{<ns>}:leases`: unsequenced "lease released" wake-ups for GetOrSet waiters.
+    pub lease_channel: String,
+    /// `tc:{<ns>}:locks`: unsequenced "lock released" wake-ups for lock waiters.
+    pub lock_channel: String,
 }
 
 impl NamespaceKeys {
@@ -78,6 +83,8 @@ impl NamespaceKeys {
             seq: format!("{meta_prefix}seq"),
             flush: format!("{meta_prefix}flush"),
             channel: format!("{meta_prefix}events"),
+            lease_channel: format!("{meta_prefix}leases"),
+            lock_channel: format!("{meta_prefix}locks"),
             meta_prefix,
         }
     }

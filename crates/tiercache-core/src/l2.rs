@@ -43,6 +43,17 @@ local function esc(s)
   return (string.gsub(s, '[%%{}]', function(c) return string.format('%%%02X', string.byte(c)) end))
 end
 local function num(s) return string.format('%.0f', s) end
+-- Revokes the lease on a key: the holder's later Fill answers LEASE_REVOKED. The tombstone
+-- `|0|<token>` keeps the revoked token until the lease would have expired.
+local function revoke(lease_key)
+  local l = redis.call('GET', lease_key)
+  if not l then return end
+  local tok = string.match(l, '^([^|]*)|')
+  if tok and tok ~= '' then
+    local ttl = redis.call('PTTL', lease_key)
+    if ttl > 0 then redis.call('SET', lease_key, '|0|' .. tok, 'PX', ttl) end
+  end
+end
 local function visible(blob, prefix)
   if not blob then return false end
   local born = u64(blob, 11)
@@ -89,7 +100,7 @@ local ver = math.max(prev + 1, now)
 local seq = redis.call('INCR', KEYS[3])
 local blob = string.sub(ARGV[3], 1, 2) .. be64(ver) .. be64(seq) .. string.sub(ARGV[3], 19)
 redis.call('SET', KEYS[1], blob, 'PX', ARGV[4])
-redis.call('DEL', KEYS[2])
+revoke(KEYS[2])
 redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[7])
 return {0, ver, seq}
 "#;
@@ -102,11 +113,98 @@ local vis = visible(cur, ARGV[1])
 local curv = 0
 if vis then curv = u64(cur, 3) end
 if ARGV[3] ~= '' and num(curv) ~= ARGV[3] then return {1, curv} end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1])
+revoke(KEYS[2])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n0\n' .. ARGV[4])
 if vis then return {0, curv, seq} end
 return {2, 0, seq}
+"#;
+
+/// KEYS: entry, lease, seq. ARGV: meta prefix, token, lease ttl ms.
+/// Returns {0, born} granted, {1} a fresh visible entry exists, {2, lease pttl} held by another.
+const ACQUIRE_LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and visible(cur, ARGV[1]) then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > u64(cur, 19) then return {1} end
+end
+local l = redis.call('GET', KEYS[2])
+local revoked = ''
+if l then
+  local tok, _, rev = string.match(l, '^([^|]*)|([^|]*)|(.*)$')
+  if tok and tok ~= '' then return {2, redis.call('PTTL', KEYS[2])} end
+  revoked = rev or ''
+end
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('SET', KEYS[2], ARGV[2] .. '|' .. num(seq) .. '|' .. revoked, 'PX', ARGV[3])
+return {0, seq}
+"#;
+
+/// KEYS: entry, lease, seq. ARGV: meta prefix, channel, token, blob, px, key.
+/// Returns {0, version, seq, born} stored, {1} revoked, {2} expired.
+const FILL: &str = r#"
+local l = redis.call('GET', KEYS[2])
+if not l then return {2} end
+local tok, born, rev = string.match(l, '^([^|]*)|([^|]*)|(.*)$')
+if tok ~= ARGV[3] then
+  if rev == ARGV[3] then return {1} end
+  return {2}
+end
+born = tonumber(born)
+local probe = string.sub(ARGV[4], 1, 10) .. be64(born) .. string.sub(ARGV[4], 19)
+if not visible(probe, ARGV[1]) then
+  redis.call('DEL', KEYS[2])
+  return {1}
+end
+local cur = redis.call('GET', KEYS[1])
+local prev = 0
+if cur then prev = u64(cur, 3) end
+local t = redis.call('TIME')
+local ver = math.max(prev + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local blob = string.sub(ARGV[4], 1, 2) .. be64(ver) .. be64(born) .. string.sub(ARGV[4], 19)
+redis.call('SET', KEYS[1], blob, 'PX', ARGV[5])
+redis.call('DEL', KEYS[2])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[6])
+return {0, ver, seq, born}
+"#;
+
+/// KEYS: lease. ARGV: token, lease channel, key. Returns 1 released, 0 not held.
+const RELEASE_LEASE: &str = r#"
+local l = redis.call('GET', KEYS[1])
+if not l then return 0 end
+if string.match(l, '^([^|]*)|') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// KEYS: lock, fence. ARGV: token, ttl ms. Returns {1, fence} acquired, {0, pttl} held.
+const ACQUIRE_LOCK: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('INCR', KEYS[2])}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"#;
+
+/// KEYS: lock. ARGV: token, ttl ms. Returns 1 renewed, 0 not held.
+const RENEW_LOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: lock. ARGV: token, lock channel, name. Returns 1 released, 0 not held.
+const RELEASE_LOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
 "#;
 
 /// KEYS: seq, tag marks…. ARGV: channel, mark ttl ms, raw tags… (same order as KEYS[2..]).
@@ -143,6 +241,22 @@ pub enum L2SetResult {
     Exists { current: u64 },
 }
 
+/// What a lease request got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L2Acquire {
+    Granted { born: u64 },
+    FreshEntryExists,
+    Held { remaining: Duration },
+}
+
+/// What a Fill script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L2Fill {
+    Stored { version: u64, sequence: u64, born: u64 },
+    Revoked,
+    Expired,
+}
+
 /// What a Delete script did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L2DeleteResult {
@@ -160,6 +274,12 @@ pub struct L2Entry {
 }
 
 struct Scripts {
+    acquire_lease: Script,
+    fill: Script,
+    release_lease: Script,
+    acquire_lock: Script,
+    renew_lock: Script,
+    release_lock: Script,
     read: Script,
     set: Script,
     delete: Script,
@@ -196,6 +316,23 @@ fn int(v: &Value) -> Result<u64, CoreError> {
     }
 }
 
+fn ints_signed(v: Value) -> Result<Vec<i64>, CoreError> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::Int(i) => Ok(*i),
+                other => Err(CoreError::Unavailable(format!(
+                    "unexpected reply from redis: {other:?}"
+                ))),
+            })
+            .collect(),
+        other => Err(CoreError::Unavailable(format!(
+            "unexpected reply from redis: {other:?}"
+        ))),
+    }
+}
+
 fn ints(v: Value) -> Result<Vec<u64>, CoreError> {
     match v {
         Value::Array(items) => items.iter().map(int).collect(),
@@ -225,6 +362,12 @@ impl L2 {
             client,
             conn,
             scripts: Scripts {
+                acquire_lease: with_prelude(ACQUIRE_LEASE),
+                fill: with_prelude(FILL),
+                release_lease: Script::new(RELEASE_LEASE),
+                acquire_lock: Script::new(ACQUIRE_LOCK),
+                renew_lock: Script::new(RENEW_LOCK),
+                release_lock: Script::new(RELEASE_LOCK),
                 read: Script::new(READ),
                 set: with_prelude(SET),
                 delete: with_prelude(DELETE),
@@ -426,6 +569,187 @@ impl L2 {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(seq)
+    }
+
+    /// Asks for the lease on a key; `token` holds it if granted.
+    pub async fn acquire_lease(
+        &self,
+        keys: &NamespaceKeys,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<L2Acquire, CoreError> {
+        let reply: Value = self
+            .scripts
+            .acquire_lease
+            .key(keys.entry(key))
+            .key(keys.lease(key))
+            .key(&keys.seq)
+            .arg(&keys.meta_prefix)
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let r = ints_signed(reply)?;
+        Ok(match r.as_slice() {
+            [0, born] => L2Acquire::Granted {
+                born: u64::try_from(*born).unwrap_or(0),
+            },
+            [1] => L2Acquire::FreshEntryExists,
+            [2, pttl] => L2Acquire::Held {
+                remaining: Duration::from_millis(u64::try_from(*pttl).unwrap_or(0)),
+            },
+            other => {
+                return Err(CoreError::Unavailable(format!(
+                    "unexpected lease reply {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// Stores a value computed under a lease.
+    pub async fn fill(
+        &self,
+        keys: &NamespaceKeys,
+        key: &str,
+        token: &str,
+        blob: Bytes,
+        lifetime: Duration,
+    ) -> Result<L2Fill, CoreError> {
+        let reply: Value = self
+            .scripts
+            .fill
+            .key(keys.entry(key))
+            .key(keys.lease(key))
+            .key(&keys.seq)
+            .arg(&keys.meta_prefix)
+            .arg(&keys.channel)
+            .arg(token)
+            .arg(blob.as_ref())
+            .arg(lifetime.as_millis().max(1) as u64)
+            .arg(key)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let r = ints(reply)?;
+        Ok(match r.as_slice() {
+            [0, version, sequence, born] => L2Fill::Stored {
+                version: *version,
+                sequence: *sequence,
+                born: *born,
+            },
+            [1] => L2Fill::Revoked,
+            [2] => L2Fill::Expired,
+            other => {
+                return Err(CoreError::Unavailable(format!(
+                    "unexpected fill reply {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// Gives a lease back; returns whether `token` held it.
+    pub async fn release_lease(
+        &self,
+        keys: &NamespaceKeys,
+        key: &str,
+        token: &str,
+    ) -> Result<bool, CoreError> {
+        let released: i64 = self
+            .scripts
+            .release_lease
+            .key(keys.lease(key))
+            .arg(token)
+            .arg(&keys.lease_channel)
+            .arg(key)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Reads the lease on a key: `(token, born, remaining)`; the token is empty for a tombstone.
+    pub async fn lease_info(
+        &self,
+        keys: &NamespaceKeys,
+        key: &str,
+    ) -> Result<Option<(String, u64, Duration)>, CoreError> {
+        let (value, pttl): (Option<String>, i64) = redis::pipe()
+            .get(keys.lease(key))
+            .pttl(keys.lease(key))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(value.and_then(|v| {
+            let mut parts = v.splitn(3, '|');
+            let token = parts.next()?.to_string();
+            let born = parts.next()?.parse().ok()?;
+            Some((token, born, Duration::from_millis(pttl.max(0) as u64)))
+        }))
+    }
+
+    /// Tries to take a lock once: `Ok(Ok(fence))` acquired, `Ok(Err(remaining))` held.
+    pub async fn acquire_lock(
+        &self,
+        keys: &NamespaceKeys,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Result<u64, Duration>, CoreError> {
+        let reply: Value = self
+            .scripts
+            .acquire_lock
+            .key(keys.lock(name))
+            .key(keys.fence(name))
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let r = ints_signed(reply)?;
+        Ok(match r.as_slice() {
+            [1, fence] => Ok(u64::try_from(*fence).unwrap_or(0)),
+            [0, pttl] => Err(Duration::from_millis(u64::try_from(*pttl).unwrap_or(0))),
+            other => {
+                return Err(CoreError::Unavailable(format!(
+                    "unexpected lock reply {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// Extends a lock held by `token`; returns whether it was held.
+    pub async fn renew_lock(
+        &self,
+        keys: &NamespaceKeys,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, CoreError> {
+        let renewed: i64 = self
+            .scripts
+            .renew_lock
+            .key(keys.lock(name))
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Frees a lock held by `token`; returns whether it was held.
+    pub async fn release_lock(
+        &self,
+        keys: &NamespaceKeys,
+        name: &str,
+        token: &str,
+    ) -> Result<bool, CoreError> {
+        let released: i64 = self
+            .scripts
+            .release_lock
+            .key(keys.lock(name))
+            .arg(token)
+            .arg(&keys.lock_channel)
+            .arg(name)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(released == 1)
     }
 
     /// Sends PING; used by health checks.

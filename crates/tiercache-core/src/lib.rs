@@ -9,12 +9,18 @@
 //! - [`l2`]: the Redis tier and its Lua scripts.
 //! - [`event`]: invalidation events and their wire form.
 //! - [`engine`]: [`Cache`], the read/write paths and the event bus that keeps L1s coherent.
+//! - [`lease`]: GetOrSet, Fill and ReleaseLease: fleet-wide stampede control with coalesced
+//!   waiters, stale-while-revalidate and negative caching.
+//! - [`lock`]: distributed locks with owner and fencing tokens.
 
 pub mod codec;
+mod coalesce;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod keys;
+pub mod lease;
+pub mod lock;
 pub mod l2;
 pub mod namespace;
 pub mod policy;
@@ -24,6 +30,8 @@ pub use engine::{
     WriteArgs, WriteCondition,
 };
 pub use error::CoreError;
+pub use lease::{FillArgs, FillOutcome, GetOrSetOptions, GetOrSetResult, Lease};
+pub use lock::LockAcquire;
 pub use event::{Event, EventKind};
 pub use l2::RedisOptions;
 pub use namespace::Namespace;

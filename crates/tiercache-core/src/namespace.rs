@@ -139,6 +139,24 @@ impl SyncState {
     }
 }
 
+/// A lease in memory-only mode. An empty `token` is a tombstone left by a revocation: it keeps
+/// the revoked token (so its late Fill answers LEASE_REVOKED) until the lease would have expired.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseSlot {
+    pub token: String,
+    pub born: u64,
+    pub expires: Instant,
+    pub revoked: String,
+}
+
+/// A lock in memory-only mode; `fence` survives releases so fencing tokens keep increasing.
+#[derive(Debug, Clone)]
+pub(crate) struct LockSlot {
+    pub token: String,
+    pub expires: Instant,
+    pub fence: u64,
+}
+
 /// One namespace on this replica.
 pub struct Namespace {
     pub name: Arc<str>,
@@ -152,6 +170,10 @@ pub struct Namespace {
     pub(crate) events: broadcast::Sender<Event>,
     /// Serializes read-check-write sequences per key stripe in memory-only mode.
     pub(crate) stripes: Box<[Mutex<()>]>,
+    /// Memory-only mode's leases, by key. Lock order: stripe, then `leases`, then `sync`.
+    pub(crate) leases: Mutex<HashMap<String, LeaseSlot>>,
+    /// Memory-only mode's locks, by name.
+    pub(crate) locks: Mutex<HashMap<String, LockSlot>>,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -202,6 +224,8 @@ impl Namespace {
             }),
             events,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            leases: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -245,5 +269,19 @@ impl Namespace {
     /// The last event sequence this replica applied (0 when not yet synced).
     pub fn last_sequence(&self) -> u64 {
         self.sync.read().last_seq.unwrap_or(0)
+    }
+}
+
+impl Namespace {
+    /// Revokes the memory-only lease on `key`, if one is held.
+    pub(crate) fn revoke_local_lease(&self, key: &str) {
+        let mut leases = self.leases.lock();
+        if let Some(slot) = leases.get_mut(key) {
+            if slot.expires <= Instant::now() {
+                leases.remove(key);
+            } else if !slot.token.is_empty() {
+                slot.revoked = std::mem::take(&mut slot.token);
+            }
+        }
     }
 }

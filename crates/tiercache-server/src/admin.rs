@@ -121,34 +121,132 @@ impl AdminService for AdminApi {
     }
 }
 
-/// The LockService: answers UNIMPLEMENTED until distributed locks land.
-#[derive(Clone, Default)]
-pub struct LockApi;
+/// The LockService implementation.
+#[derive(Clone)]
+pub struct LockApi {
+    cache: Cache,
+}
 
-fn lock_unimplemented() -> Status {
-    ApiError::Core(tiercache_core::CoreError::Unimplemented("LockService")).into()
+impl LockApi {
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+
+    fn namespace_and_name(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<std::sync::Arc<tiercache_core::Namespace>, ApiError> {
+        validate::namespace("namespace", namespace)?;
+        let ns = self.cache.namespace(namespace)?;
+        let mut v = validate::Violations::default();
+        validate::key(&mut v, "name", name, &ns.policy);
+        v.finish()?;
+        Ok(ns)
+    }
+}
+
+fn ownership(held: bool) -> i32 {
+    if held {
+        pb::LockOwnershipOutcome::Ok as i32
+    } else {
+        pb::LockOwnershipOutcome::NotHeld as i32
+    }
+}
+
+fn required_ttl(
+    v: &mut validate::Violations,
+    ttl: Option<&prost_types::Duration>,
+) -> std::time::Duration {
+    match validate::duration(v, "ttl", ttl, true) {
+        Some(t) => t,
+        None => {
+            if ttl.is_none() {
+                v.add("ttl", "must be set");
+            }
+            std::time::Duration::ZERO
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl LockService for LockApi {
     async fn acquire_lock(
         &self,
-        _r: Request<pb::AcquireLockRequest>,
+        r: Request<pb::AcquireLockRequest>,
     ) -> Result<Response<pb::AcquireLockResponse>, Status> {
-        Err(lock_unimplemented())
+        let deadline = crate::cache::grpc_timeout(r.metadata());
+        let req = r.into_inner();
+        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
+        let mut v = validate::Violations::default();
+        let ttl = required_ttl(&mut v, req.ttl.as_ref());
+        let max_wait = validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false)
+            .unwrap_or_default();
+        v.finish()?;
+        let max_wait = match deadline {
+            Some(d) => max_wait.min(d.saturating_sub(std::time::Duration::from_millis(20))),
+            None => max_wait,
+        };
+        let got = self
+            .cache
+            .acquire_lock(&ns, &req.name, ttl, max_wait)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(match got {
+            tiercache_core::LockAcquire::Acquired {
+                owner_token,
+                fencing_token,
+            } => pb::AcquireLockResponse {
+                outcome: pb::AcquireLockOutcome::Acquired as i32,
+                owner_token,
+                fencing_token,
+                ttl: Some(duration_pb(ttl)),
+            },
+            tiercache_core::LockAcquire::Timeout => pb::AcquireLockResponse {
+                outcome: pb::AcquireLockOutcome::Timeout as i32,
+                ..Default::default()
+            },
+        }))
     }
 
     async fn renew_lock(
         &self,
-        _r: Request<pb::RenewLockRequest>,
+        r: Request<pb::RenewLockRequest>,
     ) -> Result<Response<pb::RenewLockResponse>, Status> {
-        Err(lock_unimplemented())
+        let req = r.into_inner();
+        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
+        let mut v = validate::Violations::default();
+        let ttl = required_ttl(&mut v, req.ttl.as_ref());
+        if req.owner_token.is_empty() {
+            v.add("owner_token", "must not be empty");
+        }
+        v.finish()?;
+        let held = self
+            .cache
+            .renew_lock(&ns, &req.name, &req.owner_token, ttl)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RenewLockResponse {
+            outcome: ownership(held),
+        }))
     }
 
     async fn release_lock(
         &self,
-        _r: Request<pb::ReleaseLockRequest>,
+        r: Request<pb::ReleaseLockRequest>,
     ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
-        Err(lock_unimplemented())
+        let req = r.into_inner();
+        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
+        if req.owner_token.is_empty() {
+            return Err(ApiError::field("owner_token", "must not be empty").into());
+        }
+        let held = self
+            .cache
+            .release_lock(&ns, &req.name, &req.owner_token)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ReleaseLockResponse {
+            outcome: ownership(held),
+        }))
     }
 }

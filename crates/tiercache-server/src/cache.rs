@@ -7,8 +7,9 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use tiercache_core::{
-    Cache, DeleteOutcome, EventKind, Found, Lookup, Namespace, ReadOptions, SetOutcome, Tier,
-    WriteArgs, WriteCondition,
+    Cache, DeleteOutcome, EventKind, FillArgs, FillOutcome, Found, GetOrSetOptions,
+    GetOrSetResult, Lease, Lookup, Namespace, ReadOptions, SetOutcome, Tier, WriteArgs,
+    WriteCondition,
 };
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::cache_service_server::CacheService;
@@ -209,15 +210,142 @@ fn get_response(lookup: Lookup, if_version_not: Option<u64>) -> pb::GetResponse 
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn unimplemented(what: &str) -> Status {
-    ApiError::Core(tiercache_core::CoreError::Unimplemented(match what {
-        "GetOrSet" => "GetOrSet",
-        "GetOrSetMany" => "GetOrSetMany",
-        "Fill" => "Fill",
-        "FillMany" => "FillMany",
-        _ => "ReleaseLease",
-    }))
-    .into()
+/// The caller's gRPC deadline (`grpc-timeout`), if it sent one.
+pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Leaves room to send the answer before the caller's deadline passes.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
+/// How long a GetOrSet may wait: its own bound (or the namespace's), capped by the deadline.
+fn wait_bound(requested: Option<Duration>, policy_wait: Duration, deadline: Option<Duration>) -> Duration {
+    let wait = requested.unwrap_or(policy_wait);
+    match deadline {
+        Some(d) => wait.min(d.saturating_sub(DEADLINE_MARGIN)),
+        None => wait,
+    }
+}
+
+struct GetOrSetParams {
+    wait: Option<Duration>,
+    lease_ttl: Option<Duration>,
+    allow_stale: bool,
+    refresh_stale: bool,
+    on_timeout: pb::WaitTimeoutAction,
+}
+
+fn lease_pb(l: Lease) -> pb::Lease {
+    pb::Lease {
+        token: l.token,
+        ttl: Some(duration_pb(l.ttl)),
+        refresh: l.refresh,
+    }
+}
+
+impl CacheApi {
+    async fn get_or_set_one(
+        &self,
+        ns: &Namespace,
+        key: String,
+        p: &GetOrSetParams,
+        deadline: Option<Duration>,
+    ) -> Result<pb::GetOrSetResponse, ApiError> {
+        let wait = wait_bound(p.wait, ns.policy.max_wait, deadline);
+        let opts = GetOrSetOptions {
+            wait,
+            allow_stale: p.allow_stale,
+            refresh_stale: p.refresh_stale,
+            lease_ttl: p.lease_ttl,
+        };
+        let result = self.cache.get_or_set(ns, &key, opts).await?;
+        let mut r = pb::GetOrSetResponse {
+            key,
+            ..Default::default()
+        };
+        match result {
+            GetOrSetResult::Hit { found, refresh } => {
+                r.outcome = pb::GetOrSetOutcome::Hit as i32;
+                r.entry = Some(entry_pb(found, true));
+                r.lease = refresh.map(lease_pb);
+            }
+            GetOrSetResult::Lease(lease) => {
+                r.outcome = pb::GetOrSetOutcome::Lease as i32;
+                r.lease = Some(lease_pb(lease));
+            }
+            GetOrSetResult::Filled(found) => {
+                r.outcome = pb::GetOrSetOutcome::Filled as i32;
+                r.entry = Some(entry_pb(found, true));
+            }
+            GetOrSetResult::WaitTimedOut => {
+                if p.on_timeout == pb::WaitTimeoutAction::Unavailable {
+                    return Err(ApiError::WaitTimeout {
+                        retry_after: Duration::from_millis(100),
+                    });
+                }
+                r.outcome = pb::GetOrSetOutcome::Compute as i32;
+            }
+        }
+        Ok(r)
+    }
+
+    async fn fill_one(&self, req: pb::FillRequest, prefix: &str) -> Result<pb::FillResponse, ApiError> {
+        let ns = self.namespace(&req.namespace).map_err(|e| prefixed(e, prefix))?;
+        let f = |name: &str| format!("{prefix}{name}");
+        let mut v = Violations::default();
+        validate::key(&mut v, &f("key"), &req.key, &ns.policy);
+        validate::value(&mut v, &f("value"), &req.value, &ns.policy);
+        validate::tags(&mut v, &f("tags"), &req.tags, &ns.policy);
+        if req.lease_token.is_empty() {
+            v.add(f("lease_token"), "must not be empty");
+        }
+        if req.absent && !req.value.is_empty() {
+            v.add(f("value"), "must be empty when absent is set");
+        }
+        let ttl = validate::duration(&mut v, &f("ttl"), req.ttl.as_ref(), true);
+        let stale_ttl = validate::duration(&mut v, &f("stale_ttl"), req.stale_ttl.as_ref(), false);
+        v.finish()?;
+        let outcome = self
+            .cache
+            .fill(
+                &ns,
+                &req.key,
+                &req.lease_token,
+                FillArgs {
+                    value: req.value,
+                    ttl,
+                    stale_ttl,
+                    tags: req.tags,
+                    absent: req.absent,
+                },
+            )
+            .await?;
+        Ok(match outcome {
+            FillOutcome::Stored { version } => pb::FillResponse {
+                outcome: pb::FillOutcome::Stored as i32,
+                version,
+            },
+            FillOutcome::LeaseRevoked => pb::FillResponse {
+                outcome: pb::FillOutcome::LeaseRevoked as i32,
+                version: 0,
+            },
+            FillOutcome::LeaseExpired => pb::FillResponse {
+                outcome: pb::FillOutcome::LeaseExpired as i32,
+                version: 0,
+            },
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -306,37 +434,108 @@ impl CacheService for CacheApi {
 
     async fn get_or_set(
         &self,
-        _r: Request<pb::GetOrSetRequest>,
+        r: Request<pb::GetOrSetRequest>,
     ) -> Result<Response<pb::GetOrSetResponse>, Status> {
-        Err(unimplemented("GetOrSet"))
+        let deadline = grpc_timeout(r.metadata());
+        let req = r.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let mut v = Violations::default();
+        validate::key(&mut v, "key", &req.key, &ns.policy);
+        let params = GetOrSetParams {
+            wait: validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false),
+            lease_ttl: validate::duration(&mut v, "lease_ttl", req.lease_ttl.as_ref(), true),
+            allow_stale: req.allow_stale,
+            refresh_stale: req.refresh_stale,
+            on_timeout: req.on_wait_timeout(),
+        };
+        v.finish()?;
+        Ok(Response::new(
+            self.get_or_set_one(&ns, req.key, &params, deadline).await?,
+        ))
     }
 
     async fn get_or_set_many(
         &self,
-        _r: Request<pb::GetOrSetManyRequest>,
+        r: Request<pb::GetOrSetManyRequest>,
     ) -> Result<Response<pb::GetOrSetManyResponse>, Status> {
-        Err(unimplemented("GetOrSetMany"))
+        let deadline = grpc_timeout(r.metadata());
+        let req = r.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let mut v = Violations::default();
+        validate::batch(&mut v, "keys", req.keys.len(), self.limits.max_batch);
+        for (i, k) in req.keys.iter().enumerate() {
+            validate::key(&mut v, &format!("keys[{i}]"), k, &ns.policy);
+        }
+        let params = GetOrSetParams {
+            wait: validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false),
+            lease_ttl: validate::duration(&mut v, "lease_ttl", req.lease_ttl.as_ref(), true),
+            allow_stale: req.allow_stale,
+            refresh_stale: req.refresh_stale,
+            on_timeout: req.on_wait_timeout(),
+        };
+        v.finish()?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, k) in req.keys.iter().enumerate() {
+            if !seen.insert(k.as_str()) {
+                return Err(ApiError::field(format!("keys[{i}]"), "duplicate key").into());
+            }
+        }
+        // Every key at once: hits answer at once, misses get a lease or wait concurrently.
+        let results = futures::future::try_join_all(
+            req.keys
+                .into_iter()
+                .map(|k| self.get_or_set_one(&ns, k, &params, deadline)),
+        )
+        .await?;
+        Ok(Response::new(pb::GetOrSetManyResponse { results }))
     }
 
-    async fn fill(
-        &self,
-        _r: Request<pb::FillRequest>,
-    ) -> Result<Response<pb::FillResponse>, Status> {
-        Err(unimplemented("Fill"))
+    async fn fill(&self, r: Request<pb::FillRequest>) -> Result<Response<pb::FillResponse>, Status> {
+        Ok(Response::new(self.fill_one(r.into_inner(), "").await?))
     }
 
     async fn fill_many(
         &self,
-        _r: Request<pb::FillManyRequest>,
+        r: Request<pb::FillManyRequest>,
     ) -> Result<Response<pb::FillManyResponse>, Status> {
-        Err(unimplemented("FillMany"))
+        let req = r.into_inner();
+        let mut v = Violations::default();
+        validate::batch(&mut v, "requests", req.requests.len(), self.limits.max_batch);
+        v.finish()?;
+        let responses = futures::future::try_join_all(
+            req.requests
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| async move { self.fill_one(item, &format!("requests[{i}].")).await }),
+        )
+        .await?;
+        Ok(Response::new(pb::FillManyResponse { responses }))
     }
 
     async fn release_lease(
         &self,
-        _r: Request<pb::ReleaseLeaseRequest>,
+        r: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
-        Err(unimplemented("ReleaseLease"))
+        let req = r.into_inner();
+        let ns = self.namespace(&req.namespace)?;
+        let mut v = Violations::default();
+        validate::key(&mut v, "key", &req.key, &ns.policy);
+        if req.lease_token.is_empty() {
+            v.add("lease_token", "must not be empty");
+        }
+        v.finish()?;
+        let released = self
+            .cache
+            .release_lease(&ns, &req.key, &req.lease_token)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ReleaseLeaseResponse {
+            outcome: if released {
+                pb::ReleaseLeaseOutcome::Released
+            } else {
+                pb::ReleaseLeaseOutcome::NotHeld
+            } as i32,
+        }))
     }
 
     async fn invalidate_tags(

@@ -98,7 +98,7 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection)
         .add_service(CacheServiceServer::new(cache_api))
-        .add_service(LockServiceServer::new(admin::LockApi))
+        .add_service(LockServiceServer::new(admin::LockApi::new(cache.clone())))
         .add_service(AdminServiceServer::new(admin_api))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;

@@ -1,0 +1,395 @@
+//! GetOrSet, Fill and ReleaseLease: one computation per miss across the whole fleet.
+//!
+//! On a miss exactly one caller gets a lease (a random token stored beside the entry with the
+//! namespace sequence read at grant time, the entry's future `born`). Every other caller of that
+//! key joins its replica's [`Flight`](crate::coalesce::Flight): one waiter at a time re-checks,
+//! the rest wait for its answer, a wake-up (the fill's event, a release) or the fallback poll, and
+//! never past their own bound. When the holder releases or its lease expires, the next check
+//! grants the lease to one waiter.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::codec::{self, EntryData};
+use crate::engine::{lifetimes, Cache, Found, Lookup, ReadOptions};
+use crate::error::CoreError;
+use crate::event::{Event, EventKind};
+use crate::l2::{L2Acquire, L2Fill};
+use crate::namespace::{bump, LeaseSlot, Namespace};
+
+/// How often a waiter re-checks when no wake-up came (a lost event, an expired lease).
+pub const WAITER_POLL: Duration = Duration::from_millis(50);
+
+/// The right to fill one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub token: String,
+    pub ttl: Duration,
+    /// True when the lease refreshes a stale entry the caller was also given.
+    pub refresh: bool,
+}
+
+/// Options of a GetOrSet.
+#[derive(Debug, Clone, Copy)]
+pub struct GetOrSetOptions {
+    /// How long to wait for another caller's fill (already capped by the caller's deadline).
+    pub wait: Duration,
+    /// Return a stale entry at once instead of treating it as a miss.
+    pub allow_stale: bool,
+    /// With `allow_stale`: also hand out a refresh lease when no refresh is under way.
+    pub refresh_stale: bool,
+    /// Lease validity; the namespace's lease TTL when `None`.
+    pub lease_ttl: Option<Duration>,
+}
+
+/// What a GetOrSet caller gets.
+#[derive(Debug, Clone)]
+pub enum GetOrSetResult {
+    /// A visible entry (maybe stale), and a refresh lease if one was asked for and granted.
+    Hit { found: Found, refresh: Option<Lease> },
+    /// A miss, and this caller holds the lease.
+    Lease(Lease),
+    /// Another caller filled the key while this one waited.
+    Filled(Found),
+    /// The wait bound passed.
+    WaitTimedOut,
+}
+
+/// A value computed under a lease.
+#[derive(Debug, Clone, Default)]
+pub struct FillArgs {
+    pub value: Bytes,
+    pub ttl: Option<Duration>,
+    pub stale_ttl: Option<Duration>,
+    pub tags: Vec<String>,
+    /// Store a negative entry with the namespace's negative TTL.
+    pub absent: bool,
+}
+
+/// What a Fill did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    Stored { version: u64 },
+    /// A write or invalidation came in between: nothing was stored.
+    LeaseRevoked,
+    /// The lease had expired (and maybe passed to another caller): nothing was stored.
+    LeaseExpired,
+}
+
+enum Acquired {
+    Granted(Lease),
+    FreshExists,
+    Held,
+}
+
+/// Returns a new 128-bit random token, hex encoded.
+pub(crate) fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Cache {
+    /// Reads a key; on a miss grants this caller the lease or waits for another caller's fill.
+    pub async fn get_or_set(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        opts: GetOrSetOptions,
+    ) -> Result<GetOrSetResult, CoreError> {
+        let deadline = Instant::now() + opts.wait;
+        let lease_ttl = opts.lease_ttl.unwrap_or(ns.policy.lease_ttl);
+        if let Lookup::Hit(found) = self.get(ns, key, ReadOptions::default()).await? {
+            if !found.stale {
+                return Ok(GetOrSetResult::Hit {
+                    found,
+                    refresh: None,
+                });
+            }
+            if opts.allow_stale {
+                let refresh = if opts.refresh_stale {
+                    match self.acquire(ns, key, lease_ttl).await? {
+                        Acquired::Granted(lease) => Some(Lease {
+                            refresh: true,
+                            ..lease
+                        }),
+                        Acquired::FreshExists | Acquired::Held => None,
+                    }
+                } else {
+                    None
+                };
+                return Ok(GetOrSetResult::Hit { found, refresh });
+            }
+        }
+        match self.acquire(ns, key, lease_ttl).await? {
+            Acquired::Granted(lease) => Ok(GetOrSetResult::Lease(lease)),
+            Acquired::FreshExists | Acquired::Held => {
+                self.wait_for_fill(ns, key, opts, lease_ttl, deadline).await
+            }
+        }
+    }
+
+    async fn wait_for_fill(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        opts: GetOrSetOptions,
+        lease_ttl: Duration,
+        deadline: Instant,
+    ) -> Result<GetOrSetResult, CoreError> {
+        bump(&ns.stats.lease_waits);
+        let joined = self.inner.flights.join(&ns.name, key);
+        let flight = &joined.flight;
+        let mut filled = flight.filled.subscribe();
+        filled.borrow_and_update();
+        let read = ReadOptions {
+            fresh_only: !opts.allow_stale,
+        };
+        loop {
+            let woken = flight.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Ok(_checking) = flight.checking.try_lock() {
+                let lookup = self.lookup_many(ns, &[key], read, false).await?.pop();
+                if let Some(Lookup::Hit(found)) = lookup {
+                    flight.filled.send_replace(Some(found.clone()));
+                    bump(&ns.stats.coalesced);
+                    return Ok(GetOrSetResult::Filled(found));
+                }
+                if let Acquired::Granted(lease) = self.acquire(ns, key, lease_ttl).await? {
+                    return Ok(GetOrSetResult::Lease(lease));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(GetOrSetResult::WaitTimedOut);
+            }
+            tokio::select! {
+                _ = &mut woken => {}
+                changed = filled.changed() => {
+                    if changed.is_ok() {
+                        if let Some(found) = filled.borrow_and_update().clone() {
+                            bump(&ns.stats.coalesced);
+                            return Ok(GetOrSetResult::Filled(found));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(WAITER_POLL) => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(GetOrSetResult::WaitTimedOut),
+            }
+        }
+    }
+
+    async fn acquire(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, CoreError> {
+        let token = new_token();
+        let acquired = match &self.inner.l2 {
+            Some(l2) => match l2.acquire_lease(&ns.keys, key, &token, ttl).await? {
+                L2Acquire::Granted { .. } => true,
+                L2Acquire::FreshEntryExists => return Ok(Acquired::FreshExists),
+                L2Acquire::Held { .. } => false,
+            },
+            None => {
+                let _stripe = ns.stripe(key).lock();
+                let now = Instant::now();
+                if self.memory_fresh(ns, key, now) {
+                    return Ok(Acquired::FreshExists);
+                }
+                let mut leases = ns.leases.lock();
+                let revoked = match leases.get(key) {
+                    Some(s) if s.expires > now && !s.token.is_empty() => {
+                        return Ok(Acquired::Held)
+                    }
+                    Some(s) if s.expires > now => s.revoked.clone(),
+                    _ => String::new(),
+                };
+                let born = ns.sync.read().last_seq.unwrap_or(0);
+                leases.insert(
+                    key.to_string(),
+                    LeaseSlot {
+                        token: token.clone(),
+                        born,
+                        expires: now + ttl,
+                        revoked,
+                    },
+                );
+                true
+            }
+        };
+        if !acquired {
+            return Ok(Acquired::Held);
+        }
+        bump(&ns.stats.leases_granted);
+        Ok(Acquired::Granted(Lease {
+            token,
+            ttl,
+            refresh: false,
+        }))
+    }
+
+    /// Whether memory-only mode holds a fresh visible entry for `key`.
+    fn memory_fresh(&self, ns: &Namespace, key: &str, now: Instant) -> bool {
+        let Some(e) = ns.l1.as_ref().and_then(|l1| l1.get(key)) else {
+            return false;
+        };
+        now < e.fresh_until && ns.sync.read().visible(&e.data).unwrap_or(true)
+    }
+
+    /// Stores a value computed under the lease `token`.
+    pub async fn fill(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        token: &str,
+        args: FillArgs,
+    ) -> Result<FillOutcome, CoreError> {
+        let (ttl, stale) = if args.absent {
+            (ns.policy.negative_ttl, Duration::ZERO)
+        } else {
+            lifetimes(&ns.policy, args.ttl, args.stale_ttl)
+        };
+        let mut data = EntryData {
+            value: if args.absent {
+                Bytes::new()
+            } else {
+                args.value
+            },
+            version: 0,
+            born: 0,
+            tags: args.tags.into(),
+            absent: args.absent,
+            stale_window: stale,
+        };
+        let outcome = match &self.inner.l2 {
+            Some(l2) => {
+                let blob = codec::encode(&data);
+                match l2.fill(&ns.keys, key, token, blob, ttl + stale).await? {
+                    L2Fill::Stored {
+                        version,
+                        sequence,
+                        born,
+                    } => {
+                        data.version = version;
+                        data.born = born;
+                        self.l1_after_write(ns, key, Some((data, ttl)), sequence);
+                        FillOutcome::Stored { version }
+                    }
+                    L2Fill::Revoked => FillOutcome::LeaseRevoked,
+                    L2Fill::Expired => FillOutcome::LeaseExpired,
+                }
+            }
+            None => self.memory_fill(ns, key, token, data, ttl),
+        };
+        if matches!(outcome, FillOutcome::Stored { .. }) {
+            bump(&ns.stats.fills);
+        }
+        self.inner.flights.wake(&ns.name, key);
+        Ok(outcome)
+    }
+
+    fn memory_fill(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        token: &str,
+        mut data: EntryData,
+        ttl: Duration,
+    ) -> FillOutcome {
+        let l1 = ns.l1.as_ref().expect("memory-only namespaces always have L1");
+        let _stripe = ns.stripe(key).lock();
+        let now = Instant::now();
+        let mut leases = ns.leases.lock();
+        let born = match leases.get(key) {
+            Some(s) if s.expires <= now => {
+                leases.remove(key);
+                return FillOutcome::LeaseExpired;
+            }
+            Some(s) if s.token == token => s.born,
+            Some(s) if s.revoked == token => return FillOutcome::LeaseRevoked,
+            _ => return FillOutcome::LeaseExpired,
+        };
+        leases.remove(key);
+        data.born = born;
+        let mut s = ns.sync.write();
+        if !s.visible(&data).unwrap_or(true) {
+            // An invalidation since the grant: the value would be hidden, so it is not stored.
+            return FillOutcome::LeaseRevoked;
+        }
+        data.version = self.next_version();
+        let seq = s.last_seq.unwrap_or(0) + 1;
+        s.last_seq = Some(seq);
+        s.epoch += 1;
+        let version = data.version;
+        let stale = data.stale_window;
+        l1.insert(
+            key.into(),
+            std::sync::Arc::new(crate::namespace::L1Entry {
+                data,
+                fresh_until: now + ttl,
+                stale_until: now + ttl + stale,
+                l1_until: now + ttl + stale,
+            }),
+        );
+        let _ = ns.events.send(Event {
+            sequence: seq,
+            kind: EventKind::KeyChanged {
+                key: key.to_string(),
+                version,
+            },
+        });
+        FillOutcome::Stored { version }
+    }
+
+    /// Gives a lease back without a value (errors are never cached); wakes the waiters so one of
+    /// them is granted the next lease. Returns whether `token` held the lease.
+    pub async fn release_lease(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        token: &str,
+    ) -> Result<bool, CoreError> {
+        let released = match &self.inner.l2 {
+            Some(l2) => l2.release_lease(&ns.keys, key, token).await?,
+            None => {
+                let mut leases = ns.leases.lock();
+                match leases.get(key) {
+                    Some(s) if s.token == token && s.expires > Instant::now() => {
+                        leases.remove(key);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if released {
+            self.inner.flights.wake(&ns.name, key);
+        }
+        Ok(released)
+    }
+
+    /// The lease on `key`: `(born, remaining)` when one is held.
+    pub async fn lease_info(
+        &self,
+        ns: &Namespace,
+        key: &str,
+    ) -> Result<Option<(u64, Duration)>, CoreError> {
+        Ok(match &self.inner.l2 {
+            Some(l2) => l2
+                .lease_info(&ns.keys, key)
+                .await?
+                .filter(|(token, _, _)| !token.is_empty())
+                .map(|(_, born, remaining)| (born, remaining)),
+            None => {
+                let now = Instant::now();
+                ns.leases
+                    .lock()
+                    .get(key)
+                    .filter(|s| !s.token.is_empty() && s.expires > now)
+                    .map(|s| (s.born, s.expires - now))
+            }
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! Distributed locks: `SET NX PX` with a 128-bit owner token, compare-and-act renew and release,
+//! and a fencing token from a per-lock counter in the same hash slot that increases on every grant.
+//!
+//! In two-tier mode a lock never degrades to a local one: if Redis cannot be reached the call fails
+//! with [`CoreError::Unavailable`].
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::engine::Cache;
+use crate::error::CoreError;
+use crate::lease::new_token;
+use crate::namespace::{LockSlot, Namespace};
+
+/// How often a lock waiter re-tries when no release wake-up came (an expired holder).
+pub const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// What an acquisition got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockAcquire {
+    Acquired { owner_token: String, fencing_token: u64 },
+    /// The wait bound passed while another owner held the lock.
+    Timeout,
+}
+
+impl Cache {
+    /// Takes the lock `name`, waiting up to `max_wait` for the holder to release or expire.
+    pub async fn acquire_lock(
+        &self,
+        ns: &Namespace,
+        name: &str,
+        ttl: Duration,
+        max_wait: Duration,
+    ) -> Result<LockAcquire, CoreError> {
+        let deadline = Instant::now() + max_wait;
+        let token = new_token();
+        let joined = self.inner.lock_flights.join(&ns.name, name);
+        loop {
+            let woken = joined.flight.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let remaining = match self.try_lock(ns, name, &token, ttl).await? {
+                Ok(fence) => {
+                    return Ok(LockAcquire::Acquired {
+                        owner_token: token,
+                        fencing_token: fence,
+                    })
+                }
+                Err(remaining) => remaining,
+            };
+            if Instant::now() >= deadline {
+                return Ok(LockAcquire::Timeout);
+            }
+            let poll = LOCK_POLL.min(remaining.max(Duration::from_millis(1)));
+            tokio::select! {
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn try_lock(
+        &self,
+        ns: &Namespace,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Result<u64, Duration>, CoreError> {
+        if let Some(l2) = &self.inner.l2 {
+            return l2.acquire_lock(&ns.keys, name, token, ttl).await;
+        }
+        let now = Instant::now();
+        let mut locks = ns.locks.lock();
+        let slot = locks.entry(name.to_string()).or_insert(LockSlot {
+            token: String::new(),
+            expires: now,
+            fence: 0,
+        });
+        if !slot.token.is_empty() && slot.expires > now {
+            return Ok(Err(slot.expires - now));
+        }
+        slot.token = token.to_string();
+        slot.expires = now + ttl;
+        slot.fence += 1;
+        Ok(Ok(slot.fence))
+    }
+
+    /// Extends the lock held by `owner_token`; false (and no change) when it is not held.
+    pub async fn renew_lock(
+        &self,
+        ns: &Namespace,
+        name: &str,
+        owner_token: &str,
+        ttl: Duration,
+    ) -> Result<bool, CoreError> {
+        if let Some(l2) = &self.inner.l2 {
+            return l2.renew_lock(&ns.keys, name, owner_token, ttl).await;
+        }
+        let now = Instant::now();
+        let mut locks = ns.locks.lock();
+        Ok(match locks.get_mut(name) {
+            Some(s) if s.token == owner_token && s.expires > now => {
+                s.expires = now + ttl;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// Frees the lock held by `owner_token`; false (and no change) when it is not held, so a late
+    /// release after expiry frees nothing.
+    pub async fn release_lock(
+        &self,
+        ns: &Namespace,
+        name: &str,
+        owner_token: &str,
+    ) -> Result<bool, CoreError> {
+        let released = match &self.inner.l2 {
+            Some(l2) => l2.release_lock(&ns.keys, name, owner_token).await?,
+            None => {
+                let now = Instant::now();
+                let mut locks = ns.locks.lock();
+                match locks.get_mut(name) {
+                    Some(s) if s.token == owner_token && s.expires > now => {
+                        s.token.clear();
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if released {
+            self.inner.lock_flights.wake(&ns.name, name);
+        }
+        Ok(released)
+    }
+}
