@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with env!(): a build script binary may be reused from another
+    // checkout of the workspace (same hash), and must look at this checkout's protos.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["common.proto", "cache.proto", "lock.proto", "admin.proto"]
         .map(|f| root.join("tiercache/v1").join(f));
     for f in &files {

@@ -252,7 +252,11 @@ pub enum L2Acquire {
 /// What a Fill script did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L2Fill {
-    Stored { version: u64, sequence: u64, born: u64 },
+    Stored {
+        version: u64,
+        sequence: u64,
+        born: u64,
+    },
     Revoked,
     Expired,
 }

@@ -48,7 +48,10 @@ pub struct GetOrSetOptions {
 #[derive(Debug, Clone)]
 pub enum GetOrSetResult {
     /// A visible entry (maybe stale), and a refresh lease if one was asked for and granted.
-    Hit { found: Found, refresh: Option<Lease> },
+    Hit {
+        found: Found,
+        refresh: Option<Lease>,
+    },
     /// A miss, and this caller holds the lease.
     Lease(Lease),
     /// Another caller filled the key while this one waited.
@@ -71,7 +74,9 @@ pub struct FillArgs {
 /// What a Fill did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FillOutcome {
-    Stored { version: u64 },
+    Stored {
+        version: u64,
+    },
     /// A write or invalidation came in between: nothing was stored.
     LeaseRevoked,
     /// The lease had expired (and maybe passed to another caller): nothing was stored.
@@ -200,9 +205,7 @@ impl Cache {
                 }
                 let mut leases = ns.leases.lock();
                 let revoked = match leases.get(key) {
-                    Some(s) if s.expires > now && !s.token.is_empty() => {
-                        return Ok(Acquired::Held)
-                    }
+                    Some(s) if s.expires > now && !s.token.is_empty() => return Ok(Acquired::Held),
                     Some(s) if s.expires > now => s.revoked.clone(),
                     _ => String::new(),
                 };
@@ -298,7 +301,10 @@ impl Cache {
         mut data: EntryData,
         ttl: Duration,
     ) -> FillOutcome {
-        let l1 = ns.l1.as_ref().expect("memory-only namespaces always have L1");
+        let l1 = ns
+            .l1
+            .as_ref()
+            .expect("memory-only namespaces always have L1");
         let _stripe = ns.stripe(key).lock();
         let now = Instant::now();
         let mut leases = ns.leases.lock();

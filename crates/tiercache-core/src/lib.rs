@@ -13,15 +13,15 @@
 //!   waiters, stale-while-revalidate and negative caching.
 //! - [`lock`]: distributed locks with owner and fencing tokens.
 
-pub mod codec;
 mod coalesce;
+pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod keys;
+pub mod l2;
 pub mod lease;
 pub mod lock;
-pub mod l2;
 pub mod namespace;
 pub mod policy;
 
@@ -30,9 +30,9 @@ pub use engine::{
     WriteArgs, WriteCondition,
 };
 pub use error::CoreError;
-pub use lease::{FillArgs, FillOutcome, GetOrSetOptions, GetOrSetResult, Lease};
-pub use lock::LockAcquire;
 pub use event::{Event, EventKind};
 pub use l2::RedisOptions;
+pub use lease::{FillArgs, FillOutcome, GetOrSetOptions, GetOrSetResult, Lease};
+pub use lock::LockAcquire;
 pub use namespace::Namespace;
 pub use policy::NamespacePolicy;

@@ -19,7 +19,10 @@ pub const LOCK_POLL: Duration = Duration::from_millis(50);
 /// What an acquisition got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockAcquire {
-    Acquired { owner_token: String, fencing_token: u64 },
+    Acquired {
+        owner_token: String,
+        fencing_token: u64,
+    },
     /// The wait bound passed while another owner held the lock.
     Timeout,
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use tiercache_core::{
-    Cache, DeleteOutcome, EventKind, FillArgs, FillOutcome, Found, GetOrSetOptions,
-    GetOrSetResult, Lease, Lookup, Namespace, ReadOptions, SetOutcome, Tier, WriteArgs,
-    WriteCondition,
+    Cache, DeleteOutcome, EventKind, FillArgs, FillOutcome, Found, GetOrSetOptions, GetOrSetResult,
+    Lease, Lookup, Namespace, ReadOptions, SetOutcome, Tier, WriteArgs, WriteCondition,
 };
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::cache_service_server::CacheService;
@@ -230,7 +229,11 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration>
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// How long a GetOrSet may wait: its own bound (or the namespace's), capped by the deadline.
-fn wait_bound(requested: Option<Duration>, policy_wait: Duration, deadline: Option<Duration>) -> Duration {
+fn wait_bound(
+    requested: Option<Duration>,
+    policy_wait: Duration,
+    deadline: Option<Duration>,
+) -> Duration {
     let wait = requested.unwrap_or(policy_wait);
     match deadline {
         Some(d) => wait.min(d.saturating_sub(DEADLINE_MARGIN)),
@@ -300,8 +303,14 @@ impl CacheApi {
         Ok(r)
     }
 
-    async fn fill_one(&self, req: pb::FillRequest, prefix: &str) -> Result<pb::FillResponse, ApiError> {
-        let ns = self.namespace(&req.namespace).map_err(|e| prefixed(e, prefix))?;
+    async fn fill_one(
+        &self,
+        req: pb::FillRequest,
+        prefix: &str,
+    ) -> Result<pb::FillResponse, ApiError> {
+        let ns = self
+            .namespace(&req.namespace)
+            .map_err(|e| prefixed(e, prefix))?;
         let f = |name: &str| format!("{prefix}{name}");
         let mut v = Violations::default();
         validate::key(&mut v, &f("key"), &req.key, &ns.policy);
@@ -490,7 +499,10 @@ impl CacheService for CacheApi {
         Ok(Response::new(pb::GetOrSetManyResponse { results }))
     }
 
-    async fn fill(&self, r: Request<pb::FillRequest>) -> Result<Response<pb::FillResponse>, Status> {
+    async fn fill(
+        &self,
+        r: Request<pb::FillRequest>,
+    ) -> Result<Response<pb::FillResponse>, Status> {
         Ok(Response::new(self.fill_one(r.into_inner(), "").await?))
     }
 
@@ -500,15 +512,18 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::FillManyResponse>, Status> {
         let req = r.into_inner();
         let mut v = Violations::default();
-        validate::batch(&mut v, "requests", req.requests.len(), self.limits.max_batch);
+        validate::batch(
+            &mut v,
+            "requests",
+            req.requests.len(),
+            self.limits.max_batch,
+        );
         v.finish()?;
-        let responses = futures::future::try_join_all(
-            req.requests
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| async move { self.fill_one(item, &format!("requests[{i}].")).await }),
-        )
-        .await?;
+        let responses =
+            futures::future::try_join_all(req.requests.into_iter().enumerate().map(
+                |(i, item)| async move { self.fill_one(item, &format!("requests[{i}].")).await },
+            ))
+            .await?;
         Ok(Response::new(pb::FillManyResponse { responses }))
     }
 
