@@ -559,13 +559,13 @@ async fn wait_bound_is_honoured(fleet: Fleet) {
     assert_eq!(err.code(), tonic::Code::Unavailable);
     use tonic_types::StatusExt;
     assert!(err.get_details_retry_info().is_some());
-    // The gRPC deadline bounds the wait too.
+    // The gRPC deadline bounds the wait too: the answer comes before it, with a margin.
     let mut req = tonic::Request::new(gos("slow"));
-    req.set_timeout(Duration::from_millis(300));
+    req.set_timeout(Duration::from_secs(1));
     let start = Instant::now();
     let r = fleet.client(1).get_or_set(req).await.unwrap().into_inner();
     assert_eq!(r.outcome(), pb::GetOrSetOutcome::Compute);
-    assert!(start.elapsed() < Duration::from_millis(300));
+    assert!(start.elapsed() < Duration::from_secs(1));
 }
 
 async fn get_or_set_many_batches(fleet: Fleet) {

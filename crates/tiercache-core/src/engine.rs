@@ -19,6 +19,8 @@ use crate::l2::{Condition, L2DeleteResult, L2SetResult, RedisOptions, L2};
 use crate::namespace::{bump, L1Entry, Namespace, NamespaceStats, SyncState};
 use crate::policy::NamespacePolicy;
 
+/// How often a degraded replica checks whether Redis answers again.
+pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// The most namespaces one server creates dynamically; past it, unknown names are refused.
 pub const MAX_NAMESPACES: usize = 10_000;
 /// The patterns every replica subscribes to: all namespaces' event, lease and lock channels.
@@ -128,6 +130,9 @@ pub(crate) struct Inner {
     /// True while the event subscription is live. L1 is neither read nor filled without it
     /// (two-tier mode), because invalidations could be missed.
     pub(crate) bus_up: AtomicBool,
+    /// True while Redis calls fail: the replica serves from L1 and runs writes and leases on its
+    /// own (degraded mode) until a probe gets through again.
+    pub(crate) redis_down: AtomicBool,
     /// Bumped on every (re)subscription, so a namespace sync that raced a reset is discarded.
     bus_generation: AtomicU64,
     /// Memory-only mode's version clock: microseconds, strictly increasing.
@@ -192,6 +197,7 @@ impl Cache {
                 namespaces: RwLock::new(namespaces),
                 l2,
                 bus_up: AtomicBool::new(false),
+                redis_down: AtomicBool::new(false),
                 bus_generation: AtomicU64::new(0),
                 version_clock: AtomicU64::new(0),
                 bus_task: parking_lot::Mutex::new(None),
@@ -210,9 +216,57 @@ impl Cache {
         }
     }
 
-    /// True while two-tier mode cannot rely on its event subscription.
+    /// True while two-tier mode runs degraded: Redis unreachable, or the event subscription down.
     pub fn degraded(&self) -> bool {
-        self.inner.l2.is_some() && !self.inner.bus_up.load(Ordering::Acquire)
+        self.inner.l2.is_some() && (self.redis_down() || !self.inner.bus_up.load(Ordering::Acquire))
+    }
+
+    /// True while Redis calls fail and the replica serves on its own.
+    pub fn redis_down(&self) -> bool {
+        self.inner.redis_down.load(Ordering::Acquire)
+    }
+
+    /// The Redis tier when it is configured and reachable.
+    pub(crate) fn healthy_l2(&self) -> Option<&L2> {
+        self.inner.l2.as_ref().filter(|_| !self.redis_down())
+    }
+
+    /// Errors when Redis is configured but down: for operations with no local fallback.
+    pub(crate) fn require_redis_if_configured(&self) -> Result<Option<&L2>, CoreError> {
+        match (&self.inner.l2, self.healthy_l2()) {
+            (Some(_), None) => Err(CoreError::Unavailable("redis is unreachable".into())),
+            (_, l2) => Ok(l2),
+        }
+    }
+
+    /// Enters degraded mode after a Redis failure and starts the probe that leaves it.
+    pub(crate) fn trip(&self, e: &CoreError) {
+        if !matches!(e, CoreError::Unavailable(_)) || self.inner.l2.is_none() {
+            return;
+        }
+        if self.inner.redis_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(error = %e, "redis unavailable, entering degraded mode");
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REDIS_PROBE_INTERVAL).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let cache = Cache { inner };
+                let Some(l2) = &cache.inner.l2 else { return };
+                if l2.ping().await.is_ok() {
+                    // What this replica wrote while degraded never reached Redis, and it may have
+                    // missed invalidations: start from a clean L1.
+                    cache.reset_all();
+                    cache.inner.redis_down.store(false, Ordering::Release);
+                    cache.inner.flights.wake_all();
+                    cache.inner.lock_flights.wake_all();
+                    tracing::info!("redis reachable again, leaving degraded mode");
+                    return;
+                }
+            }
+        });
     }
 
     /// Checks that Redis answers (always fine in memory-only mode).
@@ -296,34 +350,25 @@ impl Cache {
         count: bool,
     ) -> Result<Vec<Lookup>, CoreError> {
         let now = Instant::now();
+        let degraded = self.redis_down();
         let mut out: Vec<Option<Lookup>> = keys
             .iter()
-            .map(|k| self.l1_lookup(ns, k, now).map(Lookup::Hit))
+            .map(|k| self.l1_lookup(ns, k, now, degraded).map(Lookup::Hit))
             .collect();
-        if let Some(l2) = &self.inner.l2 {
+        if let Some(l2) = self.healthy_l2() {
             let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
             if !missing.is_empty() {
-                let epoch = self.ensure_synced(ns).await?;
-                let miss_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
-                let read = l2.read(&ns.keys, &miss_keys).await?;
-                let now = Instant::now();
-                for (&i, entry) in missing.iter().zip(read) {
-                    let Some(entry) = entry else { continue };
-                    if !self.check_visible(ns, &entry.data, epoch.is_some()).await? {
-                        continue;
+                match self.read_l2(ns, l2, keys, &missing, &mut out).await {
+                    Ok(()) => {}
+                    Err(e @ CoreError::Unavailable(_)) => {
+                        // Reads keep serving from L1 (fresh, then stale) while Redis is down.
+                        self.trip(&e);
+                        let now = Instant::now();
+                        for &i in &missing {
+                            out[i] = self.l1_lookup(ns, keys[i], now, true).map(Lookup::Hit);
+                        }
                     }
-                    let fresh = entry.remaining.saturating_sub(entry.data.stale_window);
-                    let l1e = L1Entry {
-                        fresh_until: now + fresh,
-                        stale_until: now + entry.remaining,
-                        l1_until: now + ns.policy.l1_max_ttl.min(entry.remaining),
-                        data: entry.data,
-                    };
-                    let found = found(&l1e, now, Tier::L2);
-                    if let Some(epoch) = epoch {
-                        self.l1_fill(ns, keys[i], l1e, epoch);
-                    }
-                    out[i] = Some(Lookup::Hit(found));
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -342,10 +387,46 @@ impl Cache {
             .collect())
     }
 
-    fn l1_lookup(&self, ns: &Namespace, key: &str, now: Instant) -> Option<Found> {
+    /// Reads the L2 entries of `keys[missing]` into `out`, filling L1 where it is safe.
+    async fn read_l2(
+        &self,
+        ns: &Namespace,
+        l2: &L2,
+        keys: &[&str],
+        missing: &[usize],
+        out: &mut [Option<Lookup>],
+    ) -> Result<(), CoreError> {
+        let epoch = self.ensure_synced(ns).await?;
+        let miss_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let read = l2.read(&ns.keys, &miss_keys).await?;
+        let now = Instant::now();
+        for (&i, entry) in missing.iter().zip(read) {
+            let Some(entry) = entry else { continue };
+            if !self.check_visible(ns, &entry.data, epoch.is_some()).await? {
+                continue;
+            }
+            let fresh = entry.remaining.saturating_sub(entry.data.stale_window);
+            let l1e = L1Entry {
+                fresh_until: now + fresh,
+                stale_until: now + entry.remaining,
+                l1_until: now + ns.policy.l1_max_ttl.min(entry.remaining),
+                data: entry.data,
+            };
+            let found = found(&l1e, now, Tier::L2);
+            if let Some(epoch) = epoch {
+                self.l1_fill(ns, keys[i], l1e, epoch);
+            }
+            out[i] = Some(Lookup::Hit(found));
+        }
+        Ok(())
+    }
+
+    /// Looks a key up in L1. In two-tier mode L1 is trusted only while the replica follows the
+    /// event stream, except when `degraded`: then whatever L1 still holds is served.
+    fn l1_lookup(&self, ns: &Namespace, key: &str, now: Instant, degraded: bool) -> Option<Found> {
         let l1 = ns.l1.as_ref()?;
         let two_tier = self.inner.l2.is_some();
-        if two_tier && !self.inner.bus_up.load(Ordering::Acquire) {
+        if two_tier && !degraded && !self.inner.bus_up.load(Ordering::Acquire) {
             return None;
         }
         let e = l1.get(key)?;
@@ -355,9 +436,13 @@ impl Cache {
         }
         let visible = {
             let sync = ns.sync.read();
-            // Not synced since the last reset: the marks cannot be trusted.
-            sync.last_seq?;
-            sync.visible(&e.data)
+            if degraded {
+                Some(sync.visible(&e.data).unwrap_or(true))
+            } else {
+                // Not synced since the last reset: the marks cannot be trusted.
+                sync.last_seq?;
+                sync.visible(&e.data)
+            }
         };
         match visible {
             Some(true) => Some(found(&e, now, Tier::L1)),
@@ -454,36 +539,80 @@ impl Cache {
             absent: false,
             stale_window: stale,
         };
-        let outcome = match &self.inner.l2 {
-            None => self.memory_set(ns, key, &mut data, ttl, args.condition),
-            Some(l2) => {
-                let cond = match args.condition {
-                    WriteCondition::None => Condition::None,
-                    WriteCondition::IfAbsent => Condition::IfAbsent,
-                    WriteCondition::IfVersion(v) => Condition::IfVersion(v),
-                };
-                // Sync first so the write can go through to L1 on a namespace's first write.
-                self.ensure_synced(ns).await?;
-                let blob = codec::encode(&data);
-                match l2.set(&ns.keys, key, blob, ttl + stale, cond).await? {
-                    L2SetResult::Stored { version, sequence } => {
-                        data.version = version;
-                        data.born = sequence;
-                        self.l1_after_write(ns, key, Some((data, ttl)), sequence);
-                        SetOutcome::Stored { version }
-                    }
-                    L2SetResult::VersionMismatch { current } => {
-                        SetOutcome::VersionMismatch { current }
-                    }
-                    L2SetResult::Exists { current } => SetOutcome::Exists { current },
+        let outcome = match self.healthy_l2() {
+            None => self.memory_set(ns, key, &mut data, ttl, args.condition)?,
+            Some(l2) => match self
+                .l2_set(ns, l2, key, &mut data, ttl, args.condition)
+                .await
+            {
+                Ok(o) => o,
+                Err(e @ CoreError::Unavailable(_)) => {
+                    self.trip(&e);
+                    self.memory_set(ns, key, &mut data, ttl, args.condition)?
                 }
-            }
+                Err(e) => return Err(e),
+            },
         };
         if matches!(outcome, SetOutcome::Stored { .. }) {
             bump(&ns.stats.sets);
             self.inner.flights.wake(&ns.name, key);
         }
         Ok(outcome)
+    }
+
+    async fn l2_set(
+        &self,
+        ns: &Namespace,
+        l2: &L2,
+        key: &str,
+        data: &mut EntryData,
+        ttl: Duration,
+        condition: WriteCondition,
+    ) -> Result<SetOutcome, CoreError> {
+        let cond = match condition {
+            WriteCondition::None => Condition::None,
+            WriteCondition::IfAbsent => Condition::IfAbsent,
+            WriteCondition::IfVersion(v) => Condition::IfVersion(v),
+        };
+        // Sync first so the write can go through to L1 on a namespace's first write.
+        self.ensure_synced(ns).await?;
+        let blob = codec::encode(data);
+        let lifetime = ttl + data.stale_window;
+        Ok(match l2.set(&ns.keys, key, blob, lifetime, cond).await? {
+            L2SetResult::Stored { version, sequence } => {
+                data.version = version;
+                data.born = sequence;
+                self.l1_after_write(ns, key, Some((data.clone(), ttl)), sequence);
+                SetOutcome::Stored { version }
+            }
+            L2SetResult::VersionMismatch { current } => SetOutcome::VersionMismatch { current },
+            L2SetResult::Exists { current } => SetOutcome::Exists { current },
+        })
+    }
+
+    /// The L1 of a namespace for local writes: memory-only mode, or degraded mode.
+    pub(crate) fn local_store<'a>(
+        &self,
+        ns: &'a Namespace,
+    ) -> Result<&'a crate::namespace::L1, CoreError> {
+        ns.l1.as_ref().ok_or_else(|| {
+            CoreError::Unavailable(format!(
+                "redis is unreachable and L1 is off for namespace {}",
+                ns.name
+            ))
+        })
+    }
+
+    /// Takes the next local sequence (memory-only mode). In degraded two-tier mode the sequence
+    /// belongs to Redis, so it is left alone and the local change is only an epoch bump.
+    pub(crate) fn local_sequence(&self, s: &mut SyncState) -> Option<u64> {
+        s.epoch += 1;
+        if self.inner.l2.is_some() {
+            return None;
+        }
+        let seq = s.last_seq.unwrap_or(0) + 1;
+        s.last_seq = Some(seq);
+        Some(seq)
     }
 
     fn memory_set(
@@ -493,30 +622,25 @@ impl Cache {
         data: &mut EntryData,
         ttl: Duration,
         condition: WriteCondition,
-    ) -> SetOutcome {
-        let l1 = ns
-            .l1
-            .as_ref()
-            .expect("memory-only namespaces always have L1");
+    ) -> Result<SetOutcome, CoreError> {
+        let l1 = self.local_store(ns)?;
         let _stripe = ns.stripe(key).lock();
         let now = Instant::now();
         let current = self.memory_current(ns, key, now);
         match (condition, current) {
-            (WriteCondition::IfAbsent, Some(current)) => return SetOutcome::Exists { current },
+            (WriteCondition::IfAbsent, Some(current)) => return Ok(SetOutcome::Exists { current }),
             (WriteCondition::IfVersion(v), current) if current.unwrap_or(0) != v => {
-                return SetOutcome::VersionMismatch {
+                return Ok(SetOutcome::VersionMismatch {
                     current: current.unwrap_or(0),
-                }
+                })
             }
             _ => {}
         }
         ns.revoke_local_lease(key);
         data.version = self.next_version();
         let mut s = ns.sync.write();
-        let seq = s.last_seq.unwrap_or(0) + 1;
-        s.last_seq = Some(seq);
-        s.epoch += 1;
-        data.born = seq;
+        let seq = self.local_sequence(&mut s);
+        data.born = seq.unwrap_or_else(|| s.last_seq.unwrap_or(0));
         let stale = data.stale_window;
         let entry = L1Entry {
             data: data.clone(),
@@ -525,16 +649,18 @@ impl Cache {
             l1_until: now + ttl + stale,
         };
         l1.insert(key.into(), Arc::new(entry));
-        let _ = ns.events.send(Event {
-            sequence: seq,
-            kind: EventKind::KeyChanged {
-                key: key.to_string(),
-                version: data.version,
-            },
-        });
-        SetOutcome::Stored {
-            version: data.version,
+        if let Some(sequence) = seq {
+            let _ = ns.events.send(Event {
+                sequence,
+                kind: EventKind::KeyChanged {
+                    key: key.to_string(),
+                    version: data.version,
+                },
+            });
         }
+        Ok(SetOutcome::Stored {
+            version: data.version,
+        })
     }
 
     /// The version of the visible entry of `key` in memory-only mode.
@@ -607,52 +733,25 @@ impl Cache {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<DeleteOutcome, CoreError> {
-        let outcome = match &self.inner.l2 {
-            None => {
-                let l1 = ns
-                    .l1
-                    .as_ref()
-                    .expect("memory-only namespaces always have L1");
-                let _stripe = ns.stripe(key).lock();
-                let current = self.memory_current(ns, key, Instant::now());
-                match (if_version, current) {
-                    (Some(v), c) if c.unwrap_or(0) != v => DeleteOutcome::VersionMismatch {
-                        current: c.unwrap_or(0),
-                    },
-                    (_, c) => {
-                        ns.revoke_local_lease(key);
-                        let mut s = ns.sync.write();
-                        let seq = s.last_seq.unwrap_or(0) + 1;
-                        s.last_seq = Some(seq);
-                        s.epoch += 1;
-                        l1.invalidate(key);
-                        let _ = ns.events.send(Event {
-                            sequence: seq,
-                            kind: EventKind::KeyChanged {
-                                key: key.to_string(),
-                                version: 0,
-                            },
-                        });
-                        if c.is_some() {
-                            DeleteOutcome::Deleted
-                        } else {
-                            DeleteOutcome::NotFound
-                        }
-                    }
-                }
-            }
-            Some(l2) => match l2.delete(&ns.keys, key, if_version).await? {
-                L2DeleteResult::Deleted { sequence } => {
+        let outcome = match self.healthy_l2() {
+            None => self.memory_delete(ns, key, if_version)?,
+            Some(l2) => match l2.delete(&ns.keys, key, if_version).await {
+                Ok(L2DeleteResult::Deleted { sequence }) => {
                     self.l1_after_write(ns, key, None, sequence);
                     DeleteOutcome::Deleted
                 }
-                L2DeleteResult::NotFound { sequence } => {
+                Ok(L2DeleteResult::NotFound { sequence }) => {
                     self.l1_after_write(ns, key, None, sequence);
                     DeleteOutcome::NotFound
                 }
-                L2DeleteResult::VersionMismatch { current } => {
+                Ok(L2DeleteResult::VersionMismatch { current }) => {
                     DeleteOutcome::VersionMismatch { current }
                 }
+                Err(e @ CoreError::Unavailable(_)) => {
+                    self.trip(&e);
+                    self.memory_delete(ns, key, if_version)?
+                }
+                Err(e) => return Err(e),
             },
         };
         if outcome == DeleteOutcome::Deleted {
@@ -664,13 +763,51 @@ impl Cache {
         Ok(outcome)
     }
 
+    fn memory_delete(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<DeleteOutcome, CoreError> {
+        let l1 = self.local_store(ns)?;
+        let _stripe = ns.stripe(key).lock();
+        let current = self.memory_current(ns, key, Instant::now());
+        if let Some(v) = if_version {
+            if current.unwrap_or(0) != v {
+                return Ok(DeleteOutcome::VersionMismatch {
+                    current: current.unwrap_or(0),
+                });
+            }
+        }
+        ns.revoke_local_lease(key);
+        let mut s = ns.sync.write();
+        let seq = self.local_sequence(&mut s);
+        l1.invalidate(key);
+        if let Some(sequence) = seq {
+            let _ = ns.events.send(Event {
+                sequence,
+                kind: EventKind::KeyChanged {
+                    key: key.to_string(),
+                    version: 0,
+                },
+            });
+        }
+        Ok(if current.is_some() {
+            DeleteOutcome::Deleted
+        } else {
+            DeleteOutcome::NotFound
+        })
+    }
+
     /// Hides every entry carrying any of `tags`; returns the sequence taken.
     pub async fn invalidate_tags(&self, ns: &Namespace, tags: &[String]) -> Result<u64, CoreError> {
-        let seq = match &self.inner.l2 {
+        // An invalidation must reach every replica: no local fallback while Redis is down.
+        let seq = match self.require_redis_if_configured()? {
             Some(l2) => {
                 let seq = l2
                     .invalidate_tags(&ns.keys, tags, ns.policy.max_lifetime())
-                    .await?;
+                    .await
+                    .inspect_err(|e| self.trip(e))?;
                 let mut s = ns.sync.write();
                 for t in tags {
                     s.learn_tag(t, seq);
@@ -701,9 +838,9 @@ impl Cache {
 
     /// Hides every entry of the namespace; returns the sequence taken.
     pub async fn flush(&self, ns: &Namespace) -> Result<u64, CoreError> {
-        let seq = match &self.inner.l2 {
+        let seq = match self.require_redis_if_configured()? {
             Some(l2) => {
-                let seq = l2.flush(&ns.keys).await?;
+                let seq = l2.flush(&ns.keys).await.inspect_err(|e| self.trip(e))?;
                 let mut s = ns.sync.write();
                 s.flush_mark = s.flush_mark.max(seq);
                 s.epoch += 1;
@@ -731,7 +868,24 @@ impl Cache {
 
     // ---- the event bus ----
 
-    fn reset_all(&self) {
+    /// Forgets every namespace's sequence (L1 is then bypassed until resynced) and tells Watch
+    /// streams about the gap.
+    fn mark_unsynced_all(&self) {
+        for ns in self.namespaces() {
+            let mut s = ns.sync.write();
+            s.epoch += 1;
+            if let Some(last) = s.last_seq.take() {
+                let _ = ns.events.send(Event {
+                    sequence: last,
+                    kind: EventKind::Gap {
+                        last_sequence: last,
+                    },
+                });
+            }
+        }
+    }
+
+    pub(crate) fn reset_all(&self) {
         for ns in self.namespaces() {
             let mut s = ns.sync.write();
             let last = s.last_seq.take();
@@ -869,8 +1023,11 @@ async fn bus_loop(inner: Weak<Inner>, client: redis::Client) {
                 let Some(i) = inner.upgrade() else { return };
                 let cache = Cache { inner: i };
                 cache.inner.bus_up.store(false, Ordering::Release);
-                cache.reset_all();
-                tracing::warn!("invalidation event subscription dropped, L1 cleared");
+                // L1 is bypassed from now on, and cleared when the subscription is back, before it
+                // is trusted again. It is not cleared here: if Redis itself is down, L1 is what a
+                // degraded replica serves (no other replica can write meanwhile either).
+                cache.mark_unsynced_all();
+                tracing::warn!("invalidation event subscription dropped, L1 bypassed");
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to invalidation events"),
             Err(_) => tracing::warn!("timed out subscribing to invalidation events"),

@@ -191,12 +191,22 @@ impl Cache {
         ttl: Duration,
     ) -> Result<Acquired, CoreError> {
         let token = new_token();
-        let acquired = match &self.inner.l2 {
-            Some(l2) => match l2.acquire_lease(&ns.keys, key, &token, ttl).await? {
-                L2Acquire::Granted { .. } => true,
-                L2Acquire::FreshEntryExists => return Ok(Acquired::FreshExists),
-                L2Acquire::Held { .. } => false,
+        let remote = match self.healthy_l2() {
+            Some(l2) => match l2.acquire_lease(&ns.keys, key, &token, ttl).await {
+                Ok(r) => Some(r),
+                // Degraded: coalescing falls back to one computation per replica.
+                Err(e @ CoreError::Unavailable(_)) => {
+                    self.trip(&e);
+                    None
+                }
+                Err(e) => return Err(e),
             },
+            None => None,
+        };
+        let acquired = match remote {
+            Some(L2Acquire::Granted { .. }) => true,
+            Some(L2Acquire::FreshEntryExists) => return Ok(Acquired::FreshExists),
+            Some(L2Acquire::Held { .. }) => false,
             None => {
                 let _stripe = ns.stripe(key).lock();
                 let now = Instant::now();
@@ -266,25 +276,34 @@ impl Cache {
             absent: args.absent,
             stale_window: stale,
         };
-        let outcome = match &self.inner.l2 {
+        let remote = match self.healthy_l2() {
             Some(l2) => {
                 let blob = codec::encode(&data);
-                match l2.fill(&ns.keys, key, token, blob, ttl + stale).await? {
-                    L2Fill::Stored {
-                        version,
-                        sequence,
-                        born,
-                    } => {
-                        data.version = version;
-                        data.born = born;
-                        self.l1_after_write(ns, key, Some((data, ttl)), sequence);
-                        FillOutcome::Stored { version }
+                match l2.fill(&ns.keys, key, token, blob, ttl + stale).await {
+                    Ok(r) => Some(r),
+                    Err(e @ CoreError::Unavailable(_)) => {
+                        self.trip(&e);
+                        None
                     }
-                    L2Fill::Revoked => FillOutcome::LeaseRevoked,
-                    L2Fill::Expired => FillOutcome::LeaseExpired,
+                    Err(e) => return Err(e),
                 }
             }
-            None => self.memory_fill(ns, key, token, data, ttl),
+            None => None,
+        };
+        let outcome = match remote {
+            Some(L2Fill::Stored {
+                version,
+                sequence,
+                born,
+            }) => {
+                data.version = version;
+                data.born = born;
+                self.l1_after_write(ns, key, Some((data, ttl)), sequence);
+                FillOutcome::Stored { version }
+            }
+            Some(L2Fill::Revoked) => FillOutcome::LeaseRevoked,
+            Some(L2Fill::Expired) => FillOutcome::LeaseExpired,
+            None => self.memory_fill(ns, key, token, data, ttl)?,
         };
         if matches!(outcome, FillOutcome::Stored { .. }) {
             bump(&ns.stats.fills);
@@ -300,34 +319,29 @@ impl Cache {
         token: &str,
         mut data: EntryData,
         ttl: Duration,
-    ) -> FillOutcome {
-        let l1 = ns
-            .l1
-            .as_ref()
-            .expect("memory-only namespaces always have L1");
+    ) -> Result<FillOutcome, CoreError> {
+        let l1 = self.local_store(ns)?;
         let _stripe = ns.stripe(key).lock();
         let now = Instant::now();
         let mut leases = ns.leases.lock();
         let born = match leases.get(key) {
             Some(s) if s.expires <= now => {
                 leases.remove(key);
-                return FillOutcome::LeaseExpired;
+                return Ok(FillOutcome::LeaseExpired);
             }
             Some(s) if s.token == token => s.born,
-            Some(s) if s.revoked == token => return FillOutcome::LeaseRevoked,
-            _ => return FillOutcome::LeaseExpired,
+            Some(s) if s.revoked == token => return Ok(FillOutcome::LeaseRevoked),
+            _ => return Ok(FillOutcome::LeaseExpired),
         };
         leases.remove(key);
         data.born = born;
         let mut s = ns.sync.write();
         if !s.visible(&data).unwrap_or(true) {
             // An invalidation since the grant: the value would be hidden, so it is not stored.
-            return FillOutcome::LeaseRevoked;
+            return Ok(FillOutcome::LeaseRevoked);
         }
         data.version = self.next_version();
-        let seq = s.last_seq.unwrap_or(0) + 1;
-        s.last_seq = Some(seq);
-        s.epoch += 1;
+        let seq = self.local_sequence(&mut s);
         let version = data.version;
         let stale = data.stale_window;
         l1.insert(
@@ -339,14 +353,16 @@ impl Cache {
                 l1_until: now + ttl + stale,
             }),
         );
-        let _ = ns.events.send(Event {
-            sequence: seq,
-            kind: EventKind::KeyChanged {
-                key: key.to_string(),
-                version,
-            },
-        });
-        FillOutcome::Stored { version }
+        if let Some(sequence) = seq {
+            let _ = ns.events.send(Event {
+                sequence,
+                kind: EventKind::KeyChanged {
+                    key: key.to_string(),
+                    version,
+                },
+            });
+        }
+        Ok(FillOutcome::Stored { version })
     }
 
     /// Gives a lease back without a value (errors are never cached); wakes the waiters so one of
@@ -357,8 +373,19 @@ impl Cache {
         key: &str,
         token: &str,
     ) -> Result<bool, CoreError> {
-        let released = match &self.inner.l2 {
-            Some(l2) => l2.release_lease(&ns.keys, key, token).await?,
+        let remote = match self.healthy_l2() {
+            Some(l2) => match l2.release_lease(&ns.keys, key, token).await {
+                Ok(r) => Some(r),
+                Err(e @ CoreError::Unavailable(_)) => {
+                    self.trip(&e);
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let released = match remote {
+            Some(released) => released,
             None => {
                 let mut leases = ns.leases.lock();
                 match leases.get(key) {
@@ -382,7 +409,7 @@ impl Cache {
         ns: &Namespace,
         key: &str,
     ) -> Result<Option<(u64, Duration)>, CoreError> {
-        Ok(match &self.inner.l2 {
+        Ok(match self.healthy_l2() {
             Some(l2) => l2
                 .lease_info(&ns.keys, key)
                 .await?

@@ -71,8 +71,11 @@ impl Cache {
         token: &str,
         ttl: Duration,
     ) -> Result<Result<u64, Duration>, CoreError> {
-        if let Some(l2) = &self.inner.l2 {
-            return l2.acquire_lock(&ns.keys, name, token, ttl).await;
+        if let Some(l2) = self.require_redis_if_configured()? {
+            return l2
+                .acquire_lock(&ns.keys, name, token, ttl)
+                .await
+                .inspect_err(|e| self.trip(e));
         }
         let now = Instant::now();
         let mut locks = ns.locks.lock();
@@ -98,8 +101,11 @@ impl Cache {
         owner_token: &str,
         ttl: Duration,
     ) -> Result<bool, CoreError> {
-        if let Some(l2) = &self.inner.l2 {
-            return l2.renew_lock(&ns.keys, name, owner_token, ttl).await;
+        if let Some(l2) = self.require_redis_if_configured()? {
+            return l2
+                .renew_lock(&ns.keys, name, owner_token, ttl)
+                .await
+                .inspect_err(|e| self.trip(e));
         }
         let now = Instant::now();
         let mut locks = ns.locks.lock();
@@ -120,8 +126,11 @@ impl Cache {
         name: &str,
         owner_token: &str,
     ) -> Result<bool, CoreError> {
-        let released = match &self.inner.l2 {
-            Some(l2) => l2.release_lock(&ns.keys, name, owner_token).await?,
+        let released = match self.require_redis_if_configured()? {
+            Some(l2) => l2
+                .release_lock(&ns.keys, name, owner_token)
+                .await
+                .inspect_err(|e| self.trip(e))?,
             None => {
                 let now = Instant::now();
                 let mut locks = ns.locks.lock();

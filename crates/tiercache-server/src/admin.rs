@@ -183,10 +183,7 @@ impl LockService for LockApi {
         let max_wait = validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false)
             .unwrap_or_default();
         v.finish()?;
-        let max_wait = match deadline {
-            Some(d) => max_wait.min(d.saturating_sub(std::time::Duration::from_millis(20))),
-            None => max_wait,
-        };
+        let max_wait = crate::cache::within_deadline(max_wait, deadline);
         let got = self
             .cache
             .acquire_lock(&ns, &req.name, ttl, max_wait)

@@ -225,8 +225,17 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration>
     })
 }
 
-/// Leaves room to send the answer before the caller's deadline passes.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+/// Returns how long a wait may last so the answer still reaches the caller before its deadline:
+/// the deadline less a margin of a tenth of it, at least 20 ms and at most 500 ms.
+pub fn within_deadline(wait: Duration, deadline: Option<Duration>) -> Duration {
+    match deadline {
+        Some(d) => {
+            let margin = (d / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+            wait.min(d.saturating_sub(margin))
+        }
+        None => wait,
+    }
+}
 
 /// How long a GetOrSet may wait: its own bound (or the namespace's), capped by the deadline.
 fn wait_bound(
@@ -234,11 +243,7 @@ fn wait_bound(
     policy_wait: Duration,
     deadline: Option<Duration>,
 ) -> Duration {
-    let wait = requested.unwrap_or(policy_wait);
-    match deadline {
-        Some(d) => wait.min(d.saturating_sub(DEADLINE_MARGIN)),
-        None => wait,
-    }
+    within_deadline(requested.unwrap_or(policy_wait), deadline)
 }
 
 struct GetOrSetParams {

@@ -38,6 +38,10 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// The health sub-status of the shared tier: NOT_SERVING while the server runs degraded (Redis
+/// unreachable or the event subscription down); the server itself stays SERVING.
+pub const REDIS_HEALTH_SERVICE: &str = "tiercache.redis";
+
 /// The gRPC service names whose health is reported besides the server-wide `""`.
 const SERVICES: [&str; 3] = [
     "tiercache.v1.CacheService",
@@ -89,6 +93,29 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let storage_health = (config.redis.is_some()).then(|| {
+        let (reporter, cache) = (reporter.clone(), cache.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let degraded = cache.degraded();
+                if last != Some(degraded) {
+                    let status = if degraded {
+                        ServingStatus::NotServing
+                    } else {
+                        ServingStatus::Serving
+                    };
+                    reporter
+                        .set_service_status(REDIS_HEALTH_SERVICE, status)
+                        .await;
+                    last = Some(degraded);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let _storage_health = AbortOnDrop(storage_health);
+
     let cache_api = cache::CacheApi::new(cache.clone(), config.limits.clone());
     let admin_api = admin::AdminApi::new(cache.clone());
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -121,4 +148,15 @@ pub async fn run(
         Err(_) => tracing::warn!("shutdown grace period passed, dropping in-flight rpcs"),
     }
     Ok(())
+}
+
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
 }
