@@ -322,6 +322,7 @@ impl Cache {
             .collect())
     }
 
+    #[tracing::instrument(name = "l1.lookup", level = "debug", skip_all)]
     fn l1_lookup(&self, ns: &Namespace, key: &str, now: Instant) -> Option<Found> {
         let l1 = ns.l1.as_ref()?;
         let two_tier = self.inner.l2.is_some();

@@ -7,12 +7,19 @@
 //! Scripts that touch both an entry and its namespace's sequence span two hash slots; that is fine
 //! on a standalone Redis (the supported deployment today). See docs/architecture.md for the split
 //! a Redis Cluster deployment needs.
+//!
+//! Every call runs in a `redis` tracing span (OpenTelemetry database client conventions) and is
+//! reported to the [`RedisObserver`] the server installed, which turns it into metrics. The core
+//! itself records nothing and knows no metrics library.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
+use tracing::Instrument;
 
 use crate::codec::{self, EntryData};
 use crate::error::CoreError;
@@ -159,6 +166,60 @@ pub struct L2Entry {
     pub remaining: Duration,
 }
 
+/// Receives the duration and result of every Redis call; the server turns them into metrics.
+///
+/// Called on the request path after each round trip, so it must be cheap and must not block.
+pub trait RedisObserver: Send + Sync + 'static {
+    /// Records one call: `operation` is one of the names in [`RedisOp`], `error` its failure.
+    fn record(&self, operation: RedisOp, elapsed: Duration, error: Option<&CoreError>);
+}
+
+/// A kind of Redis call the L2 tier makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOp {
+    /// The tiercache operation (`read`, `set`, `delete`, `namespace_marks`, `tag_marks`,
+    /// `invalidate_tags`, `flush`, `ping`).
+    pub name: &'static str,
+    /// The Redis command it sends (`EVALSHA`, `MGET`, `PING`).
+    pub command: &'static str,
+}
+
+impl RedisOp {
+    const READ: RedisOp = RedisOp::script("read");
+    const SET: RedisOp = RedisOp::script("set");
+    const DELETE: RedisOp = RedisOp::script("delete");
+    const INVALIDATE_TAGS: RedisOp = RedisOp::script("invalidate_tags");
+    const FLUSH: RedisOp = RedisOp::script("flush");
+    const NAMESPACE_MARKS: RedisOp = RedisOp {
+        name: "namespace_marks",
+        command: "MGET",
+    };
+    const TAG_MARKS: RedisOp = RedisOp {
+        name: "tag_marks",
+        command: "MGET",
+    };
+    const PING: RedisOp = RedisOp {
+        name: "ping",
+        command: "PING",
+    };
+
+    const fn script(name: &'static str) -> RedisOp {
+        RedisOp {
+            name,
+            command: "EVALSHA",
+        }
+    }
+}
+
+/// The `error.type` of a failed call.
+pub fn error_type(e: &CoreError) -> &'static str {
+    match e {
+        CoreError::Unavailable(_) => "unavailable",
+        CoreError::Corrupt { .. } => "corrupt",
+        _ => "other",
+    }
+}
+
 struct Scripts {
     read: Script,
     set: Script,
@@ -173,6 +234,7 @@ pub struct L2 {
     conn: ConnectionManager,
     scripts: Scripts,
     options: RedisOptions,
+    observer: OnceLock<Arc<dyn RedisObserver>>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -232,7 +294,41 @@ impl L2 {
                 flush: with_prelude(FLUSH),
             },
             options,
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Installs the observer every later call reports to; only the first one is kept.
+    pub fn set_observer(&self, observer: Arc<dyn RedisObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Runs one Redis call in its span and reports it to the observer.
+    async fn call<T>(
+        &self,
+        op: RedisOp,
+        f: impl Future<Output = Result<T, CoreError>>,
+    ) -> Result<T, CoreError> {
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = op.name,
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = op.command,
+            tiercache.redis.operation = op.name,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let start = Instant::now();
+        let r = f.instrument(span.clone()).await;
+        if let Err(e) = &r {
+            span.record("error.type", error_type(e));
+            span.record("otel.status_code", "ERROR");
+        }
+        if let Some(o) = self.observer.get() {
+            o.record(op, start.elapsed(), r.as_ref().err());
+        }
+        r
     }
 
     /// The client, for the subscription connection.
@@ -255,7 +351,12 @@ impl L2 {
         for k in user_keys {
             inv.key(keys.entry(k));
         }
-        let reply: Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .call(RedisOp::READ, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
+            .await?;
         let Value::Array(items) = reply else {
             return Err(CoreError::Unavailable(format!(
                 "unexpected reply from redis: {reply:?}"
@@ -300,10 +401,9 @@ impl L2 {
             Condition::IfVersion(v) => ("version", v.to_string()),
         };
         let px = lifetime.as_millis().max(1) as u64;
-        let reply: Value = self
-            .scripts
-            .set
-            .key(keys.entry(key))
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.set.prepare_invoke();
+        inv.key(keys.entry(key))
             .key(keys.lease(key))
             .key(&keys.seq)
             .arg(&keys.meta_prefix)
@@ -312,8 +412,11 @@ impl L2 {
             .arg(px)
             .arg(cond)
             .arg(expected)
-            .arg(key)
-            .invoke_async(&mut self.conn.clone())
+            .arg(key);
+        let reply: Value = self
+            .call(RedisOp::SET, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
             .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
@@ -338,17 +441,19 @@ impl L2 {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<L2DeleteResult, CoreError> {
-        let reply: Value = self
-            .scripts
-            .delete
-            .key(keys.entry(key))
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.delete.prepare_invoke();
+        inv.key(keys.entry(key))
             .key(keys.lease(key))
             .key(&keys.seq)
             .arg(&keys.meta_prefix)
             .arg(&keys.channel)
             .arg(if_version.map(|v| v.to_string()).unwrap_or_default())
-            .arg(key)
-            .invoke_async(&mut self.conn.clone())
+            .arg(key);
+        let reply: Value = self
+            .call(RedisOp::DELETE, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
             .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
@@ -369,10 +474,13 @@ impl L2 {
 
     /// Reads the namespace sequence and flush mark.
     pub async fn namespace_marks(&self, keys: &NamespaceKeys) -> Result<(u64, u64), CoreError> {
-        let (seq, flush): (Option<u64>, Option<u64>) = redis::cmd("MGET")
-            .arg(&keys.seq)
-            .arg(&keys.flush)
-            .query_async(&mut self.conn.clone())
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&keys.seq).arg(&keys.flush);
+        let (seq, flush): (Option<u64>, Option<u64>) = self
+            .call(RedisOp::NAMESPACE_MARKS, async {
+                Ok(cmd.query_async(&mut conn).await?)
+            })
             .await?;
         Ok((seq.unwrap_or(0), flush.unwrap_or(0)))
     }
@@ -390,7 +498,12 @@ impl L2 {
         for t in tags {
             cmd.arg(keys.tag(t));
         }
-        let marks: Vec<Option<u64>> = cmd.query_async(&mut self.conn.clone()).await?;
+        let mut conn = self.conn.clone();
+        let marks: Vec<Option<u64>> = self
+            .call(RedisOp::TAG_MARKS, async {
+                Ok(cmd.query_async(&mut conn).await?)
+            })
+            .await?;
         Ok(marks.into_iter().map(|m| m.unwrap_or(0)).collect())
     }
 
@@ -411,28 +524,46 @@ impl L2 {
         for t in tags {
             inv.arg(t);
         }
-        let seq: u64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let mut conn = self.conn.clone();
+        let seq: u64 = self
+            .call(RedisOp::INVALIDATE_TAGS, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
+            .await?;
         Ok(seq)
     }
 
     /// Takes a new sequence and sets the namespace flush mark to it; returns the sequence.
     pub async fn flush(&self, keys: &NamespaceKeys) -> Result<u64, CoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.flush.prepare_invoke();
+        inv.key(&keys.seq).key(&keys.flush).arg(&keys.channel);
         let seq: u64 = self
-            .scripts
-            .flush
-            .key(&keys.seq)
-            .key(&keys.flush)
-            .arg(&keys.channel)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::FLUSH, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
             .await?;
         Ok(seq)
     }
 
     /// Sends PING; used by health checks.
     pub async fn ping(&self) -> Result<(), CoreError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .call(RedisOp::PING, async {
+                Ok(redis::cmd("PING").query_async(&mut conn).await?)
+            })
             .await?;
         Ok(())
+    }
+}
+
+impl crate::engine::Cache {
+    /// Reports every later Redis call to `observer` (latency and errors); a no-op in
+    /// memory-only mode. Lives here rather than in the engine because it is L2 plumbing.
+    pub fn observe_redis(&self, observer: Arc<dyn RedisObserver>) {
+        if let Some(l2) = &self.inner.l2 {
+            l2.set_observer(observer);
+        }
     }
 }
