@@ -2,6 +2,7 @@
 # Installs what the build and the tests need, where it can; fast and silent-ish when all is there.
 #
 #   redis-server   Debian package (apt-get, as root; otherwise prints the command and stops)
+#   promtool       Debian package prometheus (same rule); checks the /metrics exposition format
 #   buf            npm package pinned in .tools/node/package.json, installed into .tools/node
 #   cargo-nextest  cargo install, if missing
 #   cargo-deny     cargo install (pinned), if missing; takes a few minutes once, then cached
@@ -32,20 +33,29 @@ done
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt is missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: rustup component add clippy"
 
-# --- redis-server ---------------------------------------------------------------------------------
-if ! command -v redis-server >/dev/null; then
+# --- Debian packages: redis-server, promtool -----------------------------------------------------
+# apt_install TOOL PACKAGE: installs PACKAGE when TOOL is not on PATH (as root), or prints the
+# command and stops.
+apt_updated=
+apt_install() {
+    local tool=$1 package=$2
+    command -v "$tool" >/dev/null && return 0
     if [ "$(id -u)" -eq 0 ]; then
-        say "installing redis-server with apt-get"
+        say "installing $package with apt-get (for $tool)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q
-        apt-get install -y -q redis-server
-        command -v redis-server >/dev/null || die "redis-server still not on PATH after apt-get"
+        if [ -z "$apt_updated" ]; then apt-get update -q; apt_updated=1; fi
+        apt-get install -y -q "$package"
+        command -v "$tool" >/dev/null || die "$tool still not on PATH after apt-get install $package"
     else
-        echo "setup: redis-server is missing and this is not root; install it with:" >&2
-        echo "  sudo apt-get update && sudo apt-get install -y redis-server" >&2
+        echo "setup: $tool is missing and this is not root; install it with:" >&2
+        echo "  sudo apt-get update && sudo apt-get install -y $package" >&2
         exit 1
     fi
-fi
+}
+apt_install redis-server redis-server
+# promtool checks the Prometheus exposition format of /metrics (tests/tests/telemetry_metrics.rs).
+# The package also ships the Prometheus server; nothing here starts it.
+apt_install promtool prometheus
 # The tests start their own redis-server processes on free ports; none needs to run here.
 
 # --- buf (npm, pinned) ---------------------------------------------------------------------------
@@ -87,4 +97,5 @@ else
 fi
 
 say "ok (redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), buf $buf_want," \
+    "$(promtool --version 2>&1 | head -1 | awk '{print "promtool", $3}'),"  \
     "$(cargo nextest --version | head -1), $(cargo deny --version))"

@@ -46,6 +46,7 @@ fn readme_config_example_shows_the_defaults() {
         config.limits.pipeline_max_in_flight,
         builtin.limits.pipeline_max_in_flight
     );
+    assert_eq!(config.telemetry, builtin.telemetry);
     let redis = config.redis.unwrap();
     let redis_defaults = tiercache_server::config::RedisConfig::new(redis.url.clone());
     assert_eq!(redis.connect_timeout, redis_defaults.connect_timeout);

@@ -51,7 +51,11 @@ pub struct ServeArgs {
     /// The Redis URL, overriding the config's `redis.url` (and turning on the L2 tier).
     #[arg(long, env = "TIERCACHE_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
-    /// Log line format; the level comes from RUST_LOG (default info).
+    /// The admin HTTP address serving `/metrics`, overriding `telemetry.admin_listen`.
+    #[arg(long, env = "TIERCACHE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Log line format; the level comes from RUST_LOG (default info). JSON lines carry the
+    /// OpenTelemetry trace_id and span_id.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

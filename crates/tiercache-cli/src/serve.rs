@@ -1,22 +1,34 @@
-//! `tiercache serve`: config from file, flags and environment; logging; signals; `run`.
+//! `tiercache serve`: config from file, flags and environment; logging and traces; signals;
+//! `run`. This is the one place that reads the `OTEL_*` environment.
 
 use std::future::Future;
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use tiercache_server::config::{ConfigError, RedisConfig};
+use tiercache_server::config::{ConfigError, OtelEnv, RedisConfig};
+use tiercache_server::telemetry::{self, JsonWithTraceIds};
 use tiercache_server::{Config, ServerError};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::args::{LogFormat, ServeArgs};
 use crate::exit::{Exit, Failure};
 
 /// Runs the server until SIGTERM or SIGINT, then returns after the graceful shutdown.
 pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
-    init_logging(args.log_format);
-    let config = build_config(&args).map_err(Failure::usage)?;
+    let env = OtelEnv::from_lookup(|k| std::env::var(k).ok());
+    let config = build_config(&args, &env).map_err(Failure::usage)?;
+    let tracer = telemetry::tracer_provider(&config.telemetry)
+        .context("cannot start tracing")
+        .map_err(Failure::usage)?;
+    init_logging(
+        args.log_format,
+        &tracer,
+        config.telemetry.otlp_endpoint.is_some(),
+    );
     // Register the handlers before binding, so a signal that arrives during start-up is not
     // lost (the default action would kill the process without a graceful shutdown).
     let shutdown = shutdown_signal()
@@ -30,13 +42,22 @@ pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         .local_addr()
         .context("cannot read the listen address")
         .map_err(Failure::server)?;
+    let admin = tiercache_server::bind_admin(&config)
+        .await
+        .map_err(Failure::server)?;
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
         %addr,
+        admin = ?admin_addr,
+        otlp = config.telemetry.otlp_endpoint.as_deref().unwrap_or("off"),
         redis = config.redis.is_some(),
         namespaces = config.namespaces.len(),
         "listening"
     );
-    match tiercache_server::run(listener, config, shutdown).await {
+    let result = tiercache_server::run_with_admin(listener, admin, config, shutdown).await;
+    // Flush the last spans; blocking, so off the async workers.
+    let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+    match result {
         Ok(()) => {
             tracing::info!("stopped");
             Ok(Exit::Ok)
@@ -47,8 +68,8 @@ pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
 }
 
 /// Returns the config: the file (or the defaults), with flag and environment overrides laid
-/// over it, validated.
-pub fn build_config(args: &ServeArgs) -> Result<Config, ConfigError> {
+/// over it, validated. `OTEL_*` variables (`env`) fill the telemetry fields the file left out.
+pub fn build_config(args: &ServeArgs, env: &OtelEnv) -> Result<Config, ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -63,20 +84,39 @@ pub fn build_config(args: &ServeArgs) -> Result<Config, ConfigError> {
             None => config.redis = Some(RedisConfig::new(url.clone())),
         }
     }
+    if let Some(admin) = args.admin_listen {
+        config.telemetry.admin_listen = admin;
+    }
+    config.telemetry = config.telemetry.with_env(env)?;
     config.validate()?;
     Ok(config)
 }
 
-/// Installs the tracing subscriber on stderr: RUST_LOG filter (default `info`), text or JSON.
-fn init_logging(format: LogFormat) {
+/// Installs the tracing subscriber: logs on stderr (RUST_LOG filter, default `info`; text, or
+/// JSON with trace ids) and spans to the tracer provider. The two have separate filters, so
+/// RUST_LOG does not decide what is traced.
+fn init_logging(
+    format: LogFormat,
+    tracer: &opentelemetry_sdk::trace::SdkTracerProvider,
+    detailed: bool,
+) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => logs
+            .json()
+            .event_format(JsonWithTraceIds(tracing_subscriber::fmt::format().json()))
+            .with_filter(filter)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(telemetry::otel_layer(tracer, detailed))
+        .init();
 }
 
 /// Returns a future that completes on the first SIGTERM or SIGINT.
@@ -103,13 +143,14 @@ mod tests {
             config: None,
             listen: None,
             redis_url: None,
+            admin_listen: None,
             log_format: LogFormat::Text,
         }
     }
 
     #[test]
     fn defaults_without_file_or_flags() {
-        let c = build_config(&args()).unwrap();
+        let c = build_config(&args(), &OtelEnv::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         assert!(c.redis.is_none());
     }
@@ -122,12 +163,15 @@ mod tests {
             "listen = \"127.0.0.1:7000\"\n[redis]\nurl = \"redis://a:1\"\nresponse_timeout = \"250ms\""
         )
         .unwrap();
-        let c = build_config(&ServeArgs {
-            config: Some(file.path().to_path_buf()),
-            listen: Some("127.0.0.1:7001".parse().unwrap()),
-            redis_url: Some("redis://b:2".into()),
-            ..args()
-        })
+        let c = build_config(
+            &ServeArgs {
+                config: Some(file.path().to_path_buf()),
+                listen: Some("127.0.0.1:7001".parse().unwrap()),
+                redis_url: Some("redis://b:2".into()),
+                ..args()
+            },
+            &OtelEnv::default(),
+        )
         .unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7001");
         let redis = c.redis.unwrap();
@@ -140,11 +184,37 @@ mod tests {
 
     #[test]
     fn bad_redis_url_names_the_field() {
-        let e = build_config(&ServeArgs {
-            redis_url: Some("http://nope".into()),
-            ..args()
-        })
+        let e = build_config(
+            &ServeArgs {
+                redis_url: Some("http://nope".into()),
+                ..args()
+            },
+            &OtelEnv::default(),
+        )
         .unwrap_err();
         assert!(e.to_string().contains("redis.url"), "{e}");
+    }
+
+    #[test]
+    fn otel_environment_reaches_the_config() {
+        let env = OtelEnv::from_lookup(|k| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://127.0.0.1:4317".into()),
+            "OTEL_SERVICE_NAME" => Some("cache-eu".into()),
+            _ => None,
+        });
+        let c = build_config(
+            &ServeArgs {
+                admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..args()
+            },
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(c.telemetry.service_name(), "cache-eu");
+        assert_eq!(c.telemetry.admin_listen.to_string(), "127.0.0.1:0");
     }
 }

@@ -423,6 +423,7 @@ impl Cache {
 
     /// Looks a key up in L1. In two-tier mode L1 is trusted only while the replica follows the
     /// event stream, except when `degraded`: then whatever L1 still holds is served.
+    #[tracing::instrument(name = "l1.lookup", level = "debug", skip_all)]
     fn l1_lookup(&self, ns: &Namespace, key: &str, now: Instant, degraded: bool) -> Option<Found> {
         let l1 = ns.l1.as_ref()?;
         let two_tier = self.inner.l2.is_some();

@@ -7,12 +7,19 @@
 //! Scripts that touch both an entry and its namespace's sequence span two hash slots; that is fine
 //! on a standalone Redis (the supported deployment today). See docs/architecture.md for the split
 //! a Redis Cluster deployment needs.
+//!
+//! Every call runs in a `redis` tracing span (OpenTelemetry database client conventions) and is
+//! reported to the [`RedisObserver`] the server installed, which turns it into metrics. The core
+//! itself records nothing and knows no metrics library.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
+use tracing::Instrument;
 
 use crate::codec::{self, EntryData};
 use crate::error::CoreError;
@@ -277,6 +284,71 @@ pub struct L2Entry {
     pub remaining: Duration,
 }
 
+/// Receives the duration and result of every Redis call; the server turns them into metrics.
+///
+/// Called on the request path after each round trip, so it must be cheap and must not block.
+pub trait RedisObserver: Send + Sync + 'static {
+    /// Records one call: `operation` is one of the names in [`RedisOp`], `error` its failure.
+    fn record(&self, operation: RedisOp, elapsed: Duration, error: Option<&CoreError>);
+}
+
+/// A kind of Redis call the L2 tier makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOp {
+    /// The tiercache operation (`read`, `set`, `delete`, `namespace_marks`, `tag_marks`,
+    /// `invalidate_tags`, `flush`, `acquire_lease`, `fill`, `release_lease`, `lease_info`,
+    /// `acquire_lock`, `renew_lock`, `release_lock`, `ping`).
+    pub name: &'static str,
+    /// The Redis command it sends (`EVALSHA`, `MGET`, `PING`).
+    pub command: &'static str,
+}
+
+impl RedisOp {
+    const READ: RedisOp = RedisOp::script("read");
+    const SET: RedisOp = RedisOp::script("set");
+    const DELETE: RedisOp = RedisOp::script("delete");
+    const INVALIDATE_TAGS: RedisOp = RedisOp::script("invalidate_tags");
+    const FLUSH: RedisOp = RedisOp::script("flush");
+    const NAMESPACE_MARKS: RedisOp = RedisOp {
+        name: "namespace_marks",
+        command: "MGET",
+    };
+    const TAG_MARKS: RedisOp = RedisOp {
+        name: "tag_marks",
+        command: "MGET",
+    };
+    const ACQUIRE_LEASE: RedisOp = RedisOp::script("acquire_lease");
+    const FILL: RedisOp = RedisOp::script("fill");
+    const RELEASE_LEASE: RedisOp = RedisOp::script("release_lease");
+    const LEASE_INFO: RedisOp = RedisOp {
+        name: "lease_info",
+        command: "GET",
+    };
+    const ACQUIRE_LOCK: RedisOp = RedisOp::script("acquire_lock");
+    const RENEW_LOCK: RedisOp = RedisOp::script("renew_lock");
+    const RELEASE_LOCK: RedisOp = RedisOp::script("release_lock");
+    const PING: RedisOp = RedisOp {
+        name: "ping",
+        command: "PING",
+    };
+
+    const fn script(name: &'static str) -> RedisOp {
+        RedisOp {
+            name,
+            command: "EVALSHA",
+        }
+    }
+}
+
+/// The `error.type` of a failed call.
+pub fn error_type(e: &CoreError) -> &'static str {
+    match e {
+        CoreError::Unavailable(_) => "unavailable",
+        CoreError::Corrupt { .. } => "corrupt",
+        _ => "other",
+    }
+}
+
 struct Scripts {
     acquire_lease: Script,
     fill: Script,
@@ -297,6 +369,7 @@ pub struct L2 {
     conn: ConnectionManager,
     scripts: Scripts,
     options: RedisOptions,
+    observer: OnceLock<Arc<dyn RedisObserver>>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -379,7 +452,41 @@ impl L2 {
                 flush: with_prelude(FLUSH),
             },
             options,
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Installs the observer every later call reports to; only the first one is kept.
+    pub fn set_observer(&self, observer: Arc<dyn RedisObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Runs one Redis call in its span and reports it to the observer.
+    async fn call<T>(
+        &self,
+        op: RedisOp,
+        f: impl Future<Output = Result<T, CoreError>>,
+    ) -> Result<T, CoreError> {
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = op.name,
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = op.command,
+            tiercache.redis.operation = op.name,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let start = Instant::now();
+        let r = f.instrument(span.clone()).await;
+        if let Err(e) = &r {
+            span.record("error.type", error_type(e));
+            span.record("otel.status_code", "ERROR");
+        }
+        if let Some(o) = self.observer.get() {
+            o.record(op, start.elapsed(), r.as_ref().err());
+        }
+        r
     }
 
     /// The client, for the subscription connection.
@@ -402,7 +509,12 @@ impl L2 {
         for k in user_keys {
             inv.key(keys.entry(k));
         }
-        let reply: Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .call(RedisOp::READ, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
+            .await?;
         let Value::Array(items) = reply else {
             return Err(CoreError::Unavailable(format!(
                 "unexpected reply from redis: {reply:?}"
@@ -447,10 +559,9 @@ impl L2 {
             Condition::IfVersion(v) => ("version", v.to_string()),
         };
         let px = lifetime.as_millis().max(1) as u64;
-        let reply: Value = self
-            .scripts
-            .set
-            .key(keys.entry(key))
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.set.prepare_invoke();
+        inv.key(keys.entry(key))
             .key(keys.lease(key))
             .key(&keys.seq)
             .arg(&keys.meta_prefix)
@@ -459,8 +570,11 @@ impl L2 {
             .arg(px)
             .arg(cond)
             .arg(expected)
-            .arg(key)
-            .invoke_async(&mut self.conn.clone())
+            .arg(key);
+        let reply: Value = self
+            .call(RedisOp::SET, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
             .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
@@ -485,17 +599,19 @@ impl L2 {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<L2DeleteResult, CoreError> {
-        let reply: Value = self
-            .scripts
-            .delete
-            .key(keys.entry(key))
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.delete.prepare_invoke();
+        inv.key(keys.entry(key))
             .key(keys.lease(key))
             .key(&keys.seq)
             .arg(&keys.meta_prefix)
             .arg(&keys.channel)
             .arg(if_version.map(|v| v.to_string()).unwrap_or_default())
-            .arg(key)
-            .invoke_async(&mut self.conn.clone())
+            .arg(key);
+        let reply: Value = self
+            .call(RedisOp::DELETE, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
             .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
@@ -516,10 +632,13 @@ impl L2 {
 
     /// Reads the namespace sequence and flush mark.
     pub async fn namespace_marks(&self, keys: &NamespaceKeys) -> Result<(u64, u64), CoreError> {
-        let (seq, flush): (Option<u64>, Option<u64>) = redis::cmd("MGET")
-            .arg(&keys.seq)
-            .arg(&keys.flush)
-            .query_async(&mut self.conn.clone())
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&keys.seq).arg(&keys.flush);
+        let (seq, flush): (Option<u64>, Option<u64>) = self
+            .call(RedisOp::NAMESPACE_MARKS, async {
+                Ok(cmd.query_async(&mut conn).await?)
+            })
             .await?;
         Ok((seq.unwrap_or(0), flush.unwrap_or(0)))
     }
@@ -537,7 +656,12 @@ impl L2 {
         for t in tags {
             cmd.arg(keys.tag(t));
         }
-        let marks: Vec<Option<u64>> = cmd.query_async(&mut self.conn.clone()).await?;
+        let mut conn = self.conn.clone();
+        let marks: Vec<Option<u64>> = self
+            .call(RedisOp::TAG_MARKS, async {
+                Ok(cmd.query_async(&mut conn).await?)
+            })
+            .await?;
         Ok(marks.into_iter().map(|m| m.unwrap_or(0)).collect())
     }
 
@@ -558,19 +682,24 @@ impl L2 {
         for t in tags {
             inv.arg(t);
         }
-        let seq: u64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let mut conn = self.conn.clone();
+        let seq: u64 = self
+            .call(RedisOp::INVALIDATE_TAGS, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
+            .await?;
         Ok(seq)
     }
 
     /// Takes a new sequence and sets the namespace flush mark to it; returns the sequence.
     pub async fn flush(&self, keys: &NamespaceKeys) -> Result<u64, CoreError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.scripts.flush.prepare_invoke();
+        inv.key(&keys.seq).key(&keys.flush).arg(&keys.channel);
         let seq: u64 = self
-            .scripts
-            .flush
-            .key(&keys.seq)
-            .key(&keys.flush)
-            .arg(&keys.channel)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::FLUSH, async {
+                Ok(inv.invoke_async(&mut conn).await?)
+            })
             .await?;
         Ok(seq)
     }
@@ -583,16 +712,21 @@ impl L2 {
         token: &str,
         ttl: Duration,
     ) -> Result<L2Acquire, CoreError> {
+        let mut conn = self.conn.clone();
         let reply: Value = self
-            .scripts
-            .acquire_lease
-            .key(keys.entry(key))
-            .key(keys.lease(key))
-            .key(&keys.seq)
-            .arg(&keys.meta_prefix)
-            .arg(token)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::ACQUIRE_LEASE, async {
+                Ok(self
+                    .scripts
+                    .acquire_lease
+                    .key(keys.entry(key))
+                    .key(keys.lease(key))
+                    .key(&keys.seq)
+                    .arg(&keys.meta_prefix)
+                    .arg(token)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
             .await?;
         let r = ints_signed(reply)?;
         Ok(match r.as_slice() {
@@ -620,19 +754,24 @@ impl L2 {
         blob: Bytes,
         lifetime: Duration,
     ) -> Result<L2Fill, CoreError> {
+        let mut conn = self.conn.clone();
         let reply: Value = self
-            .scripts
-            .fill
-            .key(keys.entry(key))
-            .key(keys.lease(key))
-            .key(&keys.seq)
-            .arg(&keys.meta_prefix)
-            .arg(&keys.channel)
-            .arg(token)
-            .arg(blob.as_ref())
-            .arg(lifetime.as_millis().max(1) as u64)
-            .arg(key)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::FILL, async {
+                Ok(self
+                    .scripts
+                    .fill
+                    .key(keys.entry(key))
+                    .key(keys.lease(key))
+                    .key(&keys.seq)
+                    .arg(&keys.meta_prefix)
+                    .arg(&keys.channel)
+                    .arg(token)
+                    .arg(blob.as_ref())
+                    .arg(lifetime.as_millis().max(1) as u64)
+                    .arg(key)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
             .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
@@ -658,14 +797,19 @@ impl L2 {
         key: &str,
         token: &str,
     ) -> Result<bool, CoreError> {
+        let mut conn = self.conn.clone();
         let released: i64 = self
-            .scripts
-            .release_lease
-            .key(keys.lease(key))
-            .arg(token)
-            .arg(&keys.lease_channel)
-            .arg(key)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::RELEASE_LEASE, async {
+                Ok(self
+                    .scripts
+                    .release_lease
+                    .key(keys.lease(key))
+                    .arg(token)
+                    .arg(&keys.lease_channel)
+                    .arg(key)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
             .await?;
         Ok(released == 1)
     }
@@ -676,10 +820,15 @@ impl L2 {
         keys: &NamespaceKeys,
         key: &str,
     ) -> Result<Option<(String, u64, Duration)>, CoreError> {
-        let (value, pttl): (Option<String>, i64) = redis::pipe()
-            .get(keys.lease(key))
-            .pttl(keys.lease(key))
-            .query_async(&mut self.conn.clone())
+        let mut conn = self.conn.clone();
+        let (value, pttl): (Option<String>, i64) = self
+            .call(RedisOp::LEASE_INFO, async {
+                Ok(redis::pipe()
+                    .get(keys.lease(key))
+                    .pttl(keys.lease(key))
+                    .query_async(&mut conn)
+                    .await?)
+            })
             .await?;
         Ok(value.and_then(|v| {
             let mut parts = v.splitn(3, '|');
@@ -697,14 +846,19 @@ impl L2 {
         token: &str,
         ttl: Duration,
     ) -> Result<Result<u64, Duration>, CoreError> {
+        let mut conn = self.conn.clone();
         let reply: Value = self
-            .scripts
-            .acquire_lock
-            .key(keys.lock(name))
-            .key(keys.fence(name))
-            .arg(token)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::ACQUIRE_LOCK, async {
+                Ok(self
+                    .scripts
+                    .acquire_lock
+                    .key(keys.lock(name))
+                    .key(keys.fence(name))
+                    .arg(token)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
             .await?;
         let r = ints_signed(reply)?;
         Ok(match r.as_slice() {
@@ -726,13 +880,18 @@ impl L2 {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, CoreError> {
+        let mut conn = self.conn.clone();
         let renewed: i64 = self
-            .scripts
-            .renew_lock
-            .key(keys.lock(name))
-            .arg(token)
-            .arg(ttl.as_millis().max(1) as u64)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::RENEW_LOCK, async {
+                Ok(self
+                    .scripts
+                    .renew_lock
+                    .key(keys.lock(name))
+                    .arg(token)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
             .await?;
         Ok(renewed == 1)
     }
@@ -744,23 +903,41 @@ impl L2 {
         name: &str,
         token: &str,
     ) -> Result<bool, CoreError> {
+        let mut conn = self.conn.clone();
         let released: i64 = self
-            .scripts
-            .release_lock
-            .key(keys.lock(name))
-            .arg(token)
-            .arg(&keys.lock_channel)
-            .arg(name)
-            .invoke_async(&mut self.conn.clone())
+            .call(RedisOp::RELEASE_LOCK, async {
+                Ok(self
+                    .scripts
+                    .release_lock
+                    .key(keys.lock(name))
+                    .arg(token)
+                    .arg(&keys.lock_channel)
+                    .arg(name)
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
             .await?;
         Ok(released == 1)
     }
 
     /// Sends PING; used by health checks.
     pub async fn ping(&self) -> Result<(), CoreError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .call(RedisOp::PING, async {
+                Ok(redis::cmd("PING").query_async(&mut conn).await?)
+            })
             .await?;
         Ok(())
+    }
+}
+
+impl crate::engine::Cache {
+    /// Reports every later Redis call to `observer` (latency and errors); a no-op in
+    /// memory-only mode. Lives here rather than in the engine because it is L2 plumbing.
+    pub fn observe_redis(&self, observer: Arc<dyn RedisObserver>) {
+        if let Some(l2) = &self.inner.l2 {
+            l2.set_observer(observer);
+        }
     }
 }

@@ -37,7 +37,9 @@ impl CacheApi {
 
     fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ApiError> {
         validate::namespace("namespace", name)?;
-        Ok(self.cache.namespace(name)?)
+        let ns = self.cache.namespace(name)?;
+        crate::telemetry::note_namespace(&ns.name);
+        Ok(ns)
     }
 
     async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
@@ -191,6 +193,7 @@ pub fn entry_pb(f: Found, with_value: bool) -> pb::Entry {
 }
 
 fn get_response(lookup: Lookup, if_version_not: Option<u64>) -> pb::GetResponse {
+    crate::telemetry::note_lookup(&lookup);
     match lookup {
         Lookup::Miss => pb::GetResponse {
             outcome: pb::GetOutcome::Miss as i32,

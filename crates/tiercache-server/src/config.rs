@@ -31,6 +31,8 @@ pub struct Config {
     /// How long in-flight RPCs may run after SIGTERM before the server exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Traces, metrics and the admin HTTP port (docs/observability.md).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             namespaces: BTreeMap::from([("default".to_string(), PolicyConfig::default())]),
             limits: LimitsConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -78,6 +81,216 @@ fn default_connect_timeout() -> Duration {
 
 fn default_response_timeout() -> Duration {
     Duration::from_secs(1)
+}
+
+/// Traces, metrics and the admin HTTP port.
+///
+/// The OpenTelemetry fields left out of the file take the standard `OTEL_*` variables (see
+/// [`OtelEnv`], read by the CLI and passed in with [`TelemetryConfig::with_env`]); a field set in
+/// the file wins over its variable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Whether the admin HTTP port serves Prometheus text on `/metrics`. `false` turns the admin
+    /// port off; metrics still go out by OTLP when an endpoint is set.
+    pub metrics: bool,
+    /// The admin HTTP address (`/metrics`).
+    pub admin_listen: SocketAddr,
+    /// The OTLP/gRPC collector, like `http://127.0.0.1:4317` (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    /// Without one nothing is exported by OTLP.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of every span and metric (`OTEL_SERVICE_NAME`; default `tiercache`).
+    pub service_name: Option<String>,
+    /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`, `k=v,k2=v2`); the file's keys win.
+    pub resource_attributes: BTreeMap<String, String>,
+    /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
+    /// `parentbased_always_off` or `parentbased_traceidratio` (`OTEL_TRACES_SAMPLER`; default
+    /// `parentbased_always_on`).
+    pub traces_sampler: Option<String>,
+    /// The ratio for the `traceidratio` samplers, 0.0..=1.0 (`OTEL_TRACES_SAMPLER_ARG`; default
+    /// 1.0).
+    pub traces_sampler_arg: Option<f64>,
+    /// How often metrics are pushed by OTLP (`OTEL_METRIC_EXPORT_INTERVAL` in ms; default 60s).
+    #[serde(default, with = "humantime_serde")]
+    pub metrics_export_interval: Option<Duration>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            otlp_endpoint: None,
+            service_name: None,
+            resource_attributes: BTreeMap::new(),
+            traces_sampler: None,
+            traces_sampler_arg: None,
+            metrics_export_interval: None,
+        }
+    }
+}
+
+/// The sampler names `traces_sampler` accepts.
+pub const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+/// The standard OpenTelemetry environment variables the server understands, read once by the
+/// caller (the CLI) and passed in, so nothing deeper reads the environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OtelEnv {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub exporter_otlp_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME`.
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, unparsed.
+    pub resource_attributes: Option<String>,
+    /// `OTEL_TRACES_SAMPLER`.
+    pub traces_sampler: Option<String>,
+    /// `OTEL_TRACES_SAMPLER_ARG`, unparsed.
+    pub traces_sampler_arg: Option<String>,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (milliseconds), unparsed.
+    pub metric_export_interval: Option<String>,
+}
+
+impl OtelEnv {
+    /// Reads the variables through `get` (for example `|k| std::env::var(k).ok()`); empty
+    /// values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        Self {
+            exporter_otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            service_name: get("OTEL_SERVICE_NAME"),
+            resource_attributes: get("OTEL_RESOURCE_ATTRIBUTES"),
+            traces_sampler: get("OTEL_TRACES_SAMPLER"),
+            traces_sampler_arg: get("OTEL_TRACES_SAMPLER_ARG"),
+            metric_export_interval: get("OTEL_METRIC_EXPORT_INTERVAL"),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Returns this config with the fields the file left out taken from `env`. A variable that
+    /// cannot be parsed fails with its name.
+    pub fn with_env(mut self, env: &OtelEnv) -> Result<Self, ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            field: field.into(),
+            message,
+        };
+        if self.otlp_endpoint.is_none() {
+            self.otlp_endpoint = env.exporter_otlp_endpoint.clone();
+        }
+        if self.service_name.is_none() {
+            self.service_name = env.service_name.clone();
+        }
+        if let Some(attrs) = &env.resource_attributes {
+            for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    invalid(
+                        "OTEL_RESOURCE_ATTRIBUTES",
+                        format!("{pair:?} is not key=value"),
+                    )
+                })?;
+                self.resource_attributes
+                    .entry(k.trim().to_string())
+                    .or_insert_with(|| v.trim().to_string());
+            }
+        }
+        if self.traces_sampler.is_none() {
+            self.traces_sampler = env.traces_sampler.clone();
+        }
+        if self.traces_sampler_arg.is_none() {
+            if let Some(arg) = &env.traces_sampler_arg {
+                self.traces_sampler_arg = Some(arg.trim().parse().map_err(|_| {
+                    invalid(
+                        "OTEL_TRACES_SAMPLER_ARG",
+                        format!("{arg:?} is not a number"),
+                    )
+                })?);
+            }
+        }
+        if self.metrics_export_interval.is_none() {
+            if let Some(ms) = &env.metric_export_interval {
+                let ms: u64 = ms.trim().parse().map_err(|_| {
+                    invalid(
+                        "OTEL_METRIC_EXPORT_INTERVAL",
+                        format!("{ms:?} is not a number of milliseconds"),
+                    )
+                })?;
+                self.metrics_export_interval = Some(Duration::from_millis(ms));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The effective `service.name`.
+    pub fn service_name(&self) -> &str {
+        self.service_name.as_deref().unwrap_or("tiercache")
+    }
+
+    /// The effective sampler name.
+    pub fn traces_sampler(&self) -> &str {
+        self.traces_sampler
+            .as_deref()
+            .unwrap_or("parentbased_always_on")
+    }
+
+    /// The effective sampler ratio.
+    pub fn traces_sampler_arg(&self) -> f64 {
+        self.traces_sampler_arg.unwrap_or(1.0)
+    }
+
+    /// The effective OTLP metrics push interval.
+    pub fn metrics_export_interval(&self) -> Duration {
+        self.metrics_export_interval
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            field: format!("telemetry.{field}"),
+            message,
+        };
+        if !SAMPLERS.contains(&self.traces_sampler()) {
+            return Err(invalid(
+                "traces_sampler",
+                format!(
+                    "{:?} is not one of {}",
+                    self.traces_sampler(),
+                    SAMPLERS.join(", ")
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.traces_sampler_arg()) {
+            return Err(invalid(
+                "traces_sampler_arg",
+                "must be between 0.0 and 1.0".into(),
+            ));
+        }
+        if let Some(e) = &self.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    "must start with http:// or https://".into(),
+                ));
+            }
+        }
+        if self.metrics_export_interval().is_zero() {
+            return Err(invalid(
+                "metrics_export_interval",
+                "must be more than 0s".into(),
+            ));
+        }
+        if self.service_name().is_empty() {
+            return Err(invalid("service_name", "must not be empty".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Request limits enforced before any tier is touched.
@@ -246,6 +459,7 @@ impl Config {
                 ));
             }
         }
+        self.telemetry.validate()?;
         Ok(())
     }
 }
@@ -300,6 +514,53 @@ mod tests {
         assert!(e.to_string().contains("default_tll"), "{e}");
         let e = Config::from_toml("listn = \"1.2.3.4:5\"\n").unwrap_err();
         assert!(e.to_string().contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn telemetry_file_wins_over_environment() {
+        let c = Config::from_toml(
+            r#"
+            [telemetry]
+            service_name = "from-file"
+            resource_attributes = { "deployment.environment.name" = "prod" }
+            "#,
+        )
+        .unwrap();
+        let env = OtelEnv::from_lookup(|k| {
+            match k {
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4317"),
+                "OTEL_SERVICE_NAME" => Some("from-env"),
+                "OTEL_RESOURCE_ATTRIBUTES" => Some("deployment.environment.name=dev,team=a"),
+                "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio"),
+                "OTEL_TRACES_SAMPLER_ARG" => Some("0.25"),
+                "OTEL_METRIC_EXPORT_INTERVAL" => Some("5000"),
+                _ => None,
+            }
+            .map(String::from)
+        });
+        let t = c.telemetry.with_env(&env).unwrap();
+        assert_eq!(t.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(t.service_name(), "from-file");
+        assert_eq!(t.resource_attributes["deployment.environment.name"], "prod");
+        assert_eq!(t.resource_attributes["team"], "a");
+        assert_eq!(t.traces_sampler(), "parentbased_traceidratio");
+        assert_eq!(t.traces_sampler_arg(), 0.25);
+        assert_eq!(t.metrics_export_interval(), Duration::from_secs(5));
+        assert!(t.metrics, "/metrics is on by default");
+    }
+
+    #[test]
+    fn bad_telemetry_names_the_field() {
+        let e = Config::from_toml("[telemetry]\ntraces_sampler = \"sometimes\"\n").unwrap_err();
+        assert!(e.to_string().contains("telemetry.traces_sampler"), "{e}");
+        let e = Config::from_toml("[telemetry]\nmetric = true\n").unwrap_err();
+        assert!(e.to_string().contains("metric"), "{e}");
+        let env = OtelEnv {
+            traces_sampler_arg: Some("half".into()),
+            ..OtelEnv::default()
+        };
+        let e = TelemetryConfig::default().with_env(&env).unwrap_err();
+        assert!(e.to_string().contains("OTEL_TRACES_SAMPLER_ARG"), "{e}");
     }
 
     #[test]

@@ -5,17 +5,22 @@
 //! - [`validate`]: request checks, run before any tier is touched.
 //! - [`error`]: the one mapping from errors to gRPC statuses with `google.rpc` details.
 //! - [`cache`], [`admin`]: the services.
+//! - [`telemetry`]: the RPC tracing/metrics layer, the OpenTelemetry meter provider and what the
+//!   CLI installs for traces and trace-aware logs; [`admin_http`]: `/metrics` on the admin port.
 //!
 //! [`run`] is the one entry point for production, tests and benches: it serves on a listener the
 //! caller bound (port 0 in tests) until `shutdown` completes.
 
 pub mod admin;
+pub mod admin_http;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod telemetry;
 pub mod validate;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use config::Config;
 use tiercache_core::{Cache, CacheConfig, RedisOptions};
@@ -36,6 +41,13 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot start telemetry: {0}")]
+    Telemetry(#[from] telemetry::TelemetryError),
+    #[error("cannot listen on {addr} (telemetry.admin_listen): {source}")]
+    AdminListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The health sub-status of the shared tier: NOT_SERVING while the server runs degraded (Redis
@@ -72,16 +84,71 @@ pub async fn build_cache(config: &Config) -> Result<Cache, ServerError> {
     })
 }
 
+/// Binds the admin HTTP port the config asks for (`telemetry.metrics`), or returns `None`.
+pub async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, ServerError> {
+    if !config.telemetry.metrics {
+        return Ok(None);
+    }
+    let addr = config.telemetry.admin_listen;
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| ServerError::AdminListen { addr, source })
+}
+
 /// Serves the tiercache API on `listener` until `shutdown` completes: then reports NOT_SERVING,
 /// stops accepting connections and lets in-flight RPCs finish for at most
-/// `config.shutdown_grace`.
+/// `config.shutdown_grace`. Binds the admin port (`/metrics`) from the config.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let admin = bind_admin(&config).await?;
+    run_with_admin(listener, admin, config, shutdown).await
+}
+
+/// [`run`] with the admin listener bound by the caller (port 0 in tests); `None` serves no
+/// admin port whatever the config says.
+pub async fn run_with_admin(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
     let cache = build_cache(&config).await?;
+    let metrics = Arc::new(telemetry::Metrics::start(&config.telemetry, &cache)?);
+    cache.observe_redis(metrics.redis_observer());
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = admin.map(|l| {
+        tokio::spawn(admin_http::serve(l, metrics.clone(), async {
+            let _ = admin_stop_rx.await;
+        }))
+    });
+    let served = serve_grpc(listener, &config, cache, &metrics, shutdown).await;
+    let _ = admin_stop_tx.send(());
+    if let Some(task) = admin_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "admin http server failed"),
+            Err(e) => tracing::warn!(error = %e, "admin http server panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    // The last OTLP push blocks on the exporter; keep it off the async workers.
+    let m = metrics.clone();
+    let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
+    served
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    config: &Config,
+    cache: Cache,
+    metrics: &telemetry::Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in std::iter::once("").chain(SERVICES) {
         reporter
@@ -122,6 +189,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .layer(metrics.rpc_layer())
         .add_service(health)
         .add_service(reflection)
         .add_service(CacheServiceServer::new(cache_api))

@@ -10,15 +10,20 @@
 //!   when a test panics.
 //! - [`server`]: [`TestServer`], the in-process tiercache server (`tiercache_server::run`) on
 //!   `127.0.0.1:0`, ready once its health service answers `SERVING`.
+//! - [`otlp`]: [`OtlpReceiver`], an OTLP/gRPC trace and metrics receiver on `127.0.0.1:0` that
+//!   keeps what it is sent, for telemetry tests.
 //! - [`wait`]: [`wait_for`], a bounded poll for conditions that become true eventually (no
 //!   fixed sleeps in tests).
 
 #![warn(missing_docs)]
 
+pub mod otlp;
 pub mod redis;
 pub mod server;
 pub mod wait;
 
+pub use crate::otlp::OtlpReceiver;
 pub use crate::redis::RedisServer;
 pub use crate::server::TestServer;
 pub use crate::wait::{wait_for, WaitTimeout};
+pub use opentelemetry_proto;

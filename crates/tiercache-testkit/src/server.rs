@@ -24,10 +24,14 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A tiercache server running in the test's tokio runtime on `127.0.0.1:<free port>`.
 ///
 /// It runs the production entry point, `tiercache_server::run`, on a listener bound to port 0,
-/// so tests exercise the same code as `tiercache serve`. Dropping the guard signals shutdown
+/// so tests exercise the same code as `tiercache serve`. When the config serves metrics
+/// (`telemetry.metrics`, on by default) the admin port is bound to port 0 too; see
+/// [`TestServer::admin_addr`]. Dropping the guard signals shutdown
 /// without waiting; call [`TestServer::shutdown`] to wait for a clean exit and see its result.
 pub struct TestServer {
     addr: SocketAddr,
+    /// The admin HTTP address (`/metrics`), when the config serves one.
+    admin_addr: Option<SocketAddr>,
     /// Completes the shutdown future passed to `run`; `None` once shutdown was signalled.
     shutdown: Option<oneshot::Sender<()>>,
     /// The task running `run`; `None` once [`TestServer::shutdown`] took it.
@@ -47,7 +51,8 @@ impl TestServer {
     /// Starts the server with `config` on a free port and returns once its health service
     /// answers `SERVING` for the whole server (service name `""`).
     ///
-    /// `config.listen` is replaced by the address actually bound.
+    /// `config.listen` and `config.telemetry.admin_listen` are replaced by the addresses actually
+    /// bound.
     ///
     /// # Panics
     ///
@@ -61,14 +66,30 @@ impl TestServer {
             .local_addr()
             .expect("a bound listener has an address");
         config.listen = addr;
+        let admin = if config.telemetry.metrics {
+            let admin = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("cannot bind 127.0.0.1:0 for the admin port");
+            config.telemetry.admin_listen = admin.local_addr().expect("a bound listener");
+            Some(admin)
+        } else {
+            None
+        };
+        let admin_addr = config
+            .telemetry
+            .metrics
+            .then_some(config.telemetry.admin_listen);
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = async move {
             // A dropped sender also means shutdown.
             let _ = rx.await;
         };
-        let handle = tokio::spawn(tiercache_server::run(listener, config, shutdown));
+        let handle = tokio::spawn(tiercache_server::run_with_admin(
+            listener, admin, config, shutdown,
+        ));
         let mut server = Self {
             addr,
+            admin_addr,
             shutdown: Some(tx),
             handle: Some(handle),
         };
@@ -95,6 +116,12 @@ impl TestServer {
     /// Returns the address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Returns the admin HTTP address serving `/metrics`, or `None` when the config turned
+    /// metrics off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Returns the URL clients connect to, `http://127.0.0.1:<port>`.

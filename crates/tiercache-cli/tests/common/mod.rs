@@ -21,6 +21,8 @@ pub fn tiercache() -> Command {
         "TIERCACHE_LISTEN",
         "TIERCACHE_REDIS_URL",
         "TIERCACHE_ADDR",
+        "TIERCACHE_ADMIN_LISTEN",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         cmd.env_remove(var);
     }
@@ -82,6 +84,8 @@ impl ServerProcess {
     pub fn start(extra: &[&str]) -> Self {
         let mut child = tiercache()
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            // Tests run at once; the default admin port 127.0.0.1:9090 would clash.
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
