@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::codec::{self, EntryData};
 use crate::engine::{lifetimes, Cache, Found, Lookup, ReadOptions};
@@ -134,7 +135,39 @@ impl Cache {
         }
     }
 
+    /// Waits for another caller's fill in a `lease.wait` span that records how the wait ended.
     async fn wait_for_fill(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        opts: GetOrSetOptions,
+        lease_ttl: Duration,
+        deadline: Instant,
+    ) -> Result<GetOrSetResult, CoreError> {
+        let span = tracing::info_span!(
+            "lease.wait",
+            otel.name = "lease wait",
+            tiercache.namespace = %ns.name,
+            tiercache.wait.outcome = tracing::field::Empty,
+        );
+        let r = self
+            .wait_in_flight(ns, key, opts, lease_ttl, deadline)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "tiercache.wait.outcome",
+            match &r {
+                Ok(GetOrSetResult::Filled(_)) => "filled",
+                Ok(GetOrSetResult::Lease(_)) => "lease",
+                Ok(GetOrSetResult::WaitTimedOut) => "timeout",
+                Ok(GetOrSetResult::Hit { .. }) => "hit",
+                Err(_) => "error",
+            },
+        );
+        r
+    }
+
+    async fn wait_in_flight(
         &self,
         ns: &Namespace,
         key: &str,

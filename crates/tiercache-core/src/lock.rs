@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::engine::Cache;
 use crate::error::CoreError;
@@ -28,8 +29,37 @@ pub enum LockAcquire {
 }
 
 impl Cache {
-    /// Takes the lock `name`, waiting up to `max_wait` for the holder to release or expire.
+    /// Takes the lock `name`, waiting up to `max_wait` for the holder to release or expire, in a
+    /// `lock.wait` span that records how the acquisition ended.
     pub async fn acquire_lock(
+        &self,
+        ns: &Namespace,
+        name: &str,
+        ttl: Duration,
+        max_wait: Duration,
+    ) -> Result<LockAcquire, CoreError> {
+        let span = tracing::info_span!(
+            "lock.wait",
+            otel.name = "lock wait",
+            tiercache.namespace = %ns.name,
+            tiercache.wait.outcome = tracing::field::Empty,
+        );
+        let r = self
+            .acquire_lock_waiting(ns, name, ttl, max_wait)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "tiercache.wait.outcome",
+            match &r {
+                Ok(LockAcquire::Acquired { .. }) => "acquired",
+                Ok(LockAcquire::Timeout) => "timeout",
+                Err(_) => "error",
+            },
+        );
+        r
+    }
+
+    async fn acquire_lock_waiting(
         &self,
         ns: &Namespace,
         name: &str,

@@ -181,32 +181,6 @@ where
     }
 }
 
-/// Returns the span a GetOrSet waiter runs its wait for someone else's fill in (`lease.wait`).
-/// Run the wait with `.instrument(span.clone())` and finish with [`record_wait`].
-pub fn lease_wait_span(namespace: &str) -> tracing::Span {
-    tracing::info_span!(
-        "lease.wait",
-        otel.name = "lease wait",
-        tiercache.namespace = namespace,
-        tiercache.wait.outcome = tracing::field::Empty,
-    )
-}
-
-/// Returns the span a lock acquisition waits in (`lock.wait`); see [`lease_wait_span`].
-pub fn lock_wait_span(namespace: &str) -> tracing::Span {
-    tracing::info_span!(
-        "lock.wait",
-        otel.name = "lock wait",
-        tiercache.namespace = namespace,
-        tiercache.wait.outcome = tracing::field::Empty,
-    )
-}
-
-/// Records how a wait ended (`filled`, `timeout`, `acquired`, `revoked`, …) on a wait span.
-pub fn record_wait(span: &tracing::Span, outcome: &'static str) {
-    span.record("tiercache.wait.outcome", outcome);
-}
-
 // ---- per-RPC notes from the services ----
 
 tokio::task_local! {
