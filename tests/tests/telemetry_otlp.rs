@@ -100,6 +100,31 @@ async fn traces_continue_the_callers_trace_and_metrics_arrive() {
         .unwrap()
         .into_inner();
     assert_eq!(miss.outcome, pb::GetOutcome::Miss as i32);
+    // A GetOrSet that waits for another caller's lease runs its wait in a `lease wait` span.
+    let lease = client
+        .get_or_set(pb::GetOrSetRequest {
+            namespace: "default".into(),
+            key: "cold".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lease.outcome(), pb::GetOrSetOutcome::Lease);
+    let waited = client
+        .get_or_set(traced(pb::GetOrSetRequest {
+            namespace: "default".into(),
+            key: "cold".into(),
+            max_wait: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(waited.outcome(), pb::GetOrSetOutcome::Compute);
 
     // The batch processor exports every few seconds; flush instead of waiting (blocking call).
     let flusher = tracer.clone();
@@ -114,11 +139,24 @@ async fn traces_continue_the_callers_trace_and_metrics_arrive() {
             let spans = receiver.spans();
             find(&spans, "tiercache.v1.CacheService/Get", Some("miss")).is_some()
                 && find(&spans, "tiercache.v1.CacheService/Set", None).is_some()
+                && find(&spans, "lease wait", None).is_some()
         },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}; spans: {:#?}", receiver.spans()));
 
+    let spans = receiver.spans();
+    let gos = find(&spans, "tiercache.v1.CacheService/GetOrSet", None).unwrap();
+    let waits = children(&spans, gos, "lease wait");
+    assert_eq!(waits.len(), 1, "{spans:#?}");
+    assert_eq!(
+        attr(&waits[0].attributes, "tiercache.wait.outcome"),
+        Some("timeout")
+    );
+    assert_eq!(
+        attr(&waits[0].attributes, "tiercache.namespace"),
+        Some("default")
+    );
     let spans = receiver.spans();
     let get = find(&spans, "tiercache.v1.CacheService/Get", Some("miss")).unwrap();
     assert_eq!(hex(&get.parent_span_id), PARENT_SPAN_ID, "{get:#?}");
