@@ -23,7 +23,7 @@ async fn start_server() -> TestServer {
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let mut config = tiercache_server::Config::default();
-    // No admin port: the default 127.0.0.1:9090 would clash between tests running at once.
+    // No admin port: the default 127.0.0.1:9464 would clash between tests running at once.
     config.telemetry.metrics = false;
     tokio::spawn(async move {
         tiercache_server::run(listener, config, async {

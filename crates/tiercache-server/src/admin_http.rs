@@ -1,7 +1,7 @@
 //! The admin HTTP port: `/metrics` in Prometheus text format.
 //!
 //! Separate from the gRPC port so it can stay on a private interface (default
-//! `127.0.0.1:9090`) and be scraped without a gRPC client.
+//! `127.0.0.1:9464`) and be scraped without a gRPC client.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -119,7 +119,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             metrics: true,
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             otlp_endpoint: None,
             service_name: None,
             resource_attributes: BTreeMap::new(),

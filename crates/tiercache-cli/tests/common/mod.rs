@@ -84,7 +84,7 @@ impl ServerProcess {
     pub fn start(extra: &[&str]) -> Self {
         let mut child = tiercache()
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            // Tests run at once; the default admin port 127.0.0.1:9090 would clash.
+            // Tests run at once; the default admin port 127.0.0.1:9464 would clash.
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
