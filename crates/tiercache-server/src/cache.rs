@@ -55,6 +55,12 @@ impl CacheApi {
     }
 
     async fn set(&self, req: pb::SetRequest, prefix: &str) -> Result<pb::SetResponse, ApiError> {
+        let checked = self.check_set(&req, prefix)?;
+        self.apply_set(checked, req).await
+    }
+
+    /// Validates a Set, naming fields with `prefix` (`requests[2].` in a batch).
+    fn check_set(&self, req: &pb::SetRequest, prefix: &str) -> Result<CheckedSet, ApiError> {
         let ns = self
             .namespace(&req.namespace)
             .map_err(|e| prefixed(e, prefix))?;
@@ -66,6 +72,14 @@ impl CacheApi {
         let ttl = validate::duration(&mut v, &f("ttl"), req.ttl.as_ref(), true);
         let stale_ttl = validate::duration(&mut v, &f("stale_ttl"), req.stale_ttl.as_ref(), false);
         v.finish()?;
+        Ok(CheckedSet { ns, ttl, stale_ttl })
+    }
+
+    async fn apply_set(
+        &self,
+        CheckedSet { ns, ttl, stale_ttl }: CheckedSet,
+        req: pb::SetRequest,
+    ) -> Result<pb::SetResponse, ApiError> {
         let condition = match req.condition.and_then(|c| c.condition) {
             None => WriteCondition::None,
             Some(pb::write_condition::Condition::IfAbsent(true)) => WriteCondition::IfAbsent,
@@ -149,6 +163,13 @@ impl CacheApi {
             result: Some(result),
         }
     }
+}
+
+/// A Set that passed validation.
+struct CheckedSet {
+    ns: Arc<Namespace>,
+    ttl: Option<Duration>,
+    stale_ttl: Option<Duration>,
 }
 
 fn prefixed(e: ApiError, prefix: &str) -> ApiError {
@@ -417,27 +438,18 @@ impl CacheService for CacheApi {
         );
         v.finish()?;
         // Validate every item before writing any, so a bad batch writes nothing.
-        for (i, item) in req.requests.iter().enumerate() {
-            let prefix = format!("requests[{i}].");
-            let ns = self
-                .namespace(&item.namespace)
-                .map_err(|e| prefixed(e, &prefix))?;
-            let mut v = Violations::default();
-            validate::key(&mut v, &format!("{prefix}key"), &item.key, &ns.policy);
-            validate::value(&mut v, &format!("{prefix}value"), &item.value, &ns.policy);
-            validate::tags(&mut v, &format!("{prefix}tags"), &item.tags, &ns.policy);
-            validate::duration(&mut v, &format!("{prefix}ttl"), item.ttl.as_ref(), true);
-            validate::duration(
-                &mut v,
-                &format!("{prefix}stale_ttl"),
-                item.stale_ttl.as_ref(),
-                false,
-            );
-            v.finish()?;
-        }
-        let responses = futures::future::try_join_all(req.requests.into_iter().enumerate().map(
-            |(i, item)| async move { CacheApi::set(self, item, &format!("requests[{i}].")).await },
-        ))
+        let checked = req
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.check_set(item, &format!("requests[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let responses = futures::future::try_join_all(
+            checked
+                .into_iter()
+                .zip(req.requests)
+                .map(|(checked, item)| self.apply_set(checked, item)),
+        )
         .await?;
         Ok(Response::new(pb::SetManyResponse { responses }))
     }
