@@ -239,6 +239,19 @@ impl Cache {
         }
     }
 
+    /// Passes an L2 result on; an unreachable Redis trips degraded mode and becomes `None`, so the
+    /// caller falls back to the replica's own state.
+    pub(crate) fn or_degrade<T>(&self, r: Result<T, CoreError>) -> Result<Option<T>, CoreError> {
+        match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e @ CoreError::Unavailable(_)) => {
+                self.trip(&e);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Enters degraded mode after a Redis failure and starts the probe that leaves it.
     pub(crate) fn trip(&self, e: &CoreError) {
         if !matches!(e, CoreError::Unavailable(_)) || self.inner.l2.is_none() {

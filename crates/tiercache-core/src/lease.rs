@@ -225,15 +225,8 @@ impl Cache {
     ) -> Result<Acquired, CoreError> {
         let token = new_token();
         let remote = match self.healthy_l2() {
-            Some(l2) => match l2.acquire_lease(&ns.keys, key, &token, ttl).await {
-                Ok(r) => Some(r),
-                // Degraded: coalescing falls back to one computation per replica.
-                Err(e @ CoreError::Unavailable(_)) => {
-                    self.trip(&e);
-                    None
-                }
-                Err(e) => return Err(e),
-            },
+            // Degraded: coalescing falls back to one computation per replica.
+            Some(l2) => self.or_degrade(l2.acquire_lease(&ns.keys, key, &token, ttl).await)?,
             None => None,
         };
         let acquired = match remote {
@@ -312,14 +305,7 @@ impl Cache {
         let remote = match self.healthy_l2() {
             Some(l2) => {
                 let blob = codec::encode(&data);
-                match l2.fill(&ns.keys, key, token, blob, ttl + stale).await {
-                    Ok(r) => Some(r),
-                    Err(e @ CoreError::Unavailable(_)) => {
-                        self.trip(&e);
-                        None
-                    }
-                    Err(e) => return Err(e),
-                }
+                self.or_degrade(l2.fill(&ns.keys, key, token, blob, ttl + stale).await)?
             }
             None => None,
         };
@@ -407,14 +393,7 @@ impl Cache {
         token: &str,
     ) -> Result<bool, CoreError> {
         let remote = match self.healthy_l2() {
-            Some(l2) => match l2.release_lease(&ns.keys, key, token).await {
-                Ok(r) => Some(r),
-                Err(e @ CoreError::Unavailable(_)) => {
-                    self.trip(&e);
-                    None
-                }
-                Err(e) => return Err(e),
-            },
+            Some(l2) => self.or_degrade(l2.release_lease(&ns.keys, key, token).await)?,
             None => None,
         };
         let released = match remote {
