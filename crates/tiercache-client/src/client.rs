@@ -248,8 +248,9 @@ impl Calls {
 }
 
 /// Adds this client's metadata to every call and stream: `authorization: Bearer …` when a token
-/// is set. (Trace context propagation — a W3C `traceparent` from the current span — is not
-/// built yet; it needs the OpenTelemetry crates the server work is adding.)
+/// is set, and (feature `otel`) the W3C `traceparent` of the current span. Interceptors run
+/// when the call is made, in the caller's task, so "current span" is the caller's. Pipelined
+/// requests share one stream, so they carry the trace context of the call that opened it.
 #[derive(Clone, Default)]
 pub(crate) struct Meta {
     authorization: Option<MetadataValue<Ascii>>,
@@ -272,6 +273,8 @@ impl Interceptor for Meta {
         if let Some(a) = &self.authorization {
             req.metadata_mut().insert("authorization", a.clone());
         }
+        #[cfg(feature = "otel")]
+        crate::otel::inject(req.metadata_mut());
         Ok(req)
     }
 }

@@ -60,10 +60,11 @@
 //! - `lock`: [`Namespace::lock`] and the renewing [`LockGuard`].
 //! - `near`: the opt-in near cache (L0), kept coherent by the Watch stream.
 //! - `json` (feature `json`, default): `get_json`, `set_json`, `get_or_set_json`.
+//! - `otel` (feature `otel`, default): the W3C `traceparent` of the current `tracing` span on
+//!   every call, when a `tracing_opentelemetry` layer gives the span an OpenTelemetry context.
 //!
-//! Not built yet: W3C trace context propagation (`traceparent` from the current span), which
-//! waits for the OpenTelemetry crates the server's telemetry work brings in; TLS (the
-//! [`TlsConfig`] slot stores settings and connecting refuses them rather than go plaintext).
+//! Not built yet: TLS (the [`TlsConfig`] slot stores settings, and connecting refuses them
+//! rather than go plaintext).
 //! - `types`: [`Entry`], options and outcome enums, converted from the wire types.
 //! - `error`: [`Error`], mapped from `tonic::Status`.
 //! - `duration`: saturating conversions to and from `google.protobuf.Duration`.
@@ -77,6 +78,8 @@ mod json;
 mod lock;
 mod namespace;
 mod near;
+#[cfg(feature = "otel")]
+mod otel;
 mod pipeline;
 mod retry;
 mod types;
