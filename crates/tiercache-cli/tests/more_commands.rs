@@ -143,14 +143,14 @@ fn lock_runs_the_command_under_the_lock_with_its_fencing_token() {
         "lock",
         "job",
         "--ttl",
-        "300ms",
+        "1s",
         "--addr",
         a,
         "--",
         "sh",
         "-c",
         // Longer than the TTL: renewals keep the lock.
-        "sleep 1; echo token=$TIERCACHE_FENCING_TOKEN",
+        "sleep 2; echo token=$TIERCACHE_FENCING_TOKEN",
     ]);
     assert_exit(&o, 0);
     let out = stdout(&o);
