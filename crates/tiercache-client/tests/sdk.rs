@@ -569,7 +569,10 @@ async fn stale_refresh(fleet: Fleet) {
         .await
         .unwrap();
     assert_eq!(v, Some(Bytes::from_static(b"old")), "stale value at once");
-    assert!(started.elapsed() < Duration::from_secs(1), "not after the refresh");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not after the refresh"
+    );
     wait_for(BOUND, POLL, || async {
         ns.get("swr")
             .await
@@ -1026,4 +1029,68 @@ async fn near_cache_is_cleared_and_bypassed_when_the_watch_stream_ends() {
     .expect("a broken stream clears the near cache");
     // Nothing is served from L0 while the server is gone.
     assert!(reader.get("k").await.is_err());
+}
+
+#[tokio::test]
+async fn near_cache_stays_within_its_byte_budget() {
+    let fleet = Fleet::memory().await;
+    let reader = fleet
+        .client(0)
+        .await
+        .namespace("default")
+        .with_near_cache(NearCacheConfig {
+            max_bytes: 20_000,
+            ..Default::default()
+        });
+    wait_for(BOUND, POLL, || async {
+        reader.near_cache_stats().unwrap().live
+    })
+    .await
+    .unwrap();
+    let value = "x".repeat(1000);
+    for i in 0..100 {
+        reader.set(format!("big:{i}"), value.clone()).await.unwrap();
+        reader.get(format!("big:{i}")).await.unwrap();
+    }
+    // Each entry weighs a little over 1 KB, so at most 19 fit.
+    let stats = reader.near_cache_stats().unwrap();
+    assert!(stats.entries <= 19, "{stats:?}");
+}
+
+#[tokio::test]
+async fn concurrency_limit_queues_calls_instead_of_failing_them() {
+    let fleet = Fleet::memory().await;
+    let client = fleet
+        .builder(0)
+        .concurrency_limit(2)
+        .pipeline(false)
+        .connect()
+        .await
+        .unwrap();
+    let ns = client.namespace("default");
+    ns.set("c", "v").await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let ns = ns.clone();
+        tasks.push(tokio::spawn(async move { ns.get("c").await }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn inspect_explains_a_key_once_the_server_implements_it() {
+    let fleet = Fleet::memory().await;
+    let ns = fleet.client(0).await.namespace("default");
+    ns.set("i", "v").await.unwrap();
+    match ns.inspect("i").await {
+        Ok(i) => assert!(!i.tiers.is_empty(), "{i:?}"),
+        // Being added to the server by another branch.
+        Err(Error::Other {
+            code: tonic::Code::Unimplemented,
+            ..
+        }) => {}
+        Err(e) => panic!("{e:?}"),
+    }
 }
