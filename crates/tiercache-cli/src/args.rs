@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// tiercache: a gRPC cache-as-a-service, and a client for it.
 ///
-/// Exit codes: 0 success or hit, 1 miss (get) or failed condition (set, del), 2 usage or config
-/// error, 3 server or transport error.
+/// Exit codes: 0 success or hit; 1 miss (get), failed condition (set, del) or lock timeout
+/// (lock); 2 usage or config error; 3 server or transport error, or the command run by
+/// get-or-set or lock failed.
 #[derive(Debug, Parser)]
 #[command(name = "tiercache", version)]
 pub struct Cli {
@@ -28,8 +29,22 @@ pub enum Command {
     /// Deletes a key.
     #[command(alias = "delete")]
     Del(DelArgs),
+    /// Reads a key; on a miss runs CMD (only when holding the lease) and fills the key with its
+    /// stdout (one trailing newline removed). Prints the value.
+    GetOrSet(GetOrSetArgs),
+    /// Hides every entry carrying any of the tags.
+    InvalidateTags(InvalidateTagsArgs),
+    /// Hides every entry of a namespace.
+    Flush(FlushArgs),
     /// Prints the server's counters.
     Stats(StatsArgs),
+    /// Explains a key: which tiers hold it, whether it is visible and why, any lease on it.
+    Inspect(InspectArgs),
+    /// Prints a namespace's invalidation events until interrupted (or --count events).
+    Watch(WatchArgs),
+    /// Runs CMD while holding a distributed lock (renewed while CMD runs); prints the fencing
+    /// token and passes it to CMD as TIERCACHE_FENCING_TOKEN.
+    Lock(LockArgs),
     /// Checks that the server is serving.
     Health(HealthArgs),
 }
@@ -120,6 +135,86 @@ pub struct DelArgs {
     /// Deletes only if the current version is V.
     #[arg(long, value_name = "V")]
     pub if_version: Option<u64>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetOrSetArgs {
+    pub key: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Fresh period of a filled value; the namespace default when omitted.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Stale window of a filled value; the namespace default when omitted.
+    #[arg(long, value_parser = parse_duration)]
+    pub stale_ttl: Option<Duration>,
+    /// A tag of a filled value; repeat for more.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// How long to wait for another caller's fill; the namespace default when omitted.
+    #[arg(long, value_parser = parse_duration)]
+    pub max_wait: Option<Duration>,
+    /// The command that computes the value, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InvalidateTagsArgs {
+    #[arg(required = true, value_name = "TAG")]
+    pub tags: Vec<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    pub key: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Stops after N events (the initial `started` event not counted).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Lock TTL; renewed every third of it while CMD runs.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// How long to wait while another owner holds the lock.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub wait: Duration,
+    /// The command to run while holding the lock, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }

@@ -2,22 +2,37 @@
 //! code (see `exit::Exit`).
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
+use tiercache_client::proto::v1 as pb;
 use tiercache_client::{
-    Client, ClientBuilder, Condition, DeleteResult, Entry, GetOptions, GetResult, HealthStatus,
-    NamespaceStats, SetOptions, SetResult, StorageMode,
+    Client, ClientBuilder, Condition, DeleteResult, Entry, Error as ClientError, GetOptions,
+    GetOrSetOptions, GetResult, HealthStatus, NamespaceStats, SetOptions, SetResult, StorageMode,
+    WatchEventKind,
 };
 
-use crate::args::{ConnArgs, DelArgs, GetArgs, HealthArgs, SetArgs, StatsArgs};
+use crate::args::{
+    ConnArgs, DelArgs, FlushArgs, GetArgs, GetOrSetArgs, HealthArgs, InspectArgs,
+    InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, WatchArgs,
+};
 use crate::exit::{Exit, Failure};
 
 async fn connect(conn: &ConnArgs) -> Result<Client, Failure> {
+    connect_with(conn, conn.timeout).await
+}
+
+/// Connects with `request_timeout` bounding each call (longer than `--timeout` for calls that
+/// wait on purpose: lock acquisition, get-or-set waiting for another caller's fill).
+async fn connect_with(conn: &ConnArgs, request_timeout: Duration) -> Result<Client, Failure> {
     ClientBuilder::new(conn.addr.clone())
         .connect_timeout(Some(conn.timeout))
-        .request_timeout(Some(conn.timeout))
+        .request_timeout(Some(request_timeout))
+        // One call per process: a stream would only add a round trip.
+        .pipeline(false)
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", conn.addr))
@@ -63,12 +78,7 @@ pub async fn get(args: GetArgs) -> Result<Exit, Failure> {
         } else if entry.stale {
             eprintln!("(stale)");
         }
-        let mut out = std::io::stdout().lock();
-        out.write_all(&entry.value)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush())
-            .context("cannot write to stdout")
-            .map_err(Failure::server)?;
+        write_value(&entry.value)?;
     }
     Ok(Exit::Ok)
 }
@@ -207,6 +217,303 @@ pub async fn health(args: HealthArgs) -> Result<Exit, Failure> {
     Ok(exit)
 }
 
+/// `tiercache get-or-set KEY -- CMD…`: exit 0 with the value (cached or computed), 1 for a
+/// negative entry, 3 when CMD fails (its lease is released, nothing is cached).
+pub async fn get_or_set(args: GetOrSetArgs) -> Result<Exit, Failure> {
+    let wait = args.max_wait.unwrap_or(Duration::from_secs(5));
+    let client = connect_with(&args.conn, args.conn.timeout + wait).await?;
+    let opts = GetOrSetOptions {
+        ttl: args.ttl,
+        stale_ttl: args.stale_ttl,
+        tags: args.tags,
+        max_wait: args.max_wait,
+        ..Default::default()
+    };
+    let computed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&computed);
+    let command = args.command;
+    let value = client
+        .namespace(&args.namespace)
+        .get_or_set(&args.key, opts, move || async move {
+            flag.store(true, Ordering::SeqCst);
+            run_for_stdout(&command).await.map(Some)
+        })
+        .await
+        .map_err(failure_of)?;
+    let source = if computed.load(Ordering::SeqCst) {
+        "computed"
+    } else {
+        "cached"
+    };
+    let Some(value) = value else {
+        if args.conn.json {
+            print_json(&json!({"key": args.key, "outcome": "absent", "source": source}));
+        } else {
+            eprintln!("(negative entry)");
+        }
+        return Ok(Exit::Negative);
+    };
+    if args.conn.json {
+        let mut v = json!({"key": args.key, "outcome": "hit", "source": source});
+        put_value(&mut v, &value);
+        print_json(&v);
+    } else {
+        write_value(&value)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// Runs `command` with stdin closed and stderr passed through; returns its stdout without one
+/// trailing newline, or an error when it cannot start or exits non-zero.
+async fn run_for_stdout(command: &[String]) -> anyhow::Result<bytes::Bytes> {
+    let (prog, rest) = command.split_first().context("no command given after --")?;
+    let out = tokio::process::Command::new(prog)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {prog}"))?;
+    if !out.status.success() {
+        anyhow::bail!("{prog} failed ({}); nothing was cached", out.status);
+    }
+    let mut v = out.stdout;
+    if v.last() == Some(&b'\n') {
+        v.pop();
+    }
+    Ok(v.into())
+}
+
+/// Maps an error from a command-running closure: SDK errors keep their exit code.
+fn failure_of(e: anyhow::Error) -> Failure {
+    match e.downcast::<ClientError>() {
+        Ok(client) => Failure::from(client),
+        Err(other) => Failure::server(other),
+    }
+}
+
+/// `tiercache invalidate-tags TAG…`: prints the sequence the invalidation took.
+pub async fn invalidate_tags(args: InvalidateTagsArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.conn).await?;
+    let seq = client
+        .namespace(&args.namespace)
+        .invalidate_tags(args.tags.clone())
+        .await?;
+    report(
+        args.conn.json,
+        json!({"outcome": "invalidated", "tags": args.tags, "sequence": seq}),
+        &format!("invalidated (sequence {seq})"),
+    );
+    Ok(Exit::Ok)
+}
+
+/// `tiercache flush`: prints the sequence the flush took.
+pub async fn flush(args: FlushArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.conn).await?;
+    let seq = client.namespace(&args.namespace).flush().await?;
+    report(
+        args.conn.json,
+        json!({"outcome": "flushed", "namespace": args.namespace, "sequence": seq}),
+        &format!("flushed {} (sequence {seq})", args.namespace),
+    );
+    Ok(Exit::Ok)
+}
+
+/// `tiercache inspect KEY`: the server's explanation of the key.
+pub async fn inspect(args: InspectArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.conn).await?;
+    let r = client.namespace(&args.namespace).inspect(&args.key).await?;
+    let tiers: Vec<Value> = r
+        .tiers
+        .iter()
+        .map(|t| {
+            let mut v = json!({
+                "tier": tier_name(t.tier),
+                "present": t.present,
+                "visibility": visibility_name(t.visibility),
+                "tag_marks": t.tag_marks.iter().map(|m| json!({"tag": m.tag, "mark": m.mark})).collect::<Vec<_>>(),
+            });
+            if let Some(e) = &t.entry {
+                let e = Entry::from(e.clone());
+                v["entry"] = entry_json(&e);
+            }
+            v
+        })
+        .collect();
+    if args.conn.json {
+        print_json(&json!({
+            "namespace": args.namespace,
+            "key": args.key,
+            "tiers": tiers,
+            "sequence": r.sequence,
+            "flush_mark": r.flush_mark,
+            "lease_held": r.lease_held,
+            "lease_remaining_ms": r.lease_remaining.map(|d| millis(proto_duration(&d))).unwrap_or(0),
+            "lease_born": r.lease_born,
+            "explanation": r.explanation,
+        }));
+    } else {
+        println!("{}", r.explanation);
+        println!("sequence {} flush mark {}", r.sequence, r.flush_mark);
+        for t in &tiers {
+            println!(
+                "  {:<6} present={} visibility={} version={}",
+                t["tier"].as_str().unwrap_or("?"),
+                t["present"],
+                t["visibility"].as_str().unwrap_or("?"),
+                t.get("entry")
+                    .map(|e| e["version"].clone())
+                    .unwrap_or(json!(null)),
+            );
+        }
+        if r.lease_held {
+            println!("lease held (born at {})", r.lease_born);
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `tiercache watch`: prints events, one per line, until interrupted or `--count` events.
+pub async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.conn).await?;
+    let mut stream = client.namespace(&args.namespace).watch().await?;
+    let mut seen = 0u64;
+    loop {
+        if args.count.is_some_and(|n| seen >= n) {
+            return Ok(Exit::Ok);
+        }
+        let event = tokio::select! {
+            e = stream.next() => e?,
+            _ = tokio::signal::ctrl_c() => return Ok(Exit::Ok),
+        };
+        let Some(event) = event else {
+            return Err(Failure::server(anyhow::anyhow!(
+                "the server ended the watch stream"
+            )));
+        };
+        let (kind, mut v, text) = match &event.kind {
+            WatchEventKind::Started => ("started", json!({}), String::new()),
+            WatchEventKind::KeyChanged { key, version } => (
+                "key_changed",
+                json!({"key": key, "version": version}),
+                format!(" {key} version {version}"),
+            ),
+            WatchEventKind::TagsInvalidated { tags } => (
+                "tags_invalidated",
+                json!({"tags": tags}),
+                format!(" {}", tags.join(" ")),
+            ),
+            WatchEventKind::Flushed => ("namespace_flushed", json!({}), String::new()),
+            WatchEventKind::Gap { last_sequence } => (
+                "gap",
+                json!({"last_sequence": last_sequence}),
+                format!(" after {last_sequence}"),
+            ),
+        };
+        if args.conn.json {
+            v["sequence"] = json!(event.sequence);
+            v["event"] = json!(kind);
+            print_json(&v);
+        } else {
+            println!("{} {kind}{text}", event.sequence);
+        }
+        // Line by line, so a pipe sees each event as it comes.
+        let _ = std::io::stdout().flush();
+        if event.kind != WatchEventKind::Started {
+            seen += 1;
+        }
+    }
+}
+
+/// `tiercache lock NAME -- CMD…`: exit 0 when CMD succeeded under the lock, 1 when the lock
+/// could not be taken within `--wait`, 3 when CMD failed.
+pub async fn lock(args: LockArgs) -> Result<Exit, Failure> {
+    let client = connect_with(&args.conn, args.conn.timeout + args.wait).await?;
+    let ns = client.namespace(&args.namespace);
+    let Some(guard) = ns.lock_with(&args.name, args.ttl, args.wait).await? else {
+        report(
+            args.conn.json,
+            json!({"lock": args.name, "outcome": "timeout"}),
+            &format!("lock {} not acquired within {:?}", args.name, args.wait),
+        );
+        return Ok(Exit::Negative);
+    };
+    let token = guard.fencing_token();
+    report(
+        args.conn.json,
+        json!({"lock": args.name, "outcome": "acquired", "fencing_token": token}),
+        &format!("fencing token {token}"),
+    );
+    let _ = std::io::stdout().flush();
+    let (prog, rest) = args
+        .command
+        .split_first()
+        .context("no command given after --")
+        .map_err(Failure::usage)?;
+    let status = tokio::process::Command::new(prog)
+        .args(rest)
+        .env("TIERCACHE_FENCING_TOKEN", token.to_string())
+        .status()
+        .await;
+    let held = guard.is_held();
+    let released = guard.release().await;
+    let status = status
+        .with_context(|| format!("cannot run {prog}"))
+        .map_err(Failure::server)?;
+    if !status.success() {
+        return Err(Failure::server(anyhow::anyhow!("{prog} failed ({status})")));
+    }
+    if !held {
+        return Err(Failure::server(anyhow::anyhow!(
+            "the lock was lost while {prog} ran (a renewal found it held by another owner)"
+        )));
+    }
+    released?;
+    Ok(Exit::Ok)
+}
+
+fn proto_duration(d: &prost_types::Duration) -> Duration {
+    if d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0) {
+        return Duration::ZERO;
+    }
+    Duration::new(d.seconds as u64, d.nanos.max(0) as u32)
+}
+
+fn tier_name(t: i32) -> &'static str {
+    match pb::Tier::try_from(t) {
+        Ok(pb::Tier::L1) => "l1",
+        Ok(pb::Tier::L2) => "l2",
+        _ => "unknown",
+    }
+}
+
+fn visibility_name(v: i32) -> &'static str {
+    match pb::Visibility::try_from(v) {
+        Ok(pb::Visibility::Fresh) => "fresh",
+        Ok(pb::Visibility::Stale) => "stale",
+        Ok(pb::Visibility::Absent) => "absent",
+        Ok(pb::Visibility::HiddenByFlush) => "hidden_by_flush",
+        Ok(pb::Visibility::HiddenByTag) => "hidden_by_tag",
+        _ => "unknown",
+    }
+}
+
+fn write_value(value: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(value)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+        .map_err(Failure::server)
+}
+
+fn put_value(v: &mut Value, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(s) => v["value"] = json!(s),
+        Err(_) => v["value_hex"] = json!(hex(value)),
+    }
+}
+
 fn report(as_json: bool, v: Value, text: &str) {
     if as_json {
         print_json(&v);
@@ -231,10 +538,7 @@ fn entry_json(e: &Entry) -> Value {
         "absent": e.absent,
         "born": e.born,
     });
-    match std::str::from_utf8(&e.value) {
-        Ok(s) => v["value"] = json!(s),
-        Err(_) => v["value_hex"] = json!(hex(&e.value)),
-    }
+    put_value(&mut v, &e.value);
     v
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - `args`: the clap command line.
 //! - `serve`: `tiercache serve` (config, logging, signals, `tiercache_server::run`).
-//! - `commands`: the client commands (get, set, del, stats, health) and their output.
+//! - `commands`: the client commands (get, set, del, get-or-set, invalidate-tags, flush, stats,
+//!   inspect, watch, lock, health) and their output.
 //! - `exit`: exit codes and the failure type that carries one.
 
 mod args;
@@ -46,7 +47,13 @@ async fn dispatch(command: Command) -> Result<Exit, Failure> {
         Command::Get(args) => commands::get(args).await,
         Command::Set(args) => commands::set(args).await,
         Command::Del(args) => commands::del(args).await,
+        Command::GetOrSet(args) => commands::get_or_set(args).await,
+        Command::InvalidateTags(args) => commands::invalidate_tags(args).await,
+        Command::Flush(args) => commands::flush(args).await,
         Command::Stats(args) => commands::stats(args).await,
+        Command::Inspect(args) => commands::inspect(args).await,
+        Command::Watch(args) => commands::watch(args).await,
+        Command::Lock(args) => commands::lock(args).await,
         Command::Health(args) => commands::health(args).await,
     }
 }

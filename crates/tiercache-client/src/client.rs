@@ -1,22 +1,58 @@
-//! The connection: [`Client`] and its [`ClientBuilder`], and the admin and health calls.
+//! The connection: [`Client`] and its [`ClientBuilder`], the per-call plumbing (metadata,
+//! deadlines, retries), and the admin and health calls.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tiercache_proto::v1::{self, admin_service_client::AdminServiceClient};
+use tiercache_proto::v1::{
+    self, admin_service_client::AdminServiceClient, cache_service_client::CacheServiceClient,
+    lock_service_client::LockServiceClient,
+};
+use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
+use crate::pipeline::Pipeline;
+use crate::retry::RetryPolicy;
 use crate::{Error, HealthStatus, Namespace, NamespaceInfo, Result, Stats};
+
+/// The channel with this client's metadata interceptor in front.
+pub(crate) type Svc = InterceptedService<Channel, Meta>;
 
 /// A connection to a tiercache server.
 ///
-/// Cloning is cheap: clones share one HTTP/2 connection (a `tonic::transport::Channel`), which
-/// multiplexes concurrent calls, so make one `Client` per server and clone it into tasks.
+/// Cloning is cheap and clones share everything: one HTTP/2 connection (a
+/// `tonic::transport::Channel`, which multiplexes concurrent calls), one `Pipeline` stream, the
+/// settings. Make one `Client` per server and clone it into tasks.
 #[derive(Debug, Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     channel: Channel,
+    meta: Meta,
+    request_timeout: Option<Duration>,
+    retry: RetryPolicy,
+    /// `None` when the pipeline is turned off: reads and writes go as unary calls.
+    pipeline: Option<Pipeline>,
+}
+
+/// Whether a call may be sent again after an `UNAVAILABLE` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idempotent {
+    /// Reads and health checks: retried under the [`RetryPolicy`].
+    Yes,
+    /// Writes, leases and locks: sent once.
+    No,
 }
 
 impl Client {
@@ -31,14 +67,15 @@ impl Client {
         ClientBuilder::new(addr)
     }
 
-    /// Wraps a channel the caller set up (for TLS, a custom connector, or tests).
+    /// Wraps a channel the caller set up (for a custom connector, or tests), with the
+    /// [`ClientBuilder`] defaults for everything else.
     pub fn from_channel(channel: Channel) -> Self {
-        Self { channel }
+        ClientBuilder::new("http://unused").build(channel)
     }
 
     /// Returns the underlying channel, for calling the generated clients directly.
     pub fn channel(&self) -> &Channel {
-        &self.channel
+        &self.inner.channel
     }
 
     /// Returns a handle on namespace `name`. No call is made; an unknown namespace shows up as
@@ -52,17 +89,23 @@ impl Client {
         let req = v1::GetStatsRequest {
             namespace: namespace.unwrap_or_default().to_string(),
         };
-        let resp = self.admin().get_stats(req).await?.into_inner();
+        let resp = self
+            .call(Idempotent::Yes, req, |mut c, r| async move {
+                c.admin().get_stats(r).await
+            })
+            .await?;
         Ok(resp.into())
     }
 
     /// Returns the namespaces the server knows, with their effective policies.
     pub async fn list_namespaces(&self) -> Result<Vec<NamespaceInfo>> {
         let resp = self
-            .admin()
-            .list_namespaces(v1::ListNamespacesRequest {})
-            .await?
-            .into_inner();
+            .call(
+                Idempotent::Yes,
+                v1::ListNamespacesRequest {},
+                |mut c, r| async move { c.admin().list_namespaces(r).await },
+            )
+            .await?;
         Ok(resp.namespaces.into_iter().map(Into::into).collect())
     }
 
@@ -71,10 +114,13 @@ impl Client {
         let req = HealthCheckRequest {
             service: String::new(),
         };
-        let resp = HealthClient::new(self.channel.clone())
-            .check(req)
-            .await?
-            .into_inner();
+        let resp = self
+            .call(Idempotent::Yes, req, |c, r| async move {
+                HealthClient::with_interceptor(c.channel.clone(), c.meta.clone())
+                    .check(r)
+                    .await
+            })
+            .await?;
         Ok(match ServingStatus::try_from(resp.status) {
             Ok(ServingStatus::Serving) => HealthStatus::Serving,
             Ok(ServingStatus::NotServing) => HealthStatus::NotServing,
@@ -82,28 +128,201 @@ impl Client {
         })
     }
 
-    pub(crate) fn cache(&self) -> v1::cache_service_client::CacheServiceClient<Channel> {
-        v1::cache_service_client::CacheServiceClient::new(self.channel.clone())
+    pub(crate) fn cache(&self) -> CacheServiceClient<Svc> {
+        CacheServiceClient::with_interceptor(self.inner.channel.clone(), self.inner.meta.clone())
     }
 
-    fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
+        self.inner.pipeline.as_ref()
+    }
+
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        self.inner.request_timeout
+    }
+
+    /// Makes one unary call: each attempt gets the time left of the request timeout as its
+    /// deadline (sent as `grpc-timeout` and enforced here); idempotent calls are retried on
+    /// `UNAVAILABLE` under the retry policy, within the same overall deadline.
+    pub(crate) async fn call<Req, Resp, F, Fut>(
+        &self,
+        idempotent: Idempotent,
+        req: Req,
+        mut f: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: FnMut(Calls, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+    {
+        let deadline = self.inner.request_timeout.map(|t| Instant::now() + t);
+        self.with_retries(idempotent, deadline, |remaining| {
+            let mut r = Request::new(req.clone());
+            if let Some(t) = remaining {
+                r.set_timeout(t);
+            }
+            let fut = f(self.calls(), r);
+            async move {
+                fut.await
+                    .map(tonic::Response::into_inner)
+                    .map_err(Error::from)
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` (given the time left) until it succeeds, fails for good, or the policy or
+    /// the deadline says stop.
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        idempotent: Idempotent,
+        deadline: Option<Instant>,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Option<Duration>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let policy = &self.inner.retry;
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            let remaining = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => return Err(Error::deadline("request timeout elapsed")),
+                },
+                None => None,
+            };
+            let result = match remaining {
+                Some(r) => match tokio::time::timeout(r, attempt(remaining)).await {
+                    Ok(res) => res,
+                    Err(_) => Err(Error::deadline("request timeout elapsed")),
+                },
+                None => attempt(None).await,
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let retryable = matches!(err, Error::Unavailable { .. } | Error::Transport(_));
+            if idempotent == Idempotent::No || !retryable || n >= policy.max_attempts {
+                return Err(err);
+            }
+            let pause = policy.backoff(n).max(err.retry_after().unwrap_or_default());
+            if let Some(d) = deadline {
+                if Instant::now() + pause >= d {
+                    return Err(err);
+                }
+            }
+            tracing::debug!(attempt = n, ?pause, error = %err, "retrying tiercache call");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn calls(&self) -> Calls {
+        Calls {
+            channel: self.inner.channel.clone(),
+            meta: self.inner.meta.clone(),
+        }
+    }
+}
+
+/// What one attempt of a unary call needs: the channel and the metadata interceptor.
+pub(crate) struct Calls {
+    channel: Channel,
+    meta: Meta,
+}
+
+impl Calls {
+    pub(crate) fn cache(&mut self) -> CacheServiceClient<Svc> {
+        CacheServiceClient::with_interceptor(self.channel.clone(), self.meta.clone())
+    }
+
+    pub(crate) fn locks(&mut self) -> LockServiceClient<Svc> {
+        LockServiceClient::with_interceptor(self.channel.clone(), self.meta.clone())
+    }
+
+    pub(crate) fn admin(&mut self) -> AdminServiceClient<Svc> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.meta.clone())
+    }
+}
+
+/// Adds this client's metadata to every call and stream: `authorization: Bearer …` when a token
+/// is set, and (feature `otel`) the W3C `traceparent` of the current span. Interceptors run
+/// when the call is made, in the caller's task, so "current span" is the caller's. Pipelined
+/// requests share one stream, so they carry the trace context of the call that opened it.
+#[derive(Clone, Default)]
+pub(crate) struct Meta {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Meta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("Meta")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Interceptor for Meta {
+    fn call(&mut self, mut req: Request<()>) -> std::result::Result<Request<()>, Status> {
+        if let Some(a) = &self.authorization {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
+        #[cfg(feature = "otel")]
+        crate::otel::inject(req.metadata_mut());
+        Ok(req)
+    }
+}
+
+/// TLS settings for the connection to the server.
+///
+/// **Not built in yet**: the settings are stored so code can be written against them, but a
+/// client with TLS configured fails to connect with [`Error::InvalidConfig`] until the security
+/// work turns on tonic's rustls support. It never falls back to plaintext.
+#[derive(Clone, Default)]
+pub struct TlsConfig {
+    /// PEM CA bundle to verify the server with; the system roots when `None`.
+    pub ca_certificate_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to verify the server certificate against; the host of the address when `None`.
+    pub domain_name: Option<String>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_certificate_pem", &self.ca_certificate_pem.is_some())
+            .field("client_identity_pem", &self.client_identity_pem.is_some())
+            .field("domain_name", &self.domain_name)
+            .finish()
     }
 }
 
 /// Settings for a [`Client`] connection.
 ///
-/// Defaults: connect timeout 5 s, no request timeout, `TCP_NODELAY` on (cache calls are small
-/// and latency-bound, so Nagle's delay only hurts), no HTTP/2 keepalive pings.
+/// Defaults: connect timeout 5 s, no request timeout, [`RetryPolicy::default`] for reads,
+/// the `Pipeline` stream on, no concurrency limit, `TCP_NODELAY` on (cache calls are small and
+/// latency-bound, so Nagle's delay only hurts), no HTTP/2 keepalive pings, no TLS, no token.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     addr: String,
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
+    retry: RetryPolicy,
+    pipeline: bool,
+    concurrency_limit: Option<usize>,
     tcp_nodelay: bool,
     keepalive_interval: Option<Duration>,
     keepalive_timeout: Option<Duration>,
     keepalive_while_idle: bool,
+    tls: Option<TlsConfig>,
+    bearer_token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -113,10 +332,15 @@ impl ClientBuilder {
             addr: addr.into(),
             connect_timeout: Some(Duration::from_secs(5)),
             request_timeout: None,
+            retry: RetryPolicy::default(),
+            pipeline: true,
+            concurrency_limit: None,
             tcp_nodelay: true,
             keepalive_interval: None,
             keepalive_timeout: None,
             keepalive_while_idle: false,
+            tls: None,
+            bearer_token: None,
         }
     }
 
@@ -126,10 +350,33 @@ impl ClientBuilder {
         self
     }
 
-    /// Bounds every call; the deadline is also sent to the server (`grpc-timeout`). A call past it
-    /// fails with [`Error::DeadlineExceeded`].
+    /// Bounds every call, retries included; each attempt sends the time left to the server
+    /// (`grpc-timeout`). A call past it fails with [`Error::DeadlineExceeded`]. A `get_or_set`
+    /// waiting for another caller's fill is bounded by it too. Streams (`watch`, the pipeline
+    /// stream itself) are not bounded, but each pipelined request is.
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets how reads (`get`, `get_many`, admin reads, health) are retried on `UNAVAILABLE`.
+    /// Writes, leases and locks are never retried. [`RetryPolicy::none`] turns retries off.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sends `get`, `set` and `delete` over one multiplexed `Pipeline` stream (default on) rather
+    /// than as unary calls.
+    pub fn pipeline(mut self, enabled: bool) -> Self {
+        self.pipeline = enabled;
+        self
+    }
+
+    /// Bounds how many calls may be in flight on the connection at once; further calls wait.
+    /// The pipeline stream counts as one call while it opens.
+    pub fn concurrency_limit(mut self, limit: usize) -> Self {
+        self.concurrency_limit = Some(limit);
         self
     }
 
@@ -154,19 +401,67 @@ impl ClientBuilder {
         self
     }
 
+    /// Sets TLS for the connection. See [`TlsConfig`]: stored for now, and connecting fails with
+    /// [`Error::InvalidConfig`] until TLS support is built in.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call and stream. (The server maps tokens
+    /// to principals once the security work lands; today it ignores the header.)
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
     /// Connects now, failing with [`Error::Transport`] when the server cannot be reached.
     pub async fn connect(self) -> Result<Client> {
         let channel = self.endpoint()?.connect().await?;
-        Ok(Client::from_channel(channel))
+        Ok(self.build(channel))
     }
 
     /// Returns a client that connects on first use (and reconnects after failures); calls fail
     /// with [`Error::Unavailable`] while the server cannot be reached.
     pub fn connect_lazy(self) -> Result<Client> {
-        Ok(Client::from_channel(self.endpoint()?.connect_lazy()))
+        let channel = self.endpoint()?.connect_lazy();
+        Ok(self.build(channel))
+    }
+
+    fn build(self, channel: Channel) -> Client {
+        let meta = Meta {
+            authorization: self
+                .bearer_token
+                .as_ref()
+                .and_then(|t| MetadataValue::try_from(format!("Bearer {t}").as_str()).ok()),
+        };
+        let pipeline = self
+            .pipeline
+            .then(|| Pipeline::new(channel.clone(), meta.clone()));
+        Client {
+            inner: Arc::new(Inner {
+                channel,
+                meta,
+                request_timeout: self.request_timeout,
+                retry: self.retry,
+                pipeline,
+            }),
+        }
     }
 
     fn endpoint(&self) -> Result<Endpoint> {
+        if self.tls.is_some() {
+            return Err(Error::InvalidConfig(
+                "tls is not supported by this build of the client yet".into(),
+            ));
+        }
+        if let Some(t) = &self.bearer_token {
+            if MetadataValue::<Ascii>::try_from(format!("Bearer {t}").as_str()).is_err() {
+                return Err(Error::InvalidConfig(
+                    "bearer token must be visible ascii".into(),
+                ));
+            }
+        }
         let addr = if self.addr.contains("://") {
             self.addr.clone()
         } else {
@@ -177,8 +472,8 @@ impl ClientBuilder {
         if let Some(t) = self.connect_timeout {
             ep = ep.connect_timeout(t);
         }
-        if let Some(t) = self.request_timeout {
-            ep = ep.timeout(t);
+        if let Some(n) = self.concurrency_limit {
+            ep = ep.concurrency_limit(n);
         }
         if let Some(interval) = self.keepalive_interval {
             ep = ep
@@ -221,5 +516,35 @@ mod tests {
             .endpoint()
             .unwrap_err();
         assert!(matches!(err, Error::Transport(_)), "{err:?}");
+    }
+
+    #[test]
+    fn tls_is_refused_rather_than_ignored() {
+        let err = ClientBuilder::new("https://localhost:1")
+            .tls(TlsConfig::default())
+            .endpoint()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn bearer_token_is_sent_as_authorization_metadata() {
+        let mut meta = ClientBuilder::new("http://localhost:1")
+            .bearer_token("s3cret")
+            .build(Endpoint::from_static("http://localhost:1").connect_lazy())
+            .inner
+            .meta
+            .clone();
+        let req = meta.call(Request::new(())).unwrap();
+        assert_eq!(
+            req.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        assert!(!format!("{meta:?}").contains("s3cret"));
+        let err = ClientBuilder::new("http://localhost:1")
+            .bearer_token("new\nline")
+            .endpoint()
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)));
     }
 }

@@ -81,6 +81,13 @@ pub enum Error {
     /// outcome; usually a server newer than the SDK.
     #[error("unexpected response: {0}")]
     UnexpectedResponse(String),
+    /// The client settings cannot work, e.g. TLS in a build without TLS support or a token that
+    /// is not valid metadata.
+    #[error("invalid client config: {0}")]
+    InvalidConfig(String),
+    /// A value could not be encoded or decoded by a typed helper (`get_json`, `set_json`, …).
+    #[error("codec: {0}")]
+    Codec(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
@@ -96,7 +103,8 @@ impl Error {
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::Other { code, .. } => *code,
-            Error::UnexpectedResponse(_) => Code::Internal,
+            Error::UnexpectedResponse(_) | Error::Codec(_) => Code::Internal,
+            Error::InvalidConfig(_) => Code::InvalidArgument,
         }
     }
 
@@ -118,6 +126,21 @@ impl Error {
             Error::Unavailable { retry_after, .. }
             | Error::ResourceExhausted { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn deadline(message: &str) -> Self {
+        Error::DeadlineExceeded {
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            retry_after: None,
         }
     }
 }

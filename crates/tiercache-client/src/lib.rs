@@ -3,10 +3,13 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), tiercache_client::Error> {
 //! use std::time::Duration;
-//! use tiercache_client::{Client, Condition, SetOptions, SetResult};
+//! use tiercache_client::{Client, Condition, GetOrSetOptions, NearCacheConfig, SetOptions, SetResult};
 //!
-//! let client = Client::connect("http://127.0.0.1:50051").await?;
-//! let users = client.namespace("users");
+//! let client = Client::builder("http://127.0.0.1:50051")
+//!     .request_timeout(Some(Duration::from_secs(2)))
+//!     .connect()
+//!     .await?;
+//! let users = client.namespace("users").with_near_cache(NearCacheConfig::default());
 //! users.set("user:42", "alice").await?;
 //! if let Some(entry) = users.get("user:42").await? {
 //!     println!("{:?} v{} from {:?}", entry.value, entry.version, entry.tier);
@@ -21,6 +24,21 @@
 //!     println!("already there at version {current}");
 //! }
 //! users.invalidate_tags(["org:7"]).await?;
+//!
+//! // Cache-aside with fleet-wide stampede protection: only a lease holder runs the closure.
+//! let profile = users
+//!     .get_or_set("profile:42", GetOrSetOptions::default(), || async {
+//!         // let row = db.query("…").await?;
+//!         Ok::<_, tiercache_client::Error>(Some(tiercache_client::Bytes::from_static(b"{\"name\":\"Ada\"}")))
+//!     })
+//!     .await?;
+//!
+//! // A distributed lock, renewed while held and released on drop.
+//! if let Some(guard) = users.lock("nightly-report", Duration::from_secs(10)).await? {
+//!     println!("fencing token {}", guard.fencing_token());
+//!     guard.release().await?;
+//! }
+//! # let _ = profile;
 //! # Ok(()) }
 //! ```
 //!
@@ -29,10 +47,24 @@
 //!
 //! # Layout
 //!
-//! - `client`: [`Client`] (one shared HTTP/2 channel) and [`ClientBuilder`] (timeouts, TCP and
-//!   keepalive settings); admin calls ([`Client::stats`], [`Client::list_namespaces`]) and
-//!   [`Client::health`].
-//! - `namespace`: [`Namespace`], the get/set/delete/invalidate calls of one namespace.
+//! - `client`: [`Client`] (one shared HTTP/2 channel) and [`ClientBuilder`] (timeouts, retry
+//!   policy, pipeline, concurrency, TCP and keepalive settings, TLS and token slots); the per-call
+//!   metadata, deadlines and retries; admin calls ([`Client::stats`],
+//!   [`Client::list_namespaces`]) and [`Client::health`].
+//! - `retry`: [`RetryPolicy`], exponential backoff with jitter for idempotent calls.
+//! - `pipeline`: the `Pipeline` stream multiplexer that carries get/set/delete.
+//! - `namespace`: [`Namespace`], the get/set/delete/invalidate/watch/inspect calls of one
+//!   namespace.
+//! - `getorset`: [`Namespace::get_or_set`] and [`Namespace::get_or_set_many`], which drive the
+//!   lease protocol.
+//! - `lock`: [`Namespace::lock`] and the renewing [`LockGuard`].
+//! - `near`: the opt-in near cache (L0), kept coherent by the Watch stream.
+//! - `json` (feature `json`, default): `get_json`, `set_json`, `get_or_set_json`.
+//! - `otel` (feature `otel`, default): the W3C `traceparent` of the current `tracing` span on
+//!   every call, when a `tracing_opentelemetry` layer gives the span an OpenTelemetry context.
+//!
+//! Not built yet: TLS (the [`TlsConfig`] slot stores settings, and connecting refuses them
+//! rather than go plaintext).
 //! - `types`: [`Entry`], options and outcome enums, converted from the wire types.
 //! - `error`: [`Error`], mapped from `tonic::Status`.
 //! - `duration`: saturating conversions to and from `google.protobuf.Duration`.
@@ -40,16 +72,31 @@
 mod client;
 mod duration;
 mod error;
+mod getorset;
+#[cfg(feature = "json")]
+mod json;
+mod lock;
 mod namespace;
+mod near;
+#[cfg(feature = "otel")]
+mod otel;
+mod pipeline;
+mod retry;
 mod types;
 
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, TlsConfig};
 pub use error::{Error, FieldViolation, Result};
-pub use namespace::Namespace;
+pub use lock::{LockGuard, DEFAULT_LOCK_WAIT};
+pub use namespace::{Namespace, WatchStream};
+pub use near::{NearCacheConfig, NearCacheStats};
+pub use retry::RetryPolicy;
 pub use types::{
-    Condition, DeleteResult, Entry, GetOptions, GetResult, HealthStatus, NamespaceInfo,
-    NamespacePolicy, NamespaceStats, SetOptions, SetResult, Stats, StorageMode, Tier,
+    Condition, DeleteResult, Entry, GetOptions, GetOrSetOptions, GetResult, HealthStatus,
+    Inspection, NamespaceInfo, NamespacePolicy, NamespaceStats, OnWaitTimeout, SetOptions,
+    SetResult, Stats, StorageMode, Tier, WatchEvent, WatchEventKind,
 };
+
+pub use bytes::Bytes;
 
 /// The generated wire types and clients, for calls this SDK does not wrap yet.
 pub use tiercache_proto as proto;

@@ -1,29 +1,72 @@
-//! [`Namespace`]: reads, writes and invalidation within one namespace.
+//! [`Namespace`]: reads, writes and invalidation within one namespace, with the optional near
+//! cache in front.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tiercache_proto::v1::{self, write_condition};
+use tiercache_proto::v1::{self, pipeline_request::Operation, pipeline_response, write_condition};
+use tokio::time::Instant;
 
+use crate::client::Idempotent;
 use crate::duration::to_proto;
+use crate::near::{NearCache, NearCacheConfig, NearCacheStats};
 use crate::{
-    Client, Condition, DeleteResult, Entry, Error, GetOptions, GetResult, Result, SetOptions,
-    SetResult,
+    Client, Condition, DeleteResult, Entry, Error, GetOptions, GetResult, Inspection, Result,
+    SetOptions, SetResult, WatchEvent,
 };
 
-/// A handle on one namespace of a [`Client`]. Cheap to clone; holds no server state.
+/// A handle on one namespace of a [`Client`]. Cheap to clone; clones share the near cache, if
+/// any.
 #[derive(Debug, Clone)]
 pub struct Namespace {
-    client: Client,
-    name: String,
+    pub(crate) client: Client,
+    pub(crate) name: String,
+    pub(crate) near: Option<Arc<NearCache>>,
 }
 
 impl Namespace {
     pub(crate) fn new(client: Client, name: String) -> Self {
-        Self { client, name }
+        Self {
+            client,
+            name,
+            near: None,
+        }
     }
 
     /// Returns the namespace name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Returns this handle with a near cache (L0) in front: an in-process cache of fresh
+    /// entries, bounded in bytes, kept coherent by the namespace's `Watch` stream (a background
+    /// task that lives as long as the returned handle or a clone of it). Reads it answers report
+    /// [`Tier::Near`](crate::Tier::Near).
+    ///
+    /// Coherence: a write or invalidation by any client reaches L0 as soon as its event arrives
+    /// on the Watch stream (about a millisecond on a local network; see the tests); entries never
+    /// outlive their fresh period on the server, stale entries are never served from L0, and L0
+    /// is cleared whenever an event may have been lost (gap, sequence jump, broken stream).
+    /// Must be called inside a tokio runtime. Each call starts its own near cache and stream:
+    /// call it once and clone the handle.
+    pub fn with_near_cache(mut self, config: NearCacheConfig) -> Self {
+        self.near = Some(NearCache::start(
+            self.client.clone(),
+            self.name.clone(),
+            config,
+        ));
+        self
+    }
+
+    /// Returns the near cache's counters, or `None` when this handle has none.
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|n| n.stats())
+    }
+
+    /// Returns the version the near cache holds for `key`, if it holds a fresh entry
+    /// (diagnostics; a read may still go to the server while the Watch stream is down).
+    pub fn near_cache_version(&self, key: &str) -> Option<u64> {
+        self.near.as_ref().and_then(|n| n.peek_version(key))
     }
 
     /// Returns the entry under `key` (maybe stale), or `None` on a miss.
@@ -32,42 +75,77 @@ impl Namespace {
     }
 
     /// Reads `key` with options: a conditional read (`if_version_not`) or fresh entries only.
+    /// Conditional reads bypass the near cache.
     pub async fn get_with(&self, key: impl Into<String>, opts: GetOptions) -> Result<GetResult> {
+        let key = key.into();
+        let near = self.near.as_ref().filter(|_| opts.if_version_not.is_none());
+        if let Some(e) = near.and_then(|n| n.get(&key)) {
+            return Ok(GetResult::Hit(e));
+        }
+        let ticket = near.and_then(|n| n.ticket(&key));
         let req = v1::GetRequest {
             namespace: self.name.clone(),
-            key: key.into(),
+            key: key.clone(),
             if_version_not: opts.if_version_not,
             fresh_only: opts.fresh_only,
         };
-        let resp = self.client.cache().get(req).await?.into_inner();
-        get_result(resp)
+        let result = get_result(self.raw_get(req).await?)?;
+        if let (Some(n), Some(t), GetResult::Hit(e)) = (near, ticket, &result) {
+            n.insert(&key, e, t);
+        }
+        Ok(result)
     }
 
     /// Reads many keys in one call; the result has one item per key, in order (`None` for a
-    /// miss). The server bounds the batch size (`limits.max_batch`).
+    /// miss). The server bounds the batch size (`limits.max_batch`). Keys the near cache holds
+    /// are answered from it; the rest go to the server in one `GetMany`.
     pub async fn get_many<I, K>(&self, keys: I) -> Result<Vec<Option<Entry>>>
     where
         I: IntoIterator<Item = K>,
         K: Into<String>,
     {
         let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
-        let n = keys.len();
+        let mut out: Vec<Option<Entry>> = vec![None; keys.len()];
+        let mut ask = Vec::new();
+        let mut tickets = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match self.near.as_ref().and_then(|n| n.get(k)) {
+                Some(e) => out[i] = Some(e),
+                None => {
+                    ask.push(i);
+                    tickets.push(self.near.as_ref().and_then(|n| n.ticket(k)));
+                }
+            }
+        }
+        if ask.is_empty() {
+            return Ok(out);
+        }
         let req = v1::GetManyRequest {
             namespace: self.name.clone(),
-            keys,
+            keys: ask.iter().map(|&i| keys[i].clone()).collect(),
             fresh_only: false,
         };
-        let resp = self.client.cache().get_many(req).await?.into_inner();
-        if resp.results.len() != n {
+        let resp = self
+            .client
+            .call(Idempotent::Yes, req, |mut c, r| async move {
+                c.cache().get_many(r).await
+            })
+            .await?;
+        if resp.results.len() != ask.len() {
             return Err(Error::UnexpectedResponse(format!(
-                "get_many asked for {n} keys, got {} results",
+                "get_many asked for {} keys, got {} results",
+                ask.len(),
                 resp.results.len()
             )));
         }
-        resp.results
-            .into_iter()
-            .map(|r| get_result(r).map(GetResult::into_hit))
-            .collect()
+        for ((i, ticket), r) in ask.into_iter().zip(tickets).zip(resp.results) {
+            let hit = get_result(r)?.into_hit();
+            if let (Some(n), Some(t), Some(e)) = (&self.near, ticket, &hit) {
+                n.insert(&keys[i], e, t);
+            }
+            out[i] = hit;
+        }
+        Ok(out)
     }
 
     /// Stores `value` under `key` with the namespace's default TTLs and returns the new version.
@@ -88,9 +166,10 @@ impl Namespace {
         value: impl Into<Bytes>,
         opts: SetOptions,
     ) -> Result<SetResult> {
+        let key = key.into();
         let req = v1::SetRequest {
             namespace: self.name.clone(),
-            key: key.into(),
+            key: key.clone(),
             value: value.into(),
             ttl: opts.ttl.map(to_proto),
             stale_ttl: opts.stale_ttl.map(to_proto),
@@ -102,7 +181,28 @@ impl Namespace {
                 }),
             }),
         };
-        let resp = self.client.cache().set(req).await?.into_inner();
+        let resp = match self.client.pipeline() {
+            Some(p) => match p
+                .call(Operation::Set(req), self.client.request_timeout())
+                .await
+            {
+                Ok(pipeline_response::Result::Set(r)) => Ok(r),
+                Ok(other) => Err(wrong_answer("set", &other)),
+                Err(e) => Err(e),
+            },
+            None => {
+                self.client
+                    .call(Idempotent::No, req, |mut c, r| async move {
+                        c.cache().set(r).await
+                    })
+                    .await
+            }
+        };
+        // Forget the old value even when the outcome is unknown (a timeout may have written).
+        if let Some(n) = &self.near {
+            n.forget(&key);
+        }
+        let resp = resp?;
         Ok(match resp.outcome() {
             v1::SetOutcome::Stored => SetResult::Stored {
                 version: resp.version,
@@ -140,10 +240,30 @@ impl Namespace {
     async fn delete_inner(&self, key: String, if_version: Option<u64>) -> Result<DeleteResult> {
         let req = v1::DeleteRequest {
             namespace: self.name.clone(),
-            key,
+            key: key.clone(),
             if_version,
         };
-        let resp = self.client.cache().delete(req).await?.into_inner();
+        let resp = match self.client.pipeline() {
+            Some(p) => match p
+                .call(Operation::Delete(req), self.client.request_timeout())
+                .await
+            {
+                Ok(pipeline_response::Result::Delete(r)) => Ok(r),
+                Ok(other) => Err(wrong_answer("delete", &other)),
+                Err(e) => Err(e),
+            },
+            None => {
+                self.client
+                    .call(Idempotent::No, req, |mut c, r| async move {
+                        c.cache().delete(r).await
+                    })
+                    .await
+            }
+        };
+        if let Some(n) = &self.near {
+            n.forget(&key);
+        }
+        let resp = resp?;
         Ok(match resp.outcome() {
             v1::DeleteOutcome::Deleted => DeleteResult::Deleted,
             v1::DeleteOutcome::NotFound => DeleteResult::NotFound,
@@ -154,8 +274,8 @@ impl Namespace {
         })
     }
 
-    /// Hides every entry carrying any of `tags`, on every tier and replica; returns the namespace
-    /// sequence the invalidation took.
+    /// Hides every entry carrying any of `tags`, on every tier and replica (and in every near
+    /// cache, through its Watch stream); returns the namespace sequence the invalidation took.
     pub async fn invalidate_tags<I, T>(&self, tags: I) -> Result<u64>
     where
         I: IntoIterator<Item = T>,
@@ -165,13 +285,13 @@ impl Namespace {
             namespace: self.name.clone(),
             tags: tags.into_iter().map(Into::into).collect(),
         };
-        Ok(self
+        let resp = self
             .client
-            .cache()
-            .invalidate_tags(req)
-            .await?
-            .into_inner()
-            .sequence)
+            .call(Idempotent::No, req, |mut c, r| async move {
+                c.cache().invalidate_tags(r).await
+            })
+            .await?;
+        Ok(resp.sequence)
     }
 
     /// Hides every entry of the namespace; returns the namespace sequence the flush took.
@@ -179,17 +299,87 @@ impl Namespace {
         let req = v1::FlushNamespaceRequest {
             namespace: self.name.clone(),
         };
-        Ok(self
+        let resp = self
             .client
-            .cache()
-            .flush_namespace(req)
-            .await?
-            .into_inner()
-            .sequence)
+            .call(Idempotent::No, req, |mut c, r| async move {
+                c.cache().flush_namespace(r).await
+            })
+            .await?;
+        Ok(resp.sequence)
+    }
+
+    /// Opens the namespace's invalidation event stream. The first event is
+    /// [`WatchEventKind::Started`](crate::WatchEventKind::Started) with the current sequence.
+    pub async fn watch(&self) -> Result<WatchStream> {
+        let req = v1::WatchRequest {
+            namespace: self.name.clone(),
+        };
+        let stream = self.client.cache().watch(req).await?.into_inner();
+        Ok(WatchStream { inner: stream })
+    }
+
+    /// Explains `key`: which tiers hold it, its version, tags and their marks, whether it is
+    /// visible and why, and any lease on it.
+    pub async fn inspect(&self, key: impl Into<String>) -> Result<Inspection> {
+        let req = v1::InspectRequest {
+            namespace: self.name.clone(),
+            key: key.into(),
+        };
+        self.client
+            .call(Idempotent::Yes, req, |mut c, r| async move {
+                c.admin().inspect(r).await
+            })
+            .await
+    }
+
+    async fn raw_get(&self, req: v1::GetRequest) -> Result<v1::GetResponse> {
+        let Some(p) = self.client.pipeline() else {
+            return self
+                .client
+                .call(Idempotent::Yes, req, |mut c, r| async move {
+                    c.cache().get(r).await
+                })
+                .await;
+        };
+        let deadline = self.client.request_timeout().map(|t| Instant::now() + t);
+        self.client
+            .with_retries(Idempotent::Yes, deadline, |remaining| {
+                let req = req.clone();
+                async move {
+                    match p.call(Operation::Get(req), remaining).await? {
+                        pipeline_response::Result::Get(r) => Ok(r),
+                        other => Err(wrong_answer("get", &other)),
+                    }
+                }
+            })
+            .await
     }
 }
 
-fn get_result(resp: v1::GetResponse) -> Result<GetResult> {
+/// A namespace's invalidation events, from [`Namespace::watch`].
+#[derive(Debug)]
+pub struct WatchStream {
+    inner: tonic::Streaming<v1::WatchResponse>,
+}
+
+impl WatchStream {
+    /// Returns the next event, or `None` when the server ended the stream. Event kinds this SDK
+    /// does not know are skipped.
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>> {
+        loop {
+            match self.inner.message().await? {
+                None => return Ok(None),
+                Some(m) => {
+                    if let Some(e) = WatchEvent::from_wire(m) {
+                        return Ok(Some(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn get_result(resp: v1::GetResponse) -> Result<GetResult> {
     let outcome = resp.outcome();
     let entry = || {
         resp.entry
@@ -205,8 +395,12 @@ fn get_result(resp: v1::GetResponse) -> Result<GetResult> {
     })
 }
 
-fn unknown_outcome(call: &str, value: i32) -> Error {
+pub(crate) fn unknown_outcome(call: &str, value: i32) -> Error {
     Error::UnexpectedResponse(format!("{call} answered unknown outcome {value}"))
+}
+
+fn wrong_answer(call: &str, got: &pipeline_response::Result) -> Error {
+    Error::UnexpectedResponse(format!("pipelined {call} answered {got:?}"))
 }
 
 #[cfg(test)]

@@ -14,16 +14,20 @@ pub enum Tier {
     L1,
     /// The shared Redis tier.
     L2,
+    /// This client's own in-process near cache (L0); see
+    /// [`Namespace::with_near_cache`](crate::Namespace::with_near_cache).
+    Near,
     /// The server did not say (or named a tier this SDK does not know).
     Unknown,
 }
 
 impl Tier {
-    /// Returns a short lowercase name: `l1`, `l2` or `unknown`.
+    /// Returns a short lowercase name: `l1`, `l2`, `near` or `unknown`.
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::L1 => "l1",
             Tier::L2 => "l2",
+            Tier::Near => "near",
             Tier::Unknown => "unknown",
         }
     }
@@ -152,6 +156,105 @@ pub enum DeleteResult {
     /// The version condition did not hold; `current` is the version found (0 when absent).
     VersionMismatch { current: u64 },
 }
+
+/// What a `get_or_set` waiter does when its wait bound passes before another caller's fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnWaitTimeout {
+    /// Run the closure without a lease and do not fill (the default).
+    #[default]
+    Compute,
+    /// Fail with [`Error::Unavailable`](crate::Error::Unavailable).
+    Unavailable,
+}
+
+/// Options of [`Namespace::get_or_set`](crate::Namespace::get_or_set) and
+/// [`Namespace::get_or_set_many`](crate::Namespace::get_or_set_many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetOrSetOptions {
+    /// Fresh period of a filled entry; the namespace's default TTL when `None`.
+    pub ttl: Option<Duration>,
+    /// Stale window of a filled entry; the namespace's stale TTL when `None`.
+    pub stale_ttl: Option<Duration>,
+    /// Tags of a filled entry.
+    pub tags: Vec<String>,
+    /// How long to wait for another caller's fill; the namespace's max wait when `None`. The
+    /// client's request timeout bounds it too.
+    pub max_wait: Option<Duration>,
+    /// Return a stale entry at once rather than treat it as a miss (default on).
+    pub allow_stale: bool,
+    /// With `allow_stale`: refresh a stale entry in the background when no refresh is under way
+    /// (default on).
+    pub refresh_stale: bool,
+    /// What to do when the wait bound passes.
+    pub on_wait_timeout: OnWaitTimeout,
+    /// How long a lease stays valid; the namespace's lease TTL when `None`.
+    pub lease_ttl: Option<Duration>,
+}
+
+impl Default for GetOrSetOptions {
+    fn default() -> Self {
+        Self {
+            ttl: None,
+            stale_ttl: None,
+            tags: Vec::new(),
+            max_wait: None,
+            allow_stale: true,
+            refresh_stale: true,
+            on_wait_timeout: OnWaitTimeout::Compute,
+            lease_ttl: None,
+        }
+    }
+}
+
+/// One event of a namespace's [`Watch`](crate::Namespace::watch) stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The namespace sequence of the event (consecutive, except across a gap).
+    pub sequence: u64,
+    /// What happened.
+    pub kind: WatchEventKind,
+}
+
+/// What a [`WatchEvent`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEventKind {
+    /// The first event: the stream is open; `sequence` is the current one.
+    Started,
+    /// `key` was written (`version` > 0) or deleted (`version` 0).
+    KeyChanged { key: String, version: u64 },
+    /// Entries carrying any of `tags` were hidden.
+    TagsInvalidated { tags: Vec<String> },
+    /// The whole namespace was flushed.
+    Flushed,
+    /// Events after `last_sequence` were lost: drop everything cached for the namespace.
+    Gap { last_sequence: u64 },
+}
+
+impl WatchEvent {
+    /// Converts a wire event; `None` for an event kind this SDK does not know.
+    pub(crate) fn from_wire(w: v1::WatchResponse) -> Option<Self> {
+        use v1::watch_response::Event as E;
+        let kind = match w.event? {
+            E::Started(_) => WatchEventKind::Started,
+            E::KeyChanged(k) => WatchEventKind::KeyChanged {
+                key: k.key,
+                version: k.version,
+            },
+            E::TagsInvalidated(t) => WatchEventKind::TagsInvalidated { tags: t.tags },
+            E::NamespaceFlushed(_) => WatchEventKind::Flushed,
+            E::Gap(g) => WatchEventKind::Gap {
+                last_sequence: g.last_sequence,
+            },
+        };
+        Some(Self {
+            sequence: w.sequence,
+            kind,
+        })
+    }
+}
+
+/// What [`Namespace::inspect`](crate::Namespace::inspect) found (the wire type).
+pub use tiercache_proto::v1::InspectResponse as Inspection;
 
 /// How the server stores entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
