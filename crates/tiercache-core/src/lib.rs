@@ -9,15 +9,19 @@
 //! - [`l2`]: the Redis tier and its Lua scripts.
 //! - [`event`]: invalidation events and their wire form.
 //! - [`engine`]: [`Cache`], the read/write paths and the event bus that keeps L1s coherent.
+//! - [`inspect`]: [`Cache::inspect`], what each tier holds for a key and why it is (not) visible.
+//! - [`watch`]: [`Cache::watch`], a namespace's events in order, with gaps reported.
 
 pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod inspect;
 pub mod keys;
 pub mod l2;
 pub mod namespace;
 pub mod policy;
+pub mod watch;
 
 pub use engine::{
     Cache, CacheConfig, DeleteOutcome, Found, Lookup, Mode, ReadOptions, SetOutcome, Tier,
@@ -25,6 +29,8 @@ pub use engine::{
 };
 pub use error::CoreError;
 pub use event::{Event, EventKind};
+pub use inspect::{Inspection, TierInspection, Visibility};
 pub use l2::RedisOptions;
 pub use namespace::Namespace;
 pub use policy::NamespacePolicy;
+pub use watch::Watch;
