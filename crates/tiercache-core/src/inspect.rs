@@ -130,7 +130,7 @@ impl Cache {
                     (entry, s.last_seq.unwrap_or(0), s.flush_mark, marks)
                 };
                 let l1 = tier_view(Tier::L1, l1_found(entry.as_deref(), now), marks, flush);
-                let explanation = explain(&l1, false, None);
+                let explanation = explain(&l1, false, None, flush);
                 Ok(Inspection {
                     sequence,
                     flush_mark: flush,
@@ -171,7 +171,7 @@ impl Cache {
                         snap.flush,
                     )
                 });
-                let explanation = explain(&l2_view, true, l1_view.as_ref());
+                let explanation = explain(&l2_view, true, l1_view.as_ref(), snap.flush);
                 Ok(Inspection {
                     sequence: snap.sequence,
                     flush_mark: snap.flush,
@@ -284,12 +284,25 @@ fn secs(d: Duration) -> String {
 }
 
 /// One sentence on the authoritative view, with a clause on L1 when it disagrees.
-fn explain(view: &TierInspection, two_tier: bool, l1: Option<&TierInspection>) -> String {
+fn explain(
+    view: &TierInspection,
+    two_tier: bool,
+    l1: Option<&TierInspection>,
+    flush: u64,
+) -> String {
     let mut s = String::new();
     if two_tier {
         s.push_str("In L2, ");
     }
     match (&view.entry, &view.visibility) {
+        // Memory-only mode drops entries on a flush (L1 is the store); L2 keeps them hidden.
+        (None, _) | (_, Visibility::Absent) if !two_tier && flush > 0 => {
+            let _ = write!(
+                s,
+                "no entry is stored for the key (never written, deleted, expired, or dropped by \
+                 the flush at sequence {flush})"
+            );
+        }
         (None, _) | (_, Visibility::Absent) => {
             s.push_str("no entry is stored for the key (never written, deleted, or expired)");
         }
