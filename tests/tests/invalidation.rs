@@ -91,7 +91,7 @@ const HIDDEN_TAG: &str = "t3";
 
 /// The tag of entry `i`: every tenth entry is untagged, the others spread over 50 tags.
 fn scale_tag(i: usize) -> Option<String> {
-    (i % 10 != 0).then(|| format!("t{}", i % TAGS))
+    (!i.is_multiple_of(10)).then(|| format!("t{}", i % TAGS))
 }
 
 fn scale_value(i: usize) -> String {
