@@ -941,3 +941,16 @@ impl crate::engine::Cache {
         }
     }
 }
+// ---- access for sibling modules (read-only scripts such as Inspect's live beside their users) ----
+
+impl L2 {
+    /// Returns a handle on the shared multiplexed connection.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// Builds a script with the shared Lua helpers (`u64`, `be64`, `esc`, `num`, `visible`) in front.
+pub(crate) fn script_with_prelude(body: &str) -> Script {
+    with_prelude(body)
+}

@@ -12,18 +12,22 @@
 //! - [`lease`]: GetOrSet, Fill and ReleaseLease: fleet-wide stampede control with coalesced
 //!   waiters, stale-while-revalidate and negative caching.
 //! - [`lock`]: distributed locks with owner and fencing tokens.
+//! - [`inspect`]: [`Cache::inspect`], what each tier holds for a key and why it is (not) visible.
+//! - [`watch`]: [`Cache::watch`], a namespace's events in order, with gaps reported.
 
 mod coalesce;
 pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod inspect;
 pub mod keys;
 pub mod l2;
 pub mod lease;
 pub mod lock;
 pub mod namespace;
 pub mod policy;
+pub mod watch;
 
 pub use engine::{
     Cache, CacheConfig, DeleteOutcome, Found, Lookup, Mode, ReadOptions, SetOutcome, Tier,
@@ -31,8 +35,10 @@ pub use engine::{
 };
 pub use error::CoreError;
 pub use event::{Event, EventKind};
+pub use inspect::{Inspection, TierInspection, Visibility};
 pub use l2::RedisOptions;
 pub use lease::{FillArgs, FillOutcome, GetOrSetOptions, GetOrSetResult, Lease};
 pub use lock::LockAcquire;
 pub use namespace::Namespace;
 pub use policy::NamespacePolicy;
+pub use watch::Watch;

@@ -1,16 +1,17 @@
-//! `AdminService` and `LockService` (the latter answers UNIMPLEMENTED until locks land).
+//! `AdminService` (ListNamespaces, GetStats, Inspect) and `LockService` (the latter answers
+//! UNIMPLEMENTED until locks land).
 
 use std::sync::atomic::Ordering;
 
-use tiercache_core::{Cache, Mode, NamespacePolicy};
+use tiercache_core::{Cache, Inspection, Mode, NamespacePolicy, Tier, TierInspection, Visibility};
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::admin_service_server::AdminService;
 use tiercache_proto::v1::lock_service_server::LockService;
 use tonic::{Request, Response, Status};
 
-use crate::cache::duration_pb;
+use crate::cache::{duration_pb, entry_pb};
 use crate::error::ApiError;
-use crate::validate;
+use crate::validate::{self, Violations};
 
 /// The AdminService implementation.
 #[derive(Clone)]
@@ -115,9 +116,66 @@ impl AdminService for AdminApi {
 
     async fn inspect(
         &self,
-        _r: Request<pb::InspectRequest>,
+        r: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
-        Err(ApiError::Core(tiercache_core::CoreError::Unimplemented("Inspect")).into())
+        let req = r.into_inner();
+        validate::namespace("namespace", &req.namespace)?;
+        let ns = self
+            .cache
+            .namespace(&req.namespace)
+            .map_err(ApiError::from)?;
+        let mut v = Violations::default();
+        validate::key(&mut v, "key", &req.key, &ns.policy);
+        v.finish()?;
+        let inspection = self
+            .cache
+            .inspect(&ns, &req.key)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(inspect_pb(inspection)))
+    }
+}
+
+/// Converts an inspection for the wire. The entry is shown without its value: Inspect explains
+/// state, it is not a read.
+fn inspect_pb(i: Inspection) -> pb::InspectResponse {
+    pb::InspectResponse {
+        tiers: i.tiers.into_iter().map(tier_view_pb).collect(),
+        sequence: i.sequence,
+        flush_mark: i.flush_mark,
+        // Leases are added to Inspect with GetOrSet.
+        lease_held: false,
+        lease_remaining: None,
+        lease_born: 0,
+        explanation: i.explanation,
+    }
+}
+
+fn tier_view_pb(t: TierInspection) -> pb::TierView {
+    pb::TierView {
+        tier: match t.tier {
+            Tier::L1 => pb::Tier::L1,
+            Tier::L2 => pb::Tier::L2,
+        } as i32,
+        present: t.entry.is_some(),
+        entry: t.entry.map(|f| entry_pb(f, false)),
+        visibility: visibility_pb(&t.visibility) as i32,
+        tag_marks: t
+            .tag_marks
+            .into_iter()
+            .map(|(tag, mark)| pb::TagMark { tag, mark })
+            .collect(),
+    }
+}
+
+/// Converts a visibility verdict for the wire.
+pub fn visibility_pb(v: &Visibility) -> pb::Visibility {
+    match v {
+        Visibility::Fresh => pb::Visibility::Fresh,
+        Visibility::Stale => pb::Visibility::Stale,
+        Visibility::Absent => pb::Visibility::Absent,
+        Visibility::HiddenByFlush { .. } => pb::Visibility::HiddenByFlush,
+        Visibility::HiddenByTag { .. } => pb::Visibility::HiddenByTag,
     }
 }
 

@@ -655,11 +655,10 @@ impl CacheService for CacheApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = r.into_inner();
         let ns = self.namespace(&req.namespace)?;
-        let mut events = ns.subscribe();
-        let current = ns.last_sequence();
+        let mut watch = self.cache.watch(&ns).await.map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(256);
         let started = pb::WatchResponse {
-            sequence: current,
+            sequence: watch.start_sequence(),
             event: Some(pb::watch_response::Event::Started(pb::WatchStarted {})),
         };
         tokio::spawn(async move {
@@ -667,34 +666,33 @@ impl CacheService for CacheApi {
                 return;
             }
             loop {
-                use pb::watch_response::Event as E;
-                let msg = match events.recv().await {
-                    Ok(e) => pb::WatchResponse {
-                        sequence: e.sequence,
-                        event: Some(match e.kind {
-                            EventKind::KeyChanged { key, version } => {
-                                E::KeyChanged(pb::KeyChanged { key, version })
-                            }
-                            EventKind::TagsInvalidated { tags } => {
-                                E::TagsInvalidated(pb::TagsInvalidated { tags })
-                            }
-                            EventKind::Flushed => E::NamespaceFlushed(pb::NamespaceFlushed {}),
-                            EventKind::Gap { last_sequence } => {
-                                E::Gap(pb::EventGap { last_sequence })
-                            }
-                        }),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => pb::WatchResponse {
-                        sequence: 0,
-                        event: Some(E::Gap(pb::EventGap { last_sequence: 0 })),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                // End with the client, even while no event comes.
+                let event = tokio::select! {
+                    e = watch.next() => e,
+                    () = tx.closed() => return,
                 };
-                if tx.send(Ok(msg)).await.is_err() {
+                let Some(event) = event else { return };
+                if tx.send(Ok(watch_event_pb(event))).await.is_err() {
                     return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Converts a namespace event for the Watch stream.
+fn watch_event_pb(e: tiercache_core::Event) -> pb::WatchResponse {
+    use pb::watch_response::Event as E;
+    pb::WatchResponse {
+        sequence: e.sequence,
+        event: Some(match e.kind {
+            EventKind::KeyChanged { key, version } => {
+                E::KeyChanged(pb::KeyChanged { key, version })
+            }
+            EventKind::TagsInvalidated { tags } => E::TagsInvalidated(pb::TagsInvalidated { tags }),
+            EventKind::Flushed => E::NamespaceFlushed(pb::NamespaceFlushed {}),
+            EventKind::Gap { last_sequence } => E::Gap(pb::EventGap { last_sequence }),
+        }),
     }
 }
