@@ -276,6 +276,25 @@ async fn lease_revoked_by_delete(fleet: Fleet) {
     assert_eq!(g.entry.unwrap().value, Bytes::from("set"));
 }
 
+async fn inspect_shows_the_outstanding_lease(fleet: Fleet) {
+    let mut c = fleet.client(0);
+    let r = c.get_or_set(gos("inspected")).await.unwrap().into_inner();
+    let token = r.lease.unwrap().token;
+    let mut admin = AdminServiceClient::new(fleet.channels[1].clone());
+    let inspect = || pb::InspectRequest {
+        namespace: "default".into(),
+        key: "inspected".into(),
+    };
+    let i = admin.inspect(inspect()).await.unwrap().into_inner();
+    assert!(i.lease_held, "{i:?}");
+    assert!(i.lease_remaining.unwrap().seconds <= 5);
+    assert!(i.explanation.contains("lease"), "{}", i.explanation);
+    c.fill(fill("inspected", &token, "v")).await.unwrap();
+    let i = admin.inspect(inspect()).await.unwrap().into_inner();
+    assert!(!i.lease_held, "{i:?}");
+    assert_eq!(i.lease_born, 0);
+}
+
 async fn holder_vanishes(fleet: Fleet) {
     let lease_ttl = Duration::from_millis(400);
     let req = || pb::GetOrSetRequest {
@@ -797,6 +816,7 @@ contract!(
     stampede_one_key,
     stampede_twenty_keys,
     lease_revoked_by_delete,
+    inspect_shows_the_outstanding_lease,
     holder_vanishes,
     release_promotes_a_waiter_and_caches_nothing,
     stale_while_revalidate_and_fail_safe,

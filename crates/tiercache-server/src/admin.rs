@@ -132,22 +132,33 @@ impl AdminService for AdminApi {
             .inspect(&ns, &req.key)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(inspect_pb(inspection)))
+        let lease = self
+            .cache
+            .lease_info(&ns, &req.key)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(inspect_pb(inspection, lease)))
     }
 }
 
 /// Converts an inspection for the wire. The entry is shown without its value: Inspect explains
 /// state, it is not a read.
-fn inspect_pb(i: Inspection) -> pb::InspectResponse {
+fn inspect_pb(i: Inspection, lease: Option<(u64, std::time::Duration)>) -> pb::InspectResponse {
+    let mut explanation = i.explanation;
+    if let Some((born, remaining)) = lease {
+        explanation.push_str(&format!(
+            " A lease granted at sequence {born} is outstanding ({} ms left): a caller is computing the value.",
+            remaining.as_millis()
+        ));
+    }
     pb::InspectResponse {
         tiers: i.tiers.into_iter().map(tier_view_pb).collect(),
         sequence: i.sequence,
         flush_mark: i.flush_mark,
-        // Leases are added to Inspect with GetOrSet.
-        lease_held: false,
-        lease_remaining: None,
-        lease_born: 0,
-        explanation: i.explanation,
+        lease_held: lease.is_some(),
+        lease_remaining: lease.map(|(_, remaining)| duration_pb(remaining)),
+        lease_born: lease.map(|(born, _)| born).unwrap_or(0),
+        explanation,
     }
 }
 
