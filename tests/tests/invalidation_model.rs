@@ -1,5 +1,6 @@
 //! Model-based property test of invalidation at the engine level: random sequences of Set (with
-//! tags and conditions), Delete, InvalidateTags, FlushNamespace and Get run against
+//! tags and conditions), GetOrSet leases and their Fill (tags known only at fill time), Delete,
+//! InvalidateTags, FlushNamespace and Get run against
 //! `tiercache_core::Cache` and against a small reference model; what is visible (value, version
 //! order, condition outcomes) must always agree. Runs memory-only and L1 + a real Redis.
 //!
@@ -14,8 +15,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tiercache_core::{
-    Cache, CacheConfig, DeleteOutcome, Lookup, NamespacePolicy, ReadOptions, RedisOptions,
-    SetOutcome, WriteArgs, WriteCondition,
+    Cache, CacheConfig, DeleteOutcome, FillArgs, FillOutcome, GetOrSetOptions, GetOrSetResult,
+    Lookup, NamespacePolicy, ReadOptions, RedisOptions, SetOutcome, WriteArgs, WriteCondition,
 };
 use tiercache_testkit::RedisServer;
 
@@ -58,6 +59,15 @@ enum Op {
     Get {
         key: u8,
     },
+    /// GetOrSet without waiting: a hit, a lease, or (another lease is out) a timed-out wait.
+    Lease {
+        key: u8,
+    },
+    /// Fills the key's outstanding lease (or, if none, its last revoked one) with these tags.
+    Fill {
+        key: u8,
+        tags: BTreeSet<u8>,
+    },
 }
 
 fn expected() -> impl Strategy<Value = Expected> {
@@ -81,6 +91,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => tag_set(1).prop_map(|tags| Op::Invalidate { tags }),
         1 => Just(Op::Flush),
         3 => (0..KEYS).prop_map(|key| Op::Get { key }),
+        2 => (0..KEYS).prop_map(|key| Op::Lease { key }),
+        2 => (0..KEYS, tag_set(0)).prop_map(|(key, tags)| Op::Fill { key, tags }),
     ]
 }
 
@@ -92,14 +104,33 @@ struct ModelEntry {
     tags: BTreeSet<u8>,
 }
 
+/// A lease the model knows is outstanding, and what happened since it was granted.
+#[derive(Debug, Clone)]
+struct ModelLease {
+    token: String,
+    invalidated_tags: BTreeSet<u8>,
+    flushed: bool,
+}
+
 #[derive(Debug, Default)]
 struct Model {
     entries: BTreeMap<u8, ModelEntry>,
+    /// The outstanding lease of each key.
+    leases: BTreeMap<u8, ModelLease>,
+    /// The last revoked lease token of each key (a Set or Delete revoked it).
+    revoked: BTreeMap<u8, String>,
     /// The highest version the engine ever returned for a key: versions only grow.
     highest: BTreeMap<u8, u64>,
 }
 
 impl Model {
+    /// A Set or Delete that took effect revokes the key's outstanding lease.
+    fn revoke(&mut self, key: u8) {
+        if let Some(l) = self.leases.remove(&key) {
+            self.revoked.insert(key, l.token);
+        }
+    }
+
     fn current(&self, key: u8) -> u64 {
         self.entries.get(&key).map_or(0, |e| e.version)
     }
@@ -195,6 +226,7 @@ async fn run_case(
                             "op {i}: version {version} not above {highest}"
                         );
                         model.highest.insert(*key, version);
+                        model.revoke(*key);
                         model.entries.insert(
                             *key,
                             ModelEntry {
@@ -220,8 +252,14 @@ async fn run_case(
                 let current = model.current(*key);
                 let want = match if_version {
                     Some(v) if v != current => DeleteOutcome::VersionMismatch { current },
-                    _ if model.entries.remove(key).is_some() => DeleteOutcome::Deleted,
-                    _ => DeleteOutcome::NotFound,
+                    _ => {
+                        model.revoke(*key);
+                        if model.entries.remove(key).is_some() {
+                            DeleteOutcome::Deleted
+                        } else {
+                            DeleteOutcome::NotFound
+                        }
+                    }
                 };
                 prop_assert_eq!(got, want, "op {}: delete", i);
             }
@@ -229,10 +267,102 @@ async fn run_case(
                 let names: Vec<String> = tags.iter().map(|&t| tag_name(t)).collect();
                 cache.invalidate_tags(&ns, &names).await.unwrap();
                 model.entries.retain(|_, e| e.tags.is_disjoint(tags));
+                for l in model.leases.values_mut() {
+                    l.invalidated_tags.extend(tags.iter().copied());
+                }
             }
             Op::Flush => {
                 cache.flush(&ns).await.unwrap();
                 model.entries.clear();
+                for l in model.leases.values_mut() {
+                    l.flushed = true;
+                }
+            }
+            Op::Lease { key } => {
+                let opts = GetOrSetOptions {
+                    wait: Duration::ZERO,
+                    allow_stale: false,
+                    refresh_stale: false,
+                    lease_ttl: None,
+                };
+                let got = cache.get_or_set(&ns, &key_name(*key), opts).await.unwrap();
+                match (model.entries.get(key), model.leases.contains_key(key), got) {
+                    (Some(e), _, GetOrSetResult::Hit { found, .. }) => {
+                        prop_assert_eq!(found.data.version, e.version, "op {}: hit version", i);
+                    }
+                    (None, false, GetOrSetResult::Lease(lease)) => {
+                        model.leases.insert(
+                            *key,
+                            ModelLease {
+                                token: lease.token,
+                                invalidated_tags: BTreeSet::new(),
+                                flushed: false,
+                            },
+                        );
+                    }
+                    (None, true, GetOrSetResult::WaitTimedOut) => {}
+                    (entry, leased, got) => {
+                        return Err(TestCaseError::fail(format!(
+                            "op {i}: entry {entry:?}, lease out {leased}: got {got:?}"
+                        )))
+                    }
+                }
+            }
+            Op::Fill { key, tags } => {
+                let (token, want_stored) = match (model.leases.get(key), model.revoked.get(key)) {
+                    (Some(l), _) => (
+                        l.token.clone(),
+                        !l.flushed && l.invalidated_tags.is_disjoint(tags),
+                    ),
+                    (None, Some(t)) => (t.clone(), false),
+                    (None, None) => continue,
+                };
+                let value = format!("fill{i}");
+                let got = cache
+                    .fill(
+                        &ns,
+                        &key_name(*key),
+                        &token,
+                        FillArgs {
+                            value: Bytes::from(value.clone()),
+                            tags: tags.iter().map(|&t| tag_name(t)).collect(),
+                            ..FillArgs::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let filled_current = model.leases.contains_key(key);
+                match got {
+                    FillOutcome::Stored { version } if want_stored => {
+                        let highest = model.highest.get(key).copied().unwrap_or(0);
+                        prop_assert!(
+                            version > highest,
+                            "op {i}: fill version not above {highest}"
+                        );
+                        model.highest.insert(*key, version);
+                        model.entries.insert(
+                            *key,
+                            ModelEntry {
+                                value,
+                                version,
+                                tags: tags.clone(),
+                            },
+                        );
+                    }
+                    // A fill whose computation began before an invalidation is dead on arrival,
+                    // and a revoked lease stores nothing.
+                    FillOutcome::LeaseRevoked if !want_stored => {}
+                    got => {
+                        return Err(TestCaseError::fail(format!(
+                            "op {i}: fill (stored expected: {want_stored}) answered {got:?}"
+                        )))
+                    }
+                }
+                if filled_current {
+                    // Stored or refused, the lease is gone, and with it the memory of older ones.
+                    model.leases.remove(key);
+                    model.revoked.remove(key);
+                }
             }
             Op::Get { key } => {
                 let want = model.entries.get(key).map(|e| (e.value.clone(), e.version));
