@@ -5,9 +5,11 @@
 //! - `args`: the clap command line.
 //! - `serve`: `tiercache serve` (config, logging, signals, `tiercache_server::run`).
 //! - `commands`: the client commands (get, set, del, stats, health) and their output.
+//! - `bench`: `tiercache bench`, the benchmark harness (docs/performance.md).
 //! - `exit`: exit codes and the failure type that carries one.
 
 mod args;
+mod bench;
 mod commands;
 mod exit;
 mod serve;
@@ -48,5 +50,6 @@ async fn dispatch(command: Command) -> Result<Exit, Failure> {
         Command::Del(args) => commands::del(args).await,
         Command::Stats(args) => commands::stats(args).await,
         Command::Health(args) => commands::health(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }

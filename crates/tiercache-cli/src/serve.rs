@@ -95,6 +95,18 @@ pub fn build_config(args: &ServeArgs, env: &OtelEnv) -> Result<Config, ConfigErr
 /// Installs the tracing subscriber: logs on stderr (RUST_LOG filter, default `info`; text, or
 /// JSON with trace ids) and spans to the tracer provider. The two have separate filters, so
 /// RUST_LOG does not decide what is traced.
+/// Installs what `tiercache serve` installs with no OTLP endpoint (text logs at `RUST_LOG` or
+/// info, and the OpenTelemetry layer), so `tiercache bench --telemetry on` pays what a default
+/// server pays per RPC.
+pub fn init_bench_telemetry() -> anyhow::Result<()> {
+    let config = tiercache_server::config::TelemetryConfig::default();
+    let tracer = telemetry::tracer_provider(&config).context("cannot start tracing")?;
+    init_logging(LogFormat::Text, &tracer, false);
+    // Installed for the whole process: the provider must outlive every span.
+    std::mem::forget(tracer);
+    Ok(())
+}
+
 fn init_logging(
     format: LogFormat,
     tracer: &opentelemetry_sdk::trace::SdkTracerProvider,
