@@ -21,6 +21,9 @@ use super::env::{self, InProcessServer};
 
 const NS_RSS: &str = "bench-rss";
 const NS_EVICT: &str = "bench-evict";
+const NS_UNARY: &str = "bench-rss-unary";
+/// Entries written with unary Sets for the second RSS reading (unary calls are slower).
+const UNARY_ENTRIES: usize = 20_000;
 /// Entries per SetMany, and SetMany calls in flight, while filling.
 const BATCH: usize = 200;
 const IN_FLIGHT: usize = 8;
@@ -42,6 +45,9 @@ pub struct MemoryResult {
     pub evict_l1_bytes: u64,
     pub evict_budget_bytes: u64,
     pub evict_evictions: u64,
+    /// Entries written with unary Set, and the RSS they added per entry beyond key and value.
+    pub unary_entries: usize,
+    pub unary_overhead_per_entry: f64,
 }
 
 impl MemoryResult {
@@ -73,6 +79,10 @@ impl MemoryResult {
                 "l1_budget_bytes": self.evict_budget_bytes,
                 "l1_bytes_vs_budget": self.budget_ratio(),
                 "evictions": self.evict_evictions,
+            },
+            "unary": {
+                "entries": self.unary_entries,
+                "rss_overhead_per_entry_bytes": self.unary_overhead_per_entry,
             },
             "ok": self.ok(),
         })
@@ -141,6 +151,13 @@ pub async fn run(entries: usize, value_size: usize) -> anyhow::Result<MemoryResu
             ..PolicyConfig::default()
         },
     );
+    config.namespaces.insert(
+        NS_UNARY.to_string(),
+        PolicyConfig {
+            l1_max_bytes: Some(1 << 34),
+            ..PolicyConfig::default()
+        },
+    );
     let server = InProcessServer::start(config).await?;
     let channel = env::connect(&server.url()).await?;
     let value = Bytes::from(vec![b'v'; value_size]);
@@ -161,6 +178,16 @@ pub async fn run(entries: usize, value_size: usize) -> anyhow::Result<MemoryResu
     let rss_per_entry = rss_after.saturating_sub(rss_before) as f64 / new_entries as f64;
     let overhead_per_entry =
         rss_per_entry - (key_bytes as f64 / entries.max(1) as f64) - value_size as f64;
+
+    // The same with unary Sets (the per-request buffers differ from SetMany's).
+    let unary_entries = UNARY_ENTRIES.min(entries);
+    fill_unary(&channel, 0, 64.min(unary_entries), &value).await?;
+    let before = vm_rss()?;
+    fill_unary(&channel, 64.min(unary_entries), unary_entries, &value).await?;
+    let unary_overhead_per_entry = vm_rss()?.saturating_sub(before) as f64
+        / unary_entries.saturating_sub(64).max(1) as f64
+        - (key_bytes as f64 / entries.max(1) as f64)
+        - value_size as f64;
 
     fill(&channel, NS_EVICT, entries, &value).await?;
     let evict = stats(&channel, NS_EVICT).await?;
@@ -183,6 +210,8 @@ pub async fn run(entries: usize, value_size: usize) -> anyhow::Result<MemoryResu
         evict_l1_bytes: evict.l1_bytes,
         evict_budget_bytes: evict.l1_budget_bytes,
         evict_evictions: evict.l1_evictions,
+        unary_entries,
+        unary_overhead_per_entry,
     })
 }
 
@@ -214,6 +243,34 @@ async fn fill_range(
     .buffer_unordered(IN_FLIGHT);
     while let Some(r) = calls.next().await {
         r.with_context(|| format!("SetMany into {ns}"))?;
+    }
+    Ok(())
+}
+
+/// Writes keys `from..to` of the unary namespace with unary Sets, 64 in flight.
+async fn fill_unary(
+    channel: &Channel,
+    from: usize,
+    to: usize,
+    value: &Bytes,
+) -> anyhow::Result<()> {
+    let mut calls = futures::stream::iter((from..to).map(|i| {
+        let mut client = CacheServiceClient::new(channel.clone());
+        let req = pb::SetRequest {
+            namespace: NS_UNARY.to_string(),
+            key: key(i),
+            value: value.clone(),
+            ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        async move { client.set(req).await }
+    }))
+    .buffer_unordered(64);
+    while let Some(r) = calls.next().await {
+        r.context("Set into the unary namespace")?;
     }
     Ok(())
 }

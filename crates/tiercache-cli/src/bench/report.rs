@@ -287,7 +287,8 @@ impl Report {
                     "\nmemory: {} entries of {} B (keys {:.0} B): RSS +{:.0} B per entry, \
                      {:.0} B beyond key and value; L1 charged {} B for them.\n\
                      budget {} B, {} entries written: L1 holds {} B ({:.1}% of the budget), \
-                     {} evictions",
+                     {} evictions.\n\
+                     unary Sets: {} entries, RSS {:.0} B per entry beyond key and value",
                     m.entries,
                     m.value_size,
                     m.key_bytes as f64 / m.entries.max(1) as f64,
@@ -298,7 +299,9 @@ impl Report {
                     m.evict_entries_written,
                     m.evict_l1_bytes,
                     m.budget_ratio() * 100.0,
-                    m.evict_evictions
+                    m.evict_evictions,
+                    m.unary_entries,
+                    m.unary_overhead_per_entry
                 );
             }
             Some(Err(e)) => {
