@@ -180,14 +180,14 @@ impl Drop for InProcessServer {
 /// Opens one HTTP/2 connection to `url`, with the transport settings the bench wants from a
 /// client: TCP_NODELAY and windows large enough that flow control never throttles.
 pub async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())?
+    Endpoint::from_shared(url.to_string())?
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(1 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {url}"))?)
+        .with_context(|| format!("cannot connect to {url}"))
 }
 
 /// Opens `n` connections to `url`.
