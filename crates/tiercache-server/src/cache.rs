@@ -623,7 +623,17 @@ impl CacheService for CacheApi {
                         match msg {
                             Ok(Some(req)) => {
                                 let api = api.clone();
-                                in_flight.push(async move { api.pipeline_one(req).await });
+                                let mut call = Box::pin(async move { api.pipeline_one(req).await });
+                                // Most requests (L1 hits) finish on their first poll: answer them
+                                // at once rather than through the queue and a wake-up.
+                                match futures::poll!(call.as_mut()) {
+                                    std::task::Poll::Ready(resp) => {
+                                        if tx.send(Ok(resp)).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    std::task::Poll::Pending => in_flight.push(call),
+                                }
                             }
                             Ok(None) => input_open = false,
                             Err(status) => {
