@@ -6,6 +6,7 @@
 #   make lint    rustfmt check, clippy, buf lint and buf format check
 #   make fmt     format Rust and proto files in place
 #   make nextest / make deny   single steps of `make test`
+#   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -29,7 +30,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -42,6 +43,10 @@ test:
 
 setup:
 	bash scripts/setup.sh
+
+# `make test` runs a seconds-long smoke of the same command (crates/tiercache-cli/tests/bench.rs).
+bench:
+	cargo run -p tiercache-cli --release -- bench $(BENCH_ARGS)
 
 lint: fmt-check clippy buf-lint
 

@@ -47,6 +47,8 @@ pub enum Command {
     Lock(LockArgs),
     /// Checks that the server is serving.
     Health(HealthArgs),
+    /// Measures tiercache side by side with direct Redis calls (docs/performance.md).
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,6 +234,68 @@ pub struct StatsArgs {
 pub struct HealthArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// `tiercache bench`: every scenario in one run, with ratios to the health check and to direct
+/// Redis GETs measured in that same run.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// A running server to measure instead of one started in-process. It must serve the
+    /// namespaces `bench` and `bench-l2` (the latter with `l1_enabled = false`).
+    #[arg(long, value_name = "URL")]
+    pub addr: Option<String>,
+    /// A Redis to use instead of a `redis-server` spawned on a free port.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Requests in flight at any time.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 (and Redis) connections the requests are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Distinct keys read by the read scenarios.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// Measured time per scenario.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time before each scenario.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Only these scenarios (comma-separated names; `list` prints them). All when omitted.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub scenarios: Vec<String>,
+    /// Callers per cold key in the stampede scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub stampede_callers: usize,
+    /// In-process servers (replicas) on one Redis in the stampede scenario.
+    #[arg(long, default_value_t = 3)]
+    pub stampede_replicas: usize,
+    /// Cold keys in the stampede scenario.
+    #[arg(long, default_value_t = 3)]
+    pub stampede_keys: usize,
+    /// How long the stampede's origin takes to compute a value.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub stampede_fill: Duration,
+    /// Entries written in the memory scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub memory_entries: usize,
+    /// The tracing subscriber of `tiercache serve` (logs and OpenTelemetry layer) in this
+    /// process, or none.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub telemetry: Switch,
+    /// Prints one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {

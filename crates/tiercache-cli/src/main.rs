@@ -6,9 +6,11 @@
 //! - `serve`: `tiercache serve` (config, logging, signals, `tiercache_server::run`).
 //! - `commands`: the client commands (get, set, del, get-or-set, invalidate-tags, flush, stats,
 //!   inspect, watch, lock, health) and their output.
+//! - `bench`: `tiercache bench`, the benchmark harness (docs/performance.md).
 //! - `exit`: exit codes and the failure type that carries one.
 
 mod args;
+mod bench;
 mod commands;
 mod exit;
 mod serve;
@@ -55,5 +57,6 @@ async fn dispatch(command: Command) -> Result<Exit, Failure> {
         Command::Watch(args) => commands::watch(args).await,
         Command::Lock(args) => commands::lock(args).await,
         Command::Health(args) => commands::health(args).await,
+        Command::Bench(args) => bench::bench(args).await,
     }
 }

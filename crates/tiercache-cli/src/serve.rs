@@ -95,6 +95,21 @@ pub fn build_config(args: &ServeArgs, env: &OtelEnv) -> Result<Config, ConfigErr
 /// Installs the tracing subscriber: logs on stderr (RUST_LOG filter, default `info`; text, or
 /// JSON with trace ids) and spans to the tracer provider. The two have separate filters, so
 /// RUST_LOG does not decide what is traced.
+/// Installs what `tiercache serve` installs with no OTLP endpoint (text logs at `RUST_LOG` or
+/// info, and the OpenTelemetry layer), so `tiercache bench --telemetry on` pays what a default
+/// server pays per RPC.
+pub fn init_bench_telemetry() -> anyhow::Result<()> {
+    let config = tiercache_server::config::TelemetryConfig::default();
+    let tracer = telemetry::tracer_provider(&config).context("cannot start tracing")?;
+    init_logging(LogFormat::Text, &tracer, false);
+    // Installed for the whole process: the provider must outlive every span.
+    std::mem::forget(tracer);
+    Ok(())
+}
+
+/// The target of the per-RPC and wait spans.
+const TELEMETRY_TARGET: &str = "tiercache_server::telemetry";
+
 fn init_logging(
     format: LogFormat,
     tracer: &opentelemetry_sdk::trace::SdkTracerProvider,
@@ -103,20 +118,36 @@ fn init_logging(
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
-        LogFormat::Text => logs
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_filter(filter)
-            .boxed(),
+        // Text lines leave out the per-RPC spans (defined in tiercache_server::telemetry;
+        // their fields are for traces and JSON logs): recording ten fields per RPC cost a
+        // fifth of unary Get throughput (docs/performance.md). RUST_LOG naming that target
+        // turns them back on.
+        LogFormat::Text => {
+            let filter = if std::env::var("RUST_LOG").is_ok_and(|v| v.contains(TELEMETRY_TARGET)) {
+                filter
+            } else {
+                filter.add_directive(
+                    format!("{TELEMETRY_TARGET}=warn")
+                        .parse()
+                        .expect("a valid directive"),
+                )
+            };
+            logs.with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter)
+                .boxed()
+        }
         LogFormat::Json => logs
             .json()
             .event_format(JsonWithTraceIds(tracing_subscriber::fmt::format().json()))
             .with_filter(filter)
             .boxed(),
     };
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(telemetry::otel_layer(tracer, detailed))
-        .init();
+    // Without an OTLP endpoint every span is sampled out and only JSON log lines print trace
+    // ids, so text logs gain nothing from the OpenTelemetry layer while every RPC pays for it
+    // (about a fifth of unary Get throughput, docs/performance.md).
+    let otel =
+        (detailed || format == LogFormat::Json).then(|| telemetry::otel_layer(tracer, detailed));
+    tracing_subscriber::registry().with(logs).with(otel).init();
 }
 
 /// Returns a future that completes on the first SIGTERM or SIGINT.
