@@ -21,8 +21,13 @@ struct Fleet {
 }
 
 fn config(redis: Option<&RedisServer>) -> Config {
-    Config {
-        redis: redis.map(|r| RedisConfig::new(r.url())),
+    let mut config = Config {
+        // Generous Redis timeouts: a loaded test machine must not trip degraded mode here.
+        redis: redis.map(|r| RedisConfig {
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            ..RedisConfig::new(r.url())
+        }),
         defaults: PolicyConfig {
             lease_ttl: Some(Duration::from_secs(5)),
             max_wait: Some(Duration::from_secs(10)),
@@ -31,7 +36,10 @@ fn config(redis: Option<&RedisServer>) -> Config {
         },
         shutdown_grace: Duration::from_millis(200),
         ..Config::default()
-    }
+    };
+    // No admin port: servers started outside TestServer would all bind the default 9464.
+    config.telemetry.metrics = false;
+    config
 }
 
 impl Fleet {

@@ -105,9 +105,16 @@ impl TestServer {
 
     /// Starts a server whose L2 tier is the Redis at `url` (for example
     /// [`RedisServer::url`](crate::RedisServer::url)), with otherwise default config.
+    ///
+    /// Redis timeouts are 5 s rather than the production 1 s: a test suite on two shared cores
+    /// can stall a Redis reply past 1 s, which would trip degraded mode and fail unrelated
+    /// assertions. Tests of degraded mode set their own timeouts.
     pub async fn with_redis(url: &str) -> Self {
+        let mut redis = RedisConfig::new(url);
+        redis.connect_timeout = Duration::from_secs(5);
+        redis.response_timeout = Duration::from_secs(5);
         Self::start(Config {
-            redis: Some(RedisConfig::new(url)),
+            redis: Some(redis),
             ..Config::default()
         })
         .await
