@@ -135,6 +135,18 @@ fn dur(d: Duration) -> Option<prost_types::Duration> {
     })
 }
 
+/// Gives a lease back and returns what the server answered.
+async fn release(c: &mut Client, key: &str, token: impl Into<String>) -> pb::ReleaseLeaseResponse {
+    c.release_lease(pb::ReleaseLeaseRequest {
+        namespace: "default".into(),
+        key: key.into(),
+        lease_token: token.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// What one cache-aside caller saw.
 struct Caller {
     value: Bytes,
@@ -369,15 +381,7 @@ async fn release_promotes_a_waiter_and_caches_nothing(fleet: Fleet) {
     .await
     .unwrap();
     let started = Instant::now();
-    let rel = c
-        .release_lease(pb::ReleaseLeaseRequest {
-            namespace: "default".into(),
-            key: "fails".into(),
-            lease_token: token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rel = release(&mut c, "fails", token.clone()).await;
     assert_eq!(rel.outcome(), pb::ReleaseLeaseOutcome::Released);
     let promoted = waiter.await.unwrap();
     assert_eq!(
@@ -390,15 +394,7 @@ async fn release_promotes_a_waiter_and_caches_nothing(fleet: Fleet) {
         "promoted before the lease ttl"
     );
     // Releasing twice, or with a stale token, changes nothing.
-    let rel = c
-        .release_lease(pb::ReleaseLeaseRequest {
-            namespace: "default".into(),
-            key: "fails".into(),
-            lease_token: token,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rel = release(&mut c, "fails", token).await;
     assert_eq!(rel.outcome(), pb::ReleaseLeaseOutcome::NotHeld);
 }
 
@@ -460,28 +456,16 @@ async fn stale_while_revalidate_and_fail_safe(fleet: Fleet) {
     }
     assert_eq!(leases.len(), 1, "exactly one refresh lease");
 
-    // Fail-safe: the refresh fails; stale keeps serving, without a new lease while... the next
-    // reader may take the refresh lease again, and gets the stale value meanwhile.
-    c.release_lease(pb::ReleaseLeaseRequest {
-        namespace: "default".into(),
-        key: "swr".into(),
-        lease_token: leases.pop().unwrap(),
-    })
-    .await
-    .unwrap();
+    // Fail-safe: the refresh fails; the stale value keeps serving, and the next reader may take
+    // the refresh lease again.
+    release(&mut c, "swr", leases.pop().unwrap()).await;
     let r = c.get_or_set(swr()).await.unwrap().into_inner();
     assert_eq!(r.entry.as_ref().unwrap().value, Bytes::from("old"));
     let refresh = r
         .lease
         .expect("a new refresh lease after the failed one")
         .token;
-    c.release_lease(pb::ReleaseLeaseRequest {
-        namespace: "default".into(),
-        key: "swr".into(),
-        lease_token: refresh,
-    })
-    .await
-    .unwrap();
+    release(&mut c, "swr", refresh).await;
     // When the stale window ends the entry is gone: a miss with a lease.
     wait_for(Duration::from_secs(5), Duration::from_millis(10), || {
         let mut c = c.clone();
@@ -495,13 +479,7 @@ async fn stale_while_revalidate_and_fail_safe(fleet: Fleet) {
                 .unwrap()
                 .into_inner();
             if r.outcome() == pb::GetOrSetOutcome::Lease {
-                c.release_lease(pb::ReleaseLeaseRequest {
-                    namespace: "default".into(),
-                    key: "swr".into(),
-                    lease_token: r.lease.unwrap().token,
-                })
-                .await
-                .unwrap();
+                release(&mut c, "swr", r.lease.unwrap().token).await;
                 return true;
             }
             assert_eq!(

@@ -489,6 +489,28 @@ impl L2 {
         r
     }
 
+    /// Runs a script invocation on the shared connection, in its span, reported to the observer.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: RedisOp,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, CoreError> {
+        let mut conn = self.conn.clone();
+        self.call(op, async { Ok(inv.invoke_async(&mut conn).await?) })
+            .await
+    }
+
+    /// Runs a command on the shared connection, in its span, reported to the observer.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: RedisOp,
+        cmd: &redis::Cmd,
+    ) -> Result<T, CoreError> {
+        let mut conn = self.conn.clone();
+        self.call(op, async { Ok(cmd.query_async(&mut conn).await?) })
+            .await
+    }
+
     /// The client, for the subscription connection.
     pub fn client(&self) -> &redis::Client {
         &self.client
@@ -509,12 +531,7 @@ impl L2 {
         for k in user_keys {
             inv.key(keys.entry(k));
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call(RedisOp::READ, async {
-                Ok(inv.invoke_async(&mut conn).await?)
-            })
-            .await?;
+        let reply: Value = self.invoke(RedisOp::READ, &inv).await?;
         let Value::Array(items) = reply else {
             return Err(CoreError::Unavailable(format!(
                 "unexpected reply from redis: {reply:?}"
@@ -559,7 +576,6 @@ impl L2 {
             Condition::IfVersion(v) => ("version", v.to_string()),
         };
         let px = lifetime.as_millis().max(1) as u64;
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.set.prepare_invoke();
         inv.key(keys.entry(key))
             .key(keys.lease(key))
@@ -571,11 +587,7 @@ impl L2 {
             .arg(cond)
             .arg(expected)
             .arg(key);
-        let reply: Value = self
-            .call(RedisOp::SET, async {
-                Ok(inv.invoke_async(&mut conn).await?)
-            })
-            .await?;
+        let reply: Value = self.invoke(RedisOp::SET, &inv).await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
             [0, version, sequence] => L2SetResult::Stored {
@@ -599,7 +611,6 @@ impl L2 {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<L2DeleteResult, CoreError> {
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.delete.prepare_invoke();
         inv.key(keys.entry(key))
             .key(keys.lease(key))
@@ -608,11 +619,7 @@ impl L2 {
             .arg(&keys.channel)
             .arg(if_version.map(|v| v.to_string()).unwrap_or_default())
             .arg(key);
-        let reply: Value = self
-            .call(RedisOp::DELETE, async {
-                Ok(inv.invoke_async(&mut conn).await?)
-            })
-            .await?;
+        let reply: Value = self.invoke(RedisOp::DELETE, &inv).await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
             [0, _, sequence] => L2DeleteResult::Deleted {
@@ -632,14 +639,10 @@ impl L2 {
 
     /// Reads the namespace sequence and flush mark.
     pub async fn namespace_marks(&self, keys: &NamespaceKeys) -> Result<(u64, u64), CoreError> {
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&keys.seq).arg(&keys.flush);
-        let (seq, flush): (Option<u64>, Option<u64>) = self
-            .call(RedisOp::NAMESPACE_MARKS, async {
-                Ok(cmd.query_async(&mut conn).await?)
-            })
-            .await?;
+        let (seq, flush): (Option<u64>, Option<u64>) =
+            self.query(RedisOp::NAMESPACE_MARKS, &cmd).await?;
         Ok((seq.unwrap_or(0), flush.unwrap_or(0)))
     }
 
@@ -656,12 +659,7 @@ impl L2 {
         for t in tags {
             cmd.arg(keys.tag(t));
         }
-        let mut conn = self.conn.clone();
-        let marks: Vec<Option<u64>> = self
-            .call(RedisOp::TAG_MARKS, async {
-                Ok(cmd.query_async(&mut conn).await?)
-            })
-            .await?;
+        let marks: Vec<Option<u64>> = self.query(RedisOp::TAG_MARKS, &cmd).await?;
         Ok(marks.into_iter().map(|m| m.unwrap_or(0)).collect())
     }
 
@@ -682,25 +680,15 @@ impl L2 {
         for t in tags {
             inv.arg(t);
         }
-        let mut conn = self.conn.clone();
-        let seq: u64 = self
-            .call(RedisOp::INVALIDATE_TAGS, async {
-                Ok(inv.invoke_async(&mut conn).await?)
-            })
-            .await?;
+        let seq: u64 = self.invoke(RedisOp::INVALIDATE_TAGS, &inv).await?;
         Ok(seq)
     }
 
     /// Takes a new sequence and sets the namespace flush mark to it; returns the sequence.
     pub async fn flush(&self, keys: &NamespaceKeys) -> Result<u64, CoreError> {
-        let mut conn = self.conn.clone();
         let mut inv = self.scripts.flush.prepare_invoke();
         inv.key(&keys.seq).key(&keys.flush).arg(&keys.channel);
-        let seq: u64 = self
-            .call(RedisOp::FLUSH, async {
-                Ok(inv.invoke_async(&mut conn).await?)
-            })
-            .await?;
+        let seq: u64 = self.invoke(RedisOp::FLUSH, &inv).await?;
         Ok(seq)
     }
 
@@ -712,22 +700,14 @@ impl L2 {
         token: &str,
         ttl: Duration,
     ) -> Result<L2Acquire, CoreError> {
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call(RedisOp::ACQUIRE_LEASE, async {
-                Ok(self
-                    .scripts
-                    .acquire_lease
-                    .key(keys.entry(key))
-                    .key(keys.lease(key))
-                    .key(&keys.seq)
-                    .arg(&keys.meta_prefix)
-                    .arg(token)
-                    .arg(ttl.as_millis().max(1) as u64)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut inv = self.scripts.acquire_lease.prepare_invoke();
+        inv.key(keys.entry(key))
+            .key(keys.lease(key))
+            .key(&keys.seq)
+            .arg(&keys.meta_prefix)
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64);
+        let reply: Value = self.invoke(RedisOp::ACQUIRE_LEASE, &inv).await?;
         let r = ints_signed(reply)?;
         Ok(match r.as_slice() {
             [0, born] => L2Acquire::Granted {
@@ -754,25 +734,17 @@ impl L2 {
         blob: Bytes,
         lifetime: Duration,
     ) -> Result<L2Fill, CoreError> {
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call(RedisOp::FILL, async {
-                Ok(self
-                    .scripts
-                    .fill
-                    .key(keys.entry(key))
-                    .key(keys.lease(key))
-                    .key(&keys.seq)
-                    .arg(&keys.meta_prefix)
-                    .arg(&keys.channel)
-                    .arg(token)
-                    .arg(blob.as_ref())
-                    .arg(lifetime.as_millis().max(1) as u64)
-                    .arg(key)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut inv = self.scripts.fill.prepare_invoke();
+        inv.key(keys.entry(key))
+            .key(keys.lease(key))
+            .key(&keys.seq)
+            .arg(&keys.meta_prefix)
+            .arg(&keys.channel)
+            .arg(token)
+            .arg(blob.as_ref())
+            .arg(lifetime.as_millis().max(1) as u64)
+            .arg(key);
+        let reply: Value = self.invoke(RedisOp::FILL, &inv).await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
             [0, version, sequence, born] => L2Fill::Stored {
@@ -797,20 +769,12 @@ impl L2 {
         key: &str,
         token: &str,
     ) -> Result<bool, CoreError> {
-        let mut conn = self.conn.clone();
-        let released: i64 = self
-            .call(RedisOp::RELEASE_LEASE, async {
-                Ok(self
-                    .scripts
-                    .release_lease
-                    .key(keys.lease(key))
-                    .arg(token)
-                    .arg(&keys.lease_channel)
-                    .arg(key)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut inv = self.scripts.release_lease.prepare_invoke();
+        inv.key(keys.lease(key))
+            .arg(token)
+            .arg(&keys.lease_channel)
+            .arg(key);
+        let released: i64 = self.invoke(RedisOp::RELEASE_LEASE, &inv).await?;
         Ok(released == 1)
     }
 
@@ -846,20 +810,12 @@ impl L2 {
         token: &str,
         ttl: Duration,
     ) -> Result<Result<u64, Duration>, CoreError> {
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call(RedisOp::ACQUIRE_LOCK, async {
-                Ok(self
-                    .scripts
-                    .acquire_lock
-                    .key(keys.lock(name))
-                    .key(keys.fence(name))
-                    .arg(token)
-                    .arg(ttl.as_millis().max(1) as u64)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut inv = self.scripts.acquire_lock.prepare_invoke();
+        inv.key(keys.lock(name))
+            .key(keys.fence(name))
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64);
+        let reply: Value = self.invoke(RedisOp::ACQUIRE_LOCK, &inv).await?;
         let r = ints_signed(reply)?;
         Ok(match r.as_slice() {
             [1, fence] => Ok(u64::try_from(*fence).unwrap_or(0)),
@@ -880,19 +836,11 @@ impl L2 {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, CoreError> {
-        let mut conn = self.conn.clone();
-        let renewed: i64 = self
-            .call(RedisOp::RENEW_LOCK, async {
-                Ok(self
-                    .scripts
-                    .renew_lock
-                    .key(keys.lock(name))
-                    .arg(token)
-                    .arg(ttl.as_millis().max(1) as u64)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut inv = self.scripts.renew_lock.prepare_invoke();
+        inv.key(keys.lock(name))
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64);
+        let renewed: i64 = self.invoke(RedisOp::RENEW_LOCK, &inv).await?;
         Ok(renewed == 1)
     }
 
@@ -903,31 +851,18 @@ impl L2 {
         name: &str,
         token: &str,
     ) -> Result<bool, CoreError> {
-        let mut conn = self.conn.clone();
-        let released: i64 = self
-            .call(RedisOp::RELEASE_LOCK, async {
-                Ok(self
-                    .scripts
-                    .release_lock
-                    .key(keys.lock(name))
-                    .arg(token)
-                    .arg(&keys.lock_channel)
-                    .arg(name)
-                    .invoke_async(&mut conn)
-                    .await?)
-            })
-            .await?;
+        let mut inv = self.scripts.release_lock.prepare_invoke();
+        inv.key(keys.lock(name))
+            .arg(token)
+            .arg(&keys.lock_channel)
+            .arg(name);
+        let released: i64 = self.invoke(RedisOp::RELEASE_LOCK, &inv).await?;
         Ok(released == 1)
     }
 
     /// Sends PING; used by health checks.
     pub async fn ping(&self) -> Result<(), CoreError> {
-        let mut conn = self.conn.clone();
-        let _: String = self
-            .call(RedisOp::PING, async {
-                Ok(redis::cmd("PING").query_async(&mut conn).await?)
-            })
-            .await?;
+        let _: String = self.query(RedisOp::PING, &redis::cmd("PING")).await?;
         Ok(())
     }
 }

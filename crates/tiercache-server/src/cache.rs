@@ -59,6 +59,13 @@ impl CacheApi {
         self.apply_set(checked, req).await
     }
 
+    /// Checks the size of a batch that has no other request-level fields.
+    fn check_batch(&self, field: &str, len: usize) -> Result<(), ApiError> {
+        let mut v = Violations::default();
+        validate::batch(&mut v, field, len, self.limits.max_batch);
+        v.finish()
+    }
+
     /// Validates a Set, naming fields with `prefix` (`requests[2].` in a batch).
     fn check_set(&self, req: &pb::SetRequest, prefix: &str) -> Result<CheckedSet, ApiError> {
         let ns = self
@@ -287,6 +294,25 @@ struct GetOrSetParams {
     on_timeout: pb::WaitTimeoutAction,
 }
 
+impl GetOrSetParams {
+    /// Validates the options GetOrSet and GetOrSetMany share; `stale` is (allow, refresh).
+    fn check(
+        v: &mut Violations,
+        max_wait: Option<&prost_types::Duration>,
+        lease_ttl: Option<&prost_types::Duration>,
+        (allow_stale, refresh_stale): (bool, bool),
+        on_timeout: pb::WaitTimeoutAction,
+    ) -> Self {
+        Self {
+            wait: validate::duration(v, "max_wait", max_wait, false),
+            lease_ttl: validate::duration(v, "lease_ttl", lease_ttl, true),
+            allow_stale,
+            refresh_stale,
+            on_timeout,
+        }
+    }
+}
+
 fn lease_pb(l: Lease) -> pb::Lease {
     pb::Lease {
         token: l.token,
@@ -438,14 +464,7 @@ impl CacheService for CacheApi {
         r: Request<pb::SetManyRequest>,
     ) -> Result<Response<pb::SetManyResponse>, Status> {
         let req = r.into_inner();
-        let mut v = Violations::default();
-        validate::batch(
-            &mut v,
-            "requests",
-            req.requests.len(),
-            self.limits.max_batch,
-        );
-        v.finish()?;
+        self.check_batch("requests", req.requests.len())?;
         // Validate every item before writing any, so a bad batch writes nothing.
         let checked = req
             .requests
@@ -479,13 +498,13 @@ impl CacheService for CacheApi {
         let ns = self.namespace(&req.namespace)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
-        let params = GetOrSetParams {
-            wait: validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false),
-            lease_ttl: validate::duration(&mut v, "lease_ttl", req.lease_ttl.as_ref(), true),
-            allow_stale: req.allow_stale,
-            refresh_stale: req.refresh_stale,
-            on_timeout: req.on_wait_timeout(),
-        };
+        let params = GetOrSetParams::check(
+            &mut v,
+            req.max_wait.as_ref(),
+            req.lease_ttl.as_ref(),
+            (req.allow_stale, req.refresh_stale),
+            req.on_wait_timeout(),
+        );
         v.finish()?;
         Ok(Response::new(
             self.get_or_set_one(&ns, req.key, &params, deadline).await?,
@@ -504,13 +523,13 @@ impl CacheService for CacheApi {
         for (i, k) in req.keys.iter().enumerate() {
             validate::key(&mut v, &format!("keys[{i}]"), k, &ns.policy);
         }
-        let params = GetOrSetParams {
-            wait: validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false),
-            lease_ttl: validate::duration(&mut v, "lease_ttl", req.lease_ttl.as_ref(), true),
-            allow_stale: req.allow_stale,
-            refresh_stale: req.refresh_stale,
-            on_timeout: req.on_wait_timeout(),
-        };
+        let params = GetOrSetParams::check(
+            &mut v,
+            req.max_wait.as_ref(),
+            req.lease_ttl.as_ref(),
+            (req.allow_stale, req.refresh_stale),
+            req.on_wait_timeout(),
+        );
         v.finish()?;
         let mut seen = std::collections::HashSet::new();
         for (i, k) in req.keys.iter().enumerate() {
@@ -540,14 +559,7 @@ impl CacheService for CacheApi {
         r: Request<pb::FillManyRequest>,
     ) -> Result<Response<pb::FillManyResponse>, Status> {
         let req = r.into_inner();
-        let mut v = Violations::default();
-        validate::batch(
-            &mut v,
-            "requests",
-            req.requests.len(),
-            self.limits.max_batch,
-        );
-        v.finish()?;
+        self.check_batch("requests", req.requests.len())?;
         let responses =
             futures::future::try_join_all(req.requests.into_iter().enumerate().map(
                 |(i, item)| async move { self.fill_one(item, &format!("requests[{i}].")).await },
