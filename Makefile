@@ -67,8 +67,11 @@ buf-lint:
 nextest:
 	cargo nextest run --workspace $(LOCKED) --profile $(NEXTEST_PROFILE)
 
-# cargo-deny runs offline against the advisory database setup cloned; `cargo fetch` makes sure
-# every crate of the lock file (all platforms) is in the local cache for `cargo metadata`.
+# cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
+# (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the
+# recorded commit. `cargo fetch` makes sure every crate of the lock file (all platforms) is in the
+# local cache for `cargo metadata`.
 deny:
+	bash scripts/advisory-db.sh check
 	cargo fetch --locked --quiet
 	cargo deny --offline check

@@ -6,20 +6,16 @@
 #   buf            npm package pinned in .tools/node/package.json, installed into .tools/node
 #   cargo-nextest  cargo install, if missing
 #   cargo-deny     cargo install (pinned), if missing; takes a few minutes once, then cached
-#   advisory DB    the vendored RustSec bundle (../shared/vendor), cloned where deny.toml looks
+#   advisory DB    the RustSec bundle vendored in vendor/rustsec-advisory-db, cloned where deny.toml
+#                  looks (scripts/advisory-db.sh)
 #
-# Environment:
-#   TIERCACHE_ADVISORY_BUNDLE  the RustSec git bundle (default: ../shared/vendor/rustsec-advisory-db.bundle)
+# Nothing outside this repository is read: a fresh clone on a fresh machine is enough.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 CARGO_DENY_VERSION=0.20.2
-# deny.toml's [advisories] db-path; cargo-deny reads <db-path>/advisory-db-<hash of the default URL>.
-ADVISORY_DB_ROOT="$HOME/.cache/tiercache-advisory-db"
-ADVISORY_DB="$ADVISORY_DB_ROOT/advisory-db-3157b0e258782691"
-ADVISORY_BUNDLE=${TIERCACHE_ADVISORY_BUNDLE:-$root/../shared/vendor/rustsec-advisory-db.bundle}
 
 say() { echo "setup: $*"; }
 die() { echo "setup: error: $*" >&2; exit 1; }
@@ -78,23 +74,8 @@ if ! cargo deny --version >/dev/null 2>&1; then
     env -u CARGO_TARGET_DIR cargo install "cargo-deny@$CARGO_DENY_VERSION" --locked
 fi
 
-# --- RustSec advisory database (offline) ---------------------------------------------------------
-if [ -f "$ADVISORY_BUNDLE" ]; then
-    bundle_head=$(git bundle list-heads "$ADVISORY_BUNDLE" | awk 'NR==1 {print $1}')
-    db_head=$(git -C "$ADVISORY_DB" rev-parse HEAD 2>/dev/null || true)
-    if [ "$bundle_head" != "$db_head" ]; then
-        say "cloning the advisory database from $ADVISORY_BUNDLE"
-        mkdir -p "$ADVISORY_DB_ROOT"
-        rm -rf "$ADVISORY_DB.tmp"
-        git -c advice.detachedHead=false -c init.defaultBranch=main clone -q "$ADVISORY_BUNDLE" "$ADVISORY_DB.tmp"
-        rm -rf "$ADVISORY_DB"
-        mv "$ADVISORY_DB.tmp" "$ADVISORY_DB"
-    fi
-elif [ -d "$ADVISORY_DB/.git" ]; then
-    say "no advisory bundle at $ADVISORY_BUNDLE; using the cached database in $ADVISORY_DB"
-else
-    die "no advisory database: $ADVISORY_BUNDLE is missing (set TIERCACHE_ADVISORY_BUNDLE)"
-fi
+# --- RustSec advisory database (offline, vendored) -----------------------------------------------
+bash "$root/scripts/advisory-db.sh" install
 
 say "ok (redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), buf $buf_want," \
     "$(promtool --version 2>&1 | head -1 | awk '{print "promtool", $3}'),"  \
