@@ -65,12 +65,11 @@
 //!
 //! Not built yet: TLS (the [`TlsConfig`] slot stores settings, and connecting refuses them
 //! rather than go plaintext).
-//! - `types`: [`Entry`], options and outcome enums, converted from the wire types.
+//! - `types`: [`Entry`], options and outcome enums, converted from the wire types (durations
+//!   with `tiercache_proto::duration`).
 //! - `error`: [`Error`], mapped from `tonic::Status`.
-//! - `duration`: saturating conversions to and from `google.protobuf.Duration`.
 
 mod client;
-mod duration;
 mod error;
 mod getorset;
 #[cfg(feature = "json")]

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tiercache_proto::duration::to_proto;
 use tiercache_proto::v1::{self, pipeline_request::Operation, pipeline_response, write_condition};
 use tokio::time::Instant;
 
 use crate::client::Idempotent;
-use crate::duration::to_proto;
 use crate::near::{NearCache, NearCacheConfig, NearCacheStats};
 use crate::{
     Client, Condition, DeleteResult, Entry, Error, GetOptions, GetResult, Inspection, Result,
