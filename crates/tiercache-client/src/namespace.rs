@@ -24,6 +24,14 @@ pub struct Namespace {
     pub(crate) near: Option<Arc<NearCache>>,
 }
 
+impl Client {
+    /// Returns a handle on namespace `name`. No call is made; an unknown namespace shows up as
+    /// [`Error::NotFound`] on first use.
+    pub fn namespace(&self, name: impl Into<String>) -> Namespace {
+        Namespace::new(self.clone(), name.into())
+    }
+}
+
 impl Namespace {
     pub(crate) fn new(client: Client, name: String) -> Self {
         Self {
