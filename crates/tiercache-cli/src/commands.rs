@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{json, Value};
+use tiercache_client::proto::duration;
 use tiercache_client::proto::v1 as pb;
 use tiercache_client::{
     Client, ClientBuilder, Condition, DeleteResult, Entry, Error as ClientError, GetOptions,
@@ -348,7 +349,7 @@ pub async fn inspect(args: InspectArgs) -> Result<Exit, Failure> {
             "sequence": r.sequence,
             "flush_mark": r.flush_mark,
             "lease_held": r.lease_held,
-            "lease_remaining_ms": r.lease_remaining.map(|d| millis(proto_duration(&d))).unwrap_or(0),
+            "lease_remaining_ms": r.lease_remaining.map(|d| millis(duration::from_proto_saturating(&d))).unwrap_or(0),
             "lease_born": r.lease_born,
             "explanation": r.explanation,
         }));
@@ -470,13 +471,6 @@ pub async fn lock(args: LockArgs) -> Result<Exit, Failure> {
     }
     released?;
     Ok(Exit::Ok)
-}
-
-fn proto_duration(d: &prost_types::Duration) -> Duration {
-    if d.seconds < 0 || (d.seconds == 0 && d.nanos <= 0) {
-        return Duration::ZERO;
-    }
-    Duration::new(d.seconds as u64, d.nanos.max(0) as u32)
 }
 
 fn tier_name(t: i32) -> &'static str {

@@ -10,21 +10,17 @@ use tiercache_proto::v1::{
     lock_service_client::LockServiceClient,
 };
 use tokio::time::Instant;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
+use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::retry::RetryPolicy;
-use crate::{Error, HealthStatus, Namespace, NamespaceInfo, Result, Stats};
-
-/// The channel with this client's metadata interceptor in front.
-pub(crate) type Svc = InterceptedService<Channel, Meta>;
+use crate::transport::{self, Meta, Svc};
+use crate::types::{HealthStatus, NamespaceInfo, Stats};
 
 /// A connection to a tiercache server.
 ///
@@ -76,12 +72,6 @@ impl Client {
     /// Returns the underlying channel, for calling the generated clients directly.
     pub fn channel(&self) -> &Channel {
         &self.inner.channel
-    }
-
-    /// Returns a handle on namespace `name`. No call is made; an unknown namespace shows up as
-    /// [`Error::NotFound`] on first use.
-    pub fn namespace(&self, name: impl Into<String>) -> Namespace {
-        Namespace::new(self.clone(), name.into())
     }
 
     /// Returns the server's counters for `namespace`, or for every namespace when `None`.
@@ -247,38 +237,6 @@ impl Calls {
     }
 }
 
-/// Adds this client's metadata to every call and stream: `authorization: Bearer …` when a token
-/// is set, and (feature `otel`) the W3C `traceparent` of the current span. Interceptors run
-/// when the call is made, in the caller's task, so "current span" is the caller's. Pipelined
-/// requests share one stream, so they carry the trace context of the call that opened it.
-#[derive(Clone, Default)]
-pub(crate) struct Meta {
-    authorization: Option<MetadataValue<Ascii>>,
-}
-
-impl std::fmt::Debug for Meta {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the token.
-        f.debug_struct("Meta")
-            .field(
-                "authorization",
-                &self.authorization.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-impl Interceptor for Meta {
-    fn call(&mut self, mut req: Request<()>) -> std::result::Result<Request<()>, Status> {
-        if let Some(a) = &self.authorization {
-            req.metadata_mut().insert("authorization", a.clone());
-        }
-        #[cfg(feature = "otel")]
-        crate::otel::inject(req.metadata_mut());
-        Ok(req)
-    }
-}
-
 /// TLS settings for the connection to the server.
 ///
 /// **Not built in yet**: the settings are stored so code can be written against them, but a
@@ -429,12 +387,7 @@ impl ClientBuilder {
     }
 
     fn build(self, channel: Channel) -> Client {
-        let meta = Meta {
-            authorization: self
-                .bearer_token
-                .as_ref()
-                .and_then(|t| MetadataValue::try_from(format!("Bearer {t}").as_str()).ok()),
-        };
+        let meta = Meta::new(self.bearer_token.as_deref());
         let pipeline = self
             .pipeline
             .then(|| Pipeline::new(channel.clone(), meta.clone()));
@@ -456,7 +409,7 @@ impl ClientBuilder {
             ));
         }
         if let Some(t) = &self.bearer_token {
-            if MetadataValue::<Ascii>::try_from(format!("Bearer {t}").as_str()).is_err() {
+            if transport::authorization(t).is_err() {
                 return Err(Error::InvalidConfig(
                     "bearer token must be visible ascii".into(),
                 ));
@@ -490,6 +443,7 @@ impl ClientBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::service::Interceptor as _;
 
     #[test]
     fn bare_host_port_means_http() {

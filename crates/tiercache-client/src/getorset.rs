@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use bytes::Bytes;
+use tiercache_proto::duration::to_proto;
 use tiercache_proto::v1;
 
 use crate::client::Idempotent;
-use crate::duration::to_proto;
 use crate::{Client, Entry, Error, GetOrSetOptions, Namespace, OnWaitTimeout};
 
 /// A lease this caller holds; released by a spawned task if dropped while still armed.

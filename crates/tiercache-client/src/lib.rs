@@ -49,12 +49,15 @@
 //!
 //! - `client`: [`Client`] (one shared HTTP/2 channel) and [`ClientBuilder`] (timeouts, retry
 //!   policy, pipeline, concurrency, TCP and keepalive settings, TLS and token slots); the per-call
-//!   metadata, deadlines and retries; admin calls ([`Client::stats`],
-//!   [`Client::list_namespaces`]) and [`Client::health`].
+//!   deadlines and retries; admin calls ([`Client::stats`], [`Client::list_namespaces`]) and
+//!   [`Client::health`].
 //! - `retry`: [`RetryPolicy`], exponential backoff with jitter for idempotent calls.
-//! - `pipeline`: the `Pipeline` stream multiplexer that carries get/set/delete.
-//! - `namespace`: [`Namespace`], the get/set/delete/invalidate/watch/inspect calls of one
-//!   namespace.
+//! - `pipeline`: the `Pipeline` stream multiplexer that carries get/set/delete. A layer below
+//!   `client`: it knows the channel and the metadata, not the [`Client`].
+//! - `transport`: the metadata interceptor (bearer token, `traceparent`) on every call and
+//!   stream, shared by `client` and `pipeline`.
+//! - `namespace`: [`Namespace`] and [`Client::namespace`], the
+//!   get/set/delete/invalidate/watch/inspect calls of one namespace.
 //! - `getorset`: [`Namespace::get_or_set`] and [`Namespace::get_or_set_many`], which drive the
 //!   lease protocol.
 //! - `lock`: [`Namespace::lock`] and the renewing [`LockGuard`].
@@ -62,15 +65,14 @@
 //! - `json` (feature `json`, default): `get_json`, `set_json`, `get_or_set_json`.
 //! - `otel` (feature `otel`, default): the W3C `traceparent` of the current `tracing` span on
 //!   every call, when a `tracing_opentelemetry` layer gives the span an OpenTelemetry context.
+//! - `types`: [`Entry`], options and outcome enums, converted from the wire types (durations
+//!   with `tiercache_proto::duration`).
+//! - `error`: [`Error`], mapped from `tonic::Status`.
 //!
 //! Not built yet: TLS (the [`TlsConfig`] slot stores settings, and connecting refuses them
 //! rather than go plaintext).
-//! - `types`: [`Entry`], options and outcome enums, converted from the wire types.
-//! - `error`: [`Error`], mapped from `tonic::Status`.
-//! - `duration`: saturating conversions to and from `google.protobuf.Duration`.
 
 mod client;
-mod duration;
 mod error;
 mod getorset;
 #[cfg(feature = "json")]
@@ -82,6 +84,7 @@ mod near;
 mod otel;
 mod pipeline;
 mod retry;
+mod transport;
 mod types;
 
 pub use client::{Client, ClientBuilder, TlsConfig};

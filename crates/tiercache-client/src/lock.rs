@@ -4,11 +4,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tiercache_proto::duration::{from_proto_saturating, to_proto};
 use tiercache_proto::v1;
 use tokio::sync::oneshot;
 
 use crate::client::Idempotent;
-use crate::duration::{from_proto_opt, to_proto};
 use crate::{Client, Namespace, Result};
 
 /// How long [`Namespace::lock`] waits for a held lock.
@@ -177,7 +177,11 @@ impl Namespace {
         if r.outcome() != v1::AcquireLockOutcome::Acquired {
             return Ok(None);
         }
-        let granted = from_proto_opt(r.ttl.as_ref());
+        let granted = r
+            .ttl
+            .as_ref()
+            .map(from_proto_saturating)
+            .unwrap_or_default();
         let ttl = if granted.is_zero() { ttl } else { granted };
         let lost = Arc::new(AtomicBool::new(false));
         let (stop_tx, stop_rx) = oneshot::channel();

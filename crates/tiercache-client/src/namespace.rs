@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tiercache_proto::duration::to_proto;
 use tiercache_proto::v1::{self, pipeline_request::Operation, pipeline_response, write_condition};
 use tokio::time::Instant;
 
 use crate::client::Idempotent;
-use crate::duration::to_proto;
 use crate::near::{NearCache, NearCacheConfig, NearCacheStats};
 use crate::{
     Client, Condition, DeleteResult, Entry, Error, GetOptions, GetResult, Inspection, Result,
@@ -22,6 +22,14 @@ pub struct Namespace {
     pub(crate) client: Client,
     pub(crate) name: String,
     pub(crate) near: Option<Arc<NearCache>>,
+}
+
+impl Client {
+    /// Returns a handle on namespace `name`. No call is made; an unknown namespace shows up as
+    /// [`Error::NotFound`] on first use.
+    pub fn namespace(&self, name: impl Into<String>) -> Namespace {
+        Namespace::new(self.clone(), name.into())
+    }
 }
 
 impl Namespace {

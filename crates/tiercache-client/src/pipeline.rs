@@ -1,5 +1,6 @@
-//! The `Pipeline` multiplexer: one bidirectional stream per [`Client`](crate::Client) that
-//! carries Get/Set/Delete requests tagged with ids, answered out of order.
+//! The `Pipeline` multiplexer: one bidirectional stream per client that carries Get/Set/Delete
+//! requests tagged with ids, answered out of order. A layer below `client`: it needs only the
+//! channel and the metadata interceptor (`transport`).
 //!
 //! Each request takes an id from an atomic counter and parks a oneshot sender in the pending
 //! map; a reader task reads answers and completes the matching sender. When the stream fails or
@@ -19,8 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::client::{Meta, Svc};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::transport::{Meta, Svc};
 
 type Reply = std::result::Result<pipeline_response::Result, Status>;
 

@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use tiercache_proto::duration::from_proto_saturating;
 use tiercache_proto::v1;
-
-use crate::duration::from_proto_opt;
 
 /// The store that answered a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,8 +68,16 @@ pub struct Entry {
 impl From<v1::Entry> for Entry {
     fn from(e: v1::Entry) -> Self {
         Self {
-            fresh_remaining: from_proto_opt(e.fresh_remaining.as_ref()),
-            stale_remaining: from_proto_opt(e.stale_remaining.as_ref()),
+            fresh_remaining: e
+                .fresh_remaining
+                .as_ref()
+                .map(from_proto_saturating)
+                .unwrap_or_default(),
+            stale_remaining: e
+                .stale_remaining
+                .as_ref()
+                .map(from_proto_saturating)
+                .unwrap_or_default(),
             tier: Tier::from(e.tier),
             value: e.value,
             version: e.version,
@@ -331,16 +338,44 @@ impl From<v1::NamespaceInfo> for NamespaceInfo {
             name: n.name,
             dynamic: n.dynamic,
             policy: NamespacePolicy {
-                default_ttl: from_proto_opt(p.default_ttl.as_ref()),
-                max_ttl: from_proto_opt(p.max_ttl.as_ref()),
-                stale_ttl: from_proto_opt(p.stale_ttl.as_ref()),
-                negative_ttl: from_proto_opt(p.negative_ttl.as_ref()),
+                default_ttl: p
+                    .default_ttl
+                    .as_ref()
+                    .map(from_proto_saturating)
+                    .unwrap_or_default(),
+                max_ttl: p
+                    .max_ttl
+                    .as_ref()
+                    .map(from_proto_saturating)
+                    .unwrap_or_default(),
+                stale_ttl: p
+                    .stale_ttl
+                    .as_ref()
+                    .map(from_proto_saturating)
+                    .unwrap_or_default(),
+                negative_ttl: p
+                    .negative_ttl
+                    .as_ref()
+                    .map(from_proto_saturating)
+                    .unwrap_or_default(),
                 jitter: p.jitter,
                 l1_max_bytes: p.l1_max_bytes,
-                l1_max_ttl: from_proto_opt(p.l1_max_ttl.as_ref()),
+                l1_max_ttl: p
+                    .l1_max_ttl
+                    .as_ref()
+                    .map(from_proto_saturating)
+                    .unwrap_or_default(),
                 max_value_bytes: p.max_value_bytes,
-                lease_ttl: from_proto_opt(p.lease_ttl.as_ref()),
-                max_wait: from_proto_opt(p.max_wait.as_ref()),
+                lease_ttl: p
+                    .lease_ttl
+                    .as_ref()
+                    .map(from_proto_saturating)
+                    .unwrap_or_default(),
+                max_wait: p
+                    .max_wait
+                    .as_ref()
+                    .map(from_proto_saturating)
+                    .unwrap_or_default(),
                 l1_enabled: p.l1_enabled,
             },
         }

@@ -1,14 +1,13 @@
-//! `CacheService`: translates requests to engine calls.
+//! `CacheService`: its unary RPCs and Watch translated to engine calls. The Pipeline stream is
+//! [`crate::pipeline`], which runs the Get/Set/Delete handlers here.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tiercache_core::{
-    Cache, DeleteOutcome, EventKind, FillArgs, FillOutcome, Found, GetOrSetOptions, GetOrSetResult,
-    Lease, Lookup, Namespace, ReadOptions, SetOutcome, Tier, WriteArgs, WriteCondition,
+    Cache, FillArgs, GetOrSetOptions, GetOrSetResult, Namespace, ReadOptions, WriteArgs,
 };
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::cache_service_server::CacheService;
@@ -17,7 +16,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::LimitsConfig;
+use crate::convert;
 use crate::error::ApiError;
+use crate::pipeline;
+use crate::request::{self, grpc_timeout, within_deadline};
+use crate::telemetry;
 use crate::validate::{self, Violations};
 
 /// The CacheService implementation.
@@ -36,13 +39,10 @@ impl CacheApi {
     }
 
     fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ApiError> {
-        validate::namespace("namespace", name)?;
-        let ns = self.cache.namespace(name)?;
-        crate::telemetry::note_namespace(&ns.name);
-        Ok(ns)
+        request::namespace(&self.cache, name)
     }
 
-    async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
+    async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
         let ns = self.namespace(&req.namespace)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
@@ -51,10 +51,15 @@ impl CacheApi {
             fresh_only: req.fresh_only,
         };
         let lookup = self.cache.get(&ns, &req.key, opts).await?;
-        Ok(get_response(lookup, req.if_version_not))
+        telemetry::note_lookup(&lookup);
+        Ok(convert::get_response(lookup, req.if_version_not))
     }
 
-    async fn set(&self, req: pb::SetRequest, prefix: &str) -> Result<pb::SetResponse, ApiError> {
+    async fn set_one(
+        &self,
+        req: pb::SetRequest,
+        prefix: &str,
+    ) -> Result<pb::SetResponse, ApiError> {
         let checked = self.check_set(&req, prefix)?;
         self.apply_set(checked, req).await
     }
@@ -87,12 +92,6 @@ impl CacheApi {
         CheckedSet { ns, ttl, stale_ttl }: CheckedSet,
         req: pb::SetRequest,
     ) -> Result<pb::SetResponse, ApiError> {
-        let condition = match req.condition.and_then(|c| c.condition) {
-            None => WriteCondition::None,
-            Some(pb::write_condition::Condition::IfAbsent(true)) => WriteCondition::IfAbsent,
-            Some(pb::write_condition::Condition::IfAbsent(false)) => WriteCondition::None,
-            Some(pb::write_condition::Condition::IfVersion(v)) => WriteCondition::IfVersion(v),
-        };
         let outcome = self
             .cache
             .set(
@@ -103,72 +102,34 @@ impl CacheApi {
                     ttl,
                     stale_ttl,
                     tags: req.tags,
-                    condition,
+                    condition: convert::write_condition(req.condition),
                 },
             )
             .await?;
-        Ok(match outcome {
-            SetOutcome::Stored { version } => pb::SetResponse {
-                outcome: pb::SetOutcome::Stored as i32,
-                version,
-                current_version: 0,
-            },
-            SetOutcome::VersionMismatch { current } => pb::SetResponse {
-                outcome: pb::SetOutcome::VersionMismatch as i32,
-                version: 0,
-                current_version: current,
-            },
-            SetOutcome::Exists { current } => pb::SetResponse {
-                outcome: pb::SetOutcome::Exists as i32,
-                version: 0,
-                current_version: current,
-            },
-        })
+        Ok(convert::set_response(outcome))
     }
 
-    async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, ApiError> {
+    async fn delete_one(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, ApiError> {
         let ns = self.namespace(&req.namespace)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;
         let outcome = self.cache.delete(&ns, &req.key, req.if_version).await?;
-        Ok(match outcome {
-            DeleteOutcome::Deleted => pb::DeleteResponse {
-                outcome: pb::DeleteOutcome::Deleted as i32,
-                current_version: 0,
-            },
-            DeleteOutcome::NotFound => pb::DeleteResponse {
-                outcome: pb::DeleteOutcome::NotFound as i32,
-                current_version: 0,
-            },
-            DeleteOutcome::VersionMismatch { current } => pb::DeleteResponse {
-                outcome: pb::DeleteOutcome::VersionMismatch as i32,
-                current_version: current,
-            },
-        })
+        Ok(convert::delete_response(outcome))
+    }
+}
+
+impl pipeline::Operations for CacheApi {
+    async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
+        self.get_one(req).await
     }
 
-    async fn pipeline_one(&self, req: pb::PipelineRequest) -> pb::PipelineResponse {
-        use pb::pipeline_request::Operation;
-        use pb::pipeline_response::Result as R;
-        let result = match req.operation {
-            Some(Operation::Get(r)) => self.get(r).await.map(R::Get),
-            Some(Operation::Set(r)) => self.set(r, "").await.map(R::Set),
-            Some(Operation::Delete(r)) => self.delete(r).await.map(R::Delete),
-            None => Err(ApiError::field("operation", "must be set")),
-        };
-        let result = result.unwrap_or_else(|e| {
-            let s = Status::from(e);
-            R::Error(pb::PipelineError {
-                code: s.code() as i32,
-                message: s.message().to_string(),
-                details: s.details().to_vec().into(),
-            })
-        });
-        pb::PipelineResponse {
-            id: req.id,
-            result: Some(result),
-        }
+    async fn set(&self, req: pb::SetRequest) -> Result<pb::SetResponse, ApiError> {
+        self.set_one(req, "").await
+    }
+
+    async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, ApiError> {
+        self.delete_one(req).await
     }
 }
 
@@ -199,83 +160,7 @@ fn prefixed(e: ApiError, prefix: &str) -> ApiError {
     }
 }
 
-/// Converts a duration for the wire.
-pub fn duration_pb(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-/// Converts a found entry for the wire, with or without its value.
-pub fn entry_pb(f: Found, with_value: bool) -> pb::Entry {
-    pb::Entry {
-        value: if with_value {
-            f.data.value
-        } else {
-            Default::default()
-        },
-        version: f.data.version,
-        tags: f.data.tags.to_vec(),
-        fresh_remaining: Some(duration_pb(f.fresh_remaining)),
-        stale_remaining: Some(duration_pb(f.stale_remaining)),
-        stale: f.stale,
-        tier: match f.tier {
-            Tier::L1 => pb::Tier::L1,
-            Tier::L2 => pb::Tier::L2,
-        } as i32,
-        absent: f.data.absent,
-        born: f.data.born,
-    }
-}
-
-fn get_response(lookup: Lookup, if_version_not: Option<u64>) -> pb::GetResponse {
-    crate::telemetry::note_lookup(&lookup);
-    match lookup {
-        Lookup::Miss => pb::GetResponse {
-            outcome: pb::GetOutcome::Miss as i32,
-            entry: None,
-        },
-        Lookup::Hit(f) if Some(f.data.version) == if_version_not => pb::GetResponse {
-            outcome: pb::GetOutcome::NotModified as i32,
-            entry: Some(entry_pb(f, false)),
-        },
-        Lookup::Hit(f) => pb::GetResponse {
-            outcome: pb::GetOutcome::Hit as i32,
-            entry: Some(entry_pb(f, true)),
-        },
-    }
-}
-
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// The caller's gRPC deadline (`grpc-timeout`), if it sent one.
-pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Returns how long a wait may last so the answer still reaches the caller before its deadline:
-/// the deadline less a margin of a tenth of it, at least 20 ms and at most 500 ms.
-pub fn within_deadline(wait: Duration, deadline: Option<Duration>) -> Duration {
-    match deadline {
-        Some(d) => {
-            let margin = (d / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
-            wait.min(d.saturating_sub(margin))
-        }
-        None => wait,
-    }
-}
 
 /// How long a GetOrSet may wait: its own bound (or the namespace's), capped by the deadline.
 fn wait_bound(
@@ -313,14 +198,6 @@ impl GetOrSetParams {
     }
 }
 
-fn lease_pb(l: Lease) -> pb::Lease {
-    pb::Lease {
-        token: l.token,
-        ttl: Some(duration_pb(l.ttl)),
-        refresh: l.refresh,
-    }
-}
-
 impl CacheApi {
     async fn get_or_set_one(
         &self,
@@ -337,34 +214,14 @@ impl CacheApi {
             lease_ttl: p.lease_ttl,
         };
         let result = self.cache.get_or_set(ns, &key, opts).await?;
-        let mut r = pb::GetOrSetResponse {
-            key,
-            ..Default::default()
-        };
-        match result {
-            GetOrSetResult::Hit { found, refresh } => {
-                r.outcome = pb::GetOrSetOutcome::Hit as i32;
-                r.entry = Some(entry_pb(found, true));
-                r.lease = refresh.map(lease_pb);
-            }
-            GetOrSetResult::Lease(lease) => {
-                r.outcome = pb::GetOrSetOutcome::Lease as i32;
-                r.lease = Some(lease_pb(lease));
-            }
-            GetOrSetResult::Filled(found) => {
-                r.outcome = pb::GetOrSetOutcome::Filled as i32;
-                r.entry = Some(entry_pb(found, true));
-            }
-            GetOrSetResult::WaitTimedOut => {
-                if p.on_timeout == pb::WaitTimeoutAction::Unavailable {
-                    return Err(ApiError::WaitTimeout {
-                        retry_after: Duration::from_millis(100),
-                    });
-                }
-                r.outcome = pb::GetOrSetOutcome::Compute as i32;
-            }
+        if matches!(result, GetOrSetResult::WaitTimedOut)
+            && p.on_timeout == pb::WaitTimeoutAction::Unavailable
+        {
+            return Err(ApiError::WaitTimeout {
+                retry_after: Duration::from_millis(100),
+            });
         }
-        Ok(r)
+        Ok(convert::get_or_set_response(key, result))
     }
 
     async fn fill_one(
@@ -404,27 +261,14 @@ impl CacheApi {
                 },
             )
             .await?;
-        Ok(match outcome {
-            FillOutcome::Stored { version } => pb::FillResponse {
-                outcome: pb::FillOutcome::Stored as i32,
-                version,
-            },
-            FillOutcome::LeaseRevoked => pb::FillResponse {
-                outcome: pb::FillOutcome::LeaseRevoked as i32,
-                version: 0,
-            },
-            FillOutcome::LeaseExpired => pb::FillResponse {
-                outcome: pb::FillOutcome::LeaseExpired as i32,
-                version: 0,
-            },
-        })
+        Ok(convert::fill_response(outcome))
     }
 }
 
 #[tonic::async_trait]
 impl CacheService for CacheApi {
     async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        Ok(Response::new(CacheApi::get(self, r.into_inner()).await?))
+        Ok(Response::new(self.get_one(r.into_inner()).await?))
     }
 
     async fn get_many(
@@ -449,14 +293,18 @@ impl CacheService for CacheApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetManyResponse {
-            results: results.into_iter().map(|l| get_response(l, None)).collect(),
+            results: results
+                .into_iter()
+                .map(|l| {
+                    telemetry::note_lookup(&l);
+                    convert::get_response(l, None)
+                })
+                .collect(),
         }))
     }
 
     async fn set(&self, r: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        Ok(Response::new(
-            CacheApi::set(self, r.into_inner(), "").await?,
-        ))
+        Ok(Response::new(self.set_one(r.into_inner(), "").await?))
     }
 
     async fn set_many(
@@ -486,7 +334,7 @@ impl CacheService for CacheApi {
         &self,
         r: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        Ok(Response::new(CacheApi::delete(self, r.into_inner()).await?))
+        Ok(Response::new(self.delete_one(r.into_inner()).await?))
     }
 
     async fn get_or_set(
@@ -585,13 +433,7 @@ impl CacheService for CacheApi {
             .release_lease(&ns, &req.key, &req.lease_token)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(pb::ReleaseLeaseResponse {
-            outcome: if released {
-                pb::ReleaseLeaseOutcome::Released
-            } else {
-                pb::ReleaseLeaseOutcome::NotHeld
-            } as i32,
-        }))
+        Ok(Response::new(convert::release_lease_response(released)))
     }
 
     async fn invalidate_tags(
@@ -634,48 +476,9 @@ impl CacheService for CacheApi {
         &self,
         r: Request<Streaming<pb::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
-        let mut inbound = r.into_inner();
-        let (tx, rx) = mpsc::channel(256);
-        let api = self.clone();
-        let max_in_flight = self.limits.pipeline_max_in_flight;
-        tokio::spawn(async move {
-            let mut in_flight = FuturesUnordered::new();
-            let mut input_open = true;
-            loop {
-                tokio::select! {
-                    msg = inbound.message(), if input_open && in_flight.len() < max_in_flight => {
-                        match msg {
-                            Ok(Some(req)) => {
-                                let api = api.clone();
-                                let mut call = Box::pin(async move { api.pipeline_one(req).await });
-                                // Most requests (L1 hits) finish on their first poll: answer them
-                                // at once rather than through the queue and a wake-up.
-                                match futures::poll!(call.as_mut()) {
-                                    std::task::Poll::Ready(resp) => {
-                                        if tx.send(Ok(resp)).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                    std::task::Poll::Pending => in_flight.push(call),
-                                }
-                            }
-                            Ok(None) => input_open = false,
-                            Err(status) => {
-                                let _ = tx.send(Err(status)).await;
-                                return;
-                            }
-                        }
-                    }
-                    Some(resp) = in_flight.next(), if !in_flight.is_empty() => {
-                        if tx.send(Ok(resp)).await.is_err() {
-                            return;
-                        }
-                    }
-                    else => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let ops = self.clone();
+        let stream = pipeline::serve(ops, r.into_inner(), self.limits.pipeline_max_in_flight);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type WatchStream = BoxStream<pb::WatchResponse>;
@@ -688,10 +491,7 @@ impl CacheService for CacheApi {
         let ns = self.namespace(&req.namespace)?;
         let mut watch = self.cache.watch(&ns).await.map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(256);
-        let started = pb::WatchResponse {
-            sequence: watch.start_sequence(),
-            event: Some(pb::watch_response::Event::Started(pb::WatchStarted {})),
-        };
+        let started = convert::watch_started(watch.start_sequence());
         tokio::spawn(async move {
             if tx.send(Ok(started)).await.is_err() {
                 return;
@@ -703,28 +503,12 @@ impl CacheService for CacheApi {
                     () = tx.closed() => return,
                 };
                 let Some(event) = event else { return };
-                if tx.send(Ok(watch_event_pb(event))).await.is_err() {
+                if tx.send(Ok(convert::watch_event(event))).await.is_err() {
                     return;
                 }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Converts a namespace event for the Watch stream.
-fn watch_event_pb(e: tiercache_core::Event) -> pb::WatchResponse {
-    use pb::watch_response::Event as E;
-    pb::WatchResponse {
-        sequence: e.sequence,
-        event: Some(match e.kind {
-            EventKind::KeyChanged { key, version } => {
-                E::KeyChanged(pb::KeyChanged { key, version })
-            }
-            EventKind::TagsInvalidated { tags } => E::TagsInvalidated(pb::TagsInvalidated { tags }),
-            EventKind::Flushed => E::NamespaceFlushed(pb::NamespaceFlushed {}),
-            EventKind::Gap { last_sequence } => E::Gap(pb::EventGap { last_sequence }),
-        }),
     }
 }
 

@@ -2,11 +2,19 @@
 //!
 //! # Layout
 //! - [`config`]: the typed configuration (TOML, unknown fields rejected).
+//! - The services, one file each: [`cache`] (`CacheService`: the unary RPCs and Watch),
+//!   [`pipeline`] (its `Pipeline` stream, a layer below `cache`), [`lock`] (`LockService`),
+//!   [`admin`] (`AdminService`).
+//! - [`request`]: what every service does first: resolve the namespace (checked, resolved by
+//!   the engine, noted on the RPC's span and metrics) and read the caller's deadline.
 //! - [`validate`]: request checks, run before any tier is touched.
+//! - [`convert`]: every mapping between engine and wire types (entries, outcomes, leases, locks,
+//!   policies, stats, inspect, watch events); durations via `tiercache_proto::duration`.
 //! - [`error`]: the one mapping from errors to gRPC statuses with `google.rpc` details.
-//! - [`cache`], [`admin`]: the services.
-//! - [`telemetry`]: the RPC tracing/metrics layer, the OpenTelemetry meter provider and what the
-//!   CLI installs for traces and trace-aware logs; [`admin_http`]: `/metrics` on the admin port.
+//! - [`telemetry`]: [`telemetry::otel`] (providers and exporters, what the CLI installs for
+//!   traces and trace-aware logs), [`telemetry::metrics`] (the meter provider and instruments),
+//!   [`telemetry::rpc`] (the per-RPC span and metrics layer); [`admin_http`]: `/metrics` on the
+//!   admin port.
 //!
 //! [`run`] is the one entry point for production, tests and benches: it serves on a listener the
 //! caller bound (port 0 in tests) until `shutdown` completes.
@@ -15,7 +23,11 @@ pub mod admin;
 pub mod admin_http;
 pub mod cache;
 pub mod config;
+pub mod convert;
 pub mod error;
+pub mod lock;
+pub mod pipeline;
+pub mod request;
 pub mod telemetry;
 pub mod validate;
 
@@ -193,7 +205,7 @@ async fn serve_grpc(
         .add_service(health)
         .add_service(reflection)
         .add_service(CacheServiceServer::new(cache_api))
-        .add_service(LockServiceServer::new(admin::LockApi::new(cache.clone())))
+        .add_service(LockServiceServer::new(lock::LockApi::new(cache.clone())))
         .add_service(AdminServiceServer::new(admin_api))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tiercache_core::policy::{is_valid_namespace, NamespacePolicy};
+use tiercache_proto::duration::DurationError;
 
 use crate::error::ApiError;
 
@@ -107,20 +108,18 @@ pub fn duration(
     d: Option<&prost_types::Duration>,
     positive: bool,
 ) -> Option<Duration> {
-    let d = d?;
-    if d.seconds < 0 || d.nanos < 0 {
-        v.add(field, "must not be negative");
-        return None;
-    }
-    if d.nanos >= 1_000_000_000 {
-        v.add(field, "nanos must be below 1000000000");
-        return None;
-    }
-    let out = Duration::new(d.seconds as u64, d.nanos as u32);
-    if out > MAX_DURATION {
-        v.add(field, "must be at most 10 years");
-        return None;
-    }
+    let out = match tiercache_proto::duration::from_proto(d?) {
+        Ok(out) if out <= MAX_DURATION => out,
+        // Beyond the protobuf range is beyond ours too: say so in our terms.
+        Ok(_) | Err(DurationError::TooLong) => {
+            v.add(field, "must be at most 10 years");
+            return None;
+        }
+        Err(e) => {
+            v.add(field, e.to_string());
+            return None;
+        }
+    };
     if positive && out.is_zero() {
         v.add(field, "must be greater than zero");
         return None;

@@ -1,0 +1,112 @@
+//! `LockService`: distributed locks with fencing tokens, translated to engine calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tiercache_core::{Cache, Namespace};
+use tiercache_proto::v1 as pb;
+use tiercache_proto::v1::lock_service_server::LockService;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::ApiError;
+use crate::request::{self, grpc_timeout, within_deadline};
+use crate::validate::{self, Violations};
+
+/// The LockService implementation.
+#[derive(Clone)]
+pub struct LockApi {
+    cache: Cache,
+}
+
+impl LockApi {
+    pub fn new(cache: Cache) -> Self {
+        Self { cache }
+    }
+
+    /// Resolves the namespace and checks the lock name against its key rules.
+    fn namespace_and_name(&self, namespace: &str, name: &str) -> Result<Arc<Namespace>, ApiError> {
+        let ns = request::namespace(&self.cache, namespace)?;
+        let mut v = Violations::default();
+        validate::key(&mut v, "name", name, &ns.policy);
+        v.finish()?;
+        Ok(ns)
+    }
+}
+
+fn required_ttl(v: &mut Violations, ttl: Option<&prost_types::Duration>) -> Duration {
+    match validate::duration(v, "ttl", ttl, true) {
+        Some(t) => t,
+        None => {
+            if ttl.is_none() {
+                v.add("ttl", "must be set");
+            }
+            Duration::ZERO
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LockService for LockApi {
+    async fn acquire_lock(
+        &self,
+        r: Request<pb::AcquireLockRequest>,
+    ) -> Result<Response<pb::AcquireLockResponse>, Status> {
+        let deadline = grpc_timeout(r.metadata());
+        let req = r.into_inner();
+        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
+        let mut v = Violations::default();
+        let ttl = required_ttl(&mut v, req.ttl.as_ref());
+        let max_wait = validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false)
+            .unwrap_or_default();
+        v.finish()?;
+        let max_wait = within_deadline(max_wait, deadline);
+        let got = self
+            .cache
+            .acquire_lock(&ns, &req.name, ttl, max_wait)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(convert::acquire_lock_response(got, ttl)))
+    }
+
+    async fn renew_lock(
+        &self,
+        r: Request<pb::RenewLockRequest>,
+    ) -> Result<Response<pb::RenewLockResponse>, Status> {
+        let req = r.into_inner();
+        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
+        let mut v = Violations::default();
+        let ttl = required_ttl(&mut v, req.ttl.as_ref());
+        if req.owner_token.is_empty() {
+            v.add("owner_token", "must not be empty");
+        }
+        v.finish()?;
+        let held = self
+            .cache
+            .renew_lock(&ns, &req.name, &req.owner_token, ttl)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RenewLockResponse {
+            outcome: convert::lock_ownership(held) as i32,
+        }))
+    }
+
+    async fn release_lock(
+        &self,
+        r: Request<pb::ReleaseLockRequest>,
+    ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+        let req = r.into_inner();
+        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
+        if req.owner_token.is_empty() {
+            return Err(ApiError::field("owner_token", "must not be empty").into());
+        }
+        let held = self
+            .cache
+            .release_lock(&ns, &req.name, &req.owner_token)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ReleaseLockResponse {
+            outcome: convert::lock_ownership(held) as i32,
+        }))
+    }
+}

@@ -1,0 +1,108 @@
+//! The `Pipeline` bidirectional stream of `CacheService`: Get/Set/Delete requests tagged with
+//! ids, run concurrently (up to `limits.pipeline_max_in_flight` per stream) and answered as each
+//! finishes. An operation's failure is a `PipelineError` answer carrying the status the unary
+//! call would have returned; only a broken stream ends it.
+//!
+//! A layer below the unary service: it runs whatever implements [`Operations`], as the cache
+//! service does with its unary handlers, and knows nothing else of it.
+
+use std::future::Future;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tiercache_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::error::ApiError;
+
+/// The operations a pipeline carries, each answered as its unary RPC would be.
+pub trait Operations: Clone + Send + Sync + 'static {
+    fn get(
+        &self,
+        req: pb::GetRequest,
+    ) -> impl Future<Output = Result<pb::GetResponse, ApiError>> + Send;
+    fn set(
+        &self,
+        req: pb::SetRequest,
+    ) -> impl Future<Output = Result<pb::SetResponse, ApiError>> + Send;
+    fn delete(
+        &self,
+        req: pb::DeleteRequest,
+    ) -> impl Future<Output = Result<pb::DeleteResponse, ApiError>> + Send;
+}
+
+/// Answers the requests of `inbound` on the returned stream, at most `max_in_flight` at a time,
+/// until the client closes its side and every answer is out, or the client goes away.
+pub fn serve<O: Operations>(
+    ops: O,
+    mut inbound: Streaming<pb::PipelineRequest>,
+    max_in_flight: usize,
+) -> ReceiverStream<Result<pb::PipelineResponse, Status>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut in_flight = FuturesUnordered::new();
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                msg = inbound.message(), if input_open && in_flight.len() < max_in_flight => {
+                    match msg {
+                        Ok(Some(req)) => {
+                            let ops = ops.clone();
+                            let mut call = Box::pin(async move { one(&ops, req).await });
+                            // Most requests (L1 hits) finish on their first poll: answer them
+                            // at once rather than through the queue and a wake-up.
+                            match futures::poll!(call.as_mut()) {
+                                std::task::Poll::Ready(resp) => {
+                                    if tx.send(Ok(resp)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                std::task::Poll::Pending => in_flight.push(call),
+                            }
+                        }
+                        Ok(None) => input_open = false,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+                Some(resp) = in_flight.next(), if !in_flight.is_empty() => {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                }
+                else => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Runs one request and tags its answer with the request's id.
+async fn one<O: Operations>(ops: &O, req: pb::PipelineRequest) -> pb::PipelineResponse {
+    use pb::pipeline_request::Operation;
+    use pb::pipeline_response::Result as R;
+    let result = match req.operation {
+        Some(Operation::Get(r)) => ops.get(r).await.map(R::Get),
+        Some(Operation::Set(r)) => ops.set(r).await.map(R::Set),
+        Some(Operation::Delete(r)) => ops.delete(r).await.map(R::Delete),
+        None => Err(ApiError::field("operation", "must be set")),
+    };
+    let result = result.unwrap_or_else(|e| R::Error(error(Status::from(e))));
+    pb::PipelineResponse {
+        id: req.id,
+        result: Some(result),
+    }
+}
+
+/// Carries a failed operation's status inside the stream.
+fn error(s: Status) -> pb::PipelineError {
+    pb::PipelineError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        details: s.details().to_vec().into(),
+    }
+}

@@ -1,0 +1,287 @@
+//! The meter provider and its instruments: the RPC and Redis duration histograms, and the
+//! per-namespace counters and gauges observed from the engine's atomics at collection time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use tiercache_core::l2::{error_type, RedisObserver, RedisOp};
+use tiercache_core::namespace::NamespaceStats;
+use tiercache_core::{Cache, CoreError};
+
+use super::otel::{resource, TelemetryError, SCOPE};
+use super::rpc::{ns_attr, RpcLayer};
+use crate::config::TelemetryConfig;
+
+/// Histogram buckets in seconds: 50 µs to 10 s, fine enough below a millisecond to tell an L1
+/// hit (tens of µs) from an L2 round trip (hundreds of µs).
+pub const DURATION_BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// The meter provider and its instruments. Dropping it without [`Metrics::shutdown`] loses the
+/// last OTLP push.
+pub struct Metrics {
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+    rpc_duration: Histogram<f64>,
+    redis_duration: Histogram<f64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Builds the meter provider (Prometheus always, OTLP with an endpoint) and registers every
+    /// instrument over `cache`. Must be called inside a tokio runtime when an endpoint is set.
+    pub fn start(config: &TelemetryConfig, cache: &Cache) -> Result<Metrics, TelemetryError> {
+        let registry = prometheus::Registry::new();
+        let prometheus = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+            .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+        let mut builder = SdkMeterProvider::builder()
+            .with_resource(resource(config))
+            .with_reader(prometheus);
+        if let Some(endpoint) = &config.otlp_endpoint {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+            builder = builder.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(config.metrics_export_interval())
+                    .build(),
+            );
+        }
+        let provider = builder.build();
+        let meter = provider.meter(SCOPE);
+        let rpc_duration = meter
+            .f64_histogram("rpc.server.call.duration")
+            .with_description("Duration of RPCs handled by the server, to the end of the response")
+            .with_unit("s")
+            .with_boundaries(DURATION_BUCKETS.to_vec())
+            .build();
+        let redis_duration = meter
+            .f64_histogram("db.client.operation.duration")
+            .with_description("Duration of Redis calls; failed calls carry error.type")
+            .with_unit("s")
+            .with_boundaries(DURATION_BUCKETS.to_vec())
+            .build();
+        register_cache_instruments(&meter, cache);
+        Ok(Metrics {
+            provider,
+            registry,
+            rpc_duration,
+            redis_duration,
+        })
+    }
+
+    /// Returns the tower layer that traces and times every RPC.
+    pub fn rpc_layer(&self) -> RpcLayer {
+        RpcLayer::new(self.rpc_duration.clone())
+    }
+
+    /// Returns the observer the engine reports Redis calls to.
+    pub fn redis_observer(&self) -> Arc<dyn RedisObserver> {
+        Arc::new(RedisMetrics(self.redis_duration.clone()))
+    }
+
+    /// Collects every instrument now and returns the Prometheus text exposition.
+    pub fn prometheus_text(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+
+    /// Pushes the last OTLP batch and stops the readers. Blocks; call it off the runtime's
+    /// worker threads (`spawn_blocking`).
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::debug!(error = %e, "meter provider shutdown");
+        }
+    }
+}
+
+struct RedisMetrics(Histogram<f64>);
+
+impl RedisObserver for RedisMetrics {
+    fn record(&self, op: RedisOp, elapsed: Duration, error: Option<&CoreError>) {
+        let base = [
+            KeyValue::new("db.system.name", "redis"),
+            KeyValue::new("db.operation.name", op.command),
+            KeyValue::new("tiercache.redis.operation", op.name),
+        ];
+        match error {
+            None => self.0.record(elapsed.as_secs_f64(), &base),
+            Some(e) => {
+                let [a, b, c] = base;
+                let attrs = [a, b, c, KeyValue::new("error.type", error_type(e))];
+                self.0.record(elapsed.as_secs_f64(), &attrs)
+            }
+        }
+    }
+}
+
+/// A per-namespace counter read from [`NamespaceStats`] at collection time.
+fn stat_counter(
+    meter: &Meter,
+    cache: &Cache,
+    name: &'static str,
+    description: &'static str,
+    read: fn(&NamespaceStats) -> u64,
+) {
+    let cache = cache.clone();
+    meter
+        .u64_observable_counter(name)
+        .with_description(description)
+        .with_callback(move |o| {
+            for ns in cache.namespaces() {
+                o.observe(read(&ns.stats), &[ns_attr(&ns.name)]);
+            }
+        })
+        .build();
+}
+
+fn register_cache_instruments(meter: &Meter, cache: &Cache) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = cache.clone();
+    meter
+        .u64_observable_counter("tiercache.cache.lookups")
+        .with_description(
+            "Key lookups by namespace, tier that answered (none for a miss) and result",
+        )
+        .with_callback(move |o| {
+            for ns in c.namespaces() {
+                let s = &ns.stats;
+                for (tier, result, n) in [
+                    ("l1", "hit", &s.hits_l1),
+                    ("l1", "stale", &s.stale_hits_l1),
+                    ("l2", "hit", &s.hits_l2),
+                    ("l2", "stale", &s.stale_hits_l2),
+                    ("none", "miss", &s.misses),
+                ] {
+                    o.observe(
+                        n.load(Relaxed),
+                        &[
+                            ns_attr(&ns.name),
+                            KeyValue::new("tiercache.tier", tier),
+                            KeyValue::new("tiercache.result", result),
+                        ],
+                    );
+                }
+            }
+        })
+        .build();
+    let c = cache.clone();
+    meter
+        .u64_observable_counter("tiercache.cache.writes")
+        .with_description("Writes by namespace and kind (set, delete)")
+        .with_callback(move |o| {
+            for ns in c.namespaces() {
+                for (kind, n) in [("set", &ns.stats.sets), ("delete", &ns.stats.deletes)] {
+                    o.observe(
+                        n.load(Relaxed),
+                        &[ns_attr(&ns.name), KeyValue::new("tiercache.kind", kind)],
+                    );
+                }
+            }
+        })
+        .build();
+    stat_counter(
+        meter,
+        cache,
+        "tiercache.fills",
+        "Values written by GetOrSet lease holders (Fill)",
+        |s| s.fills.load(Relaxed),
+    );
+    stat_counter(
+        meter,
+        cache,
+        "tiercache.leases.granted",
+        "GetOrSet leases granted: callers told to compute the value",
+        |s| s.leases_granted.load(Relaxed),
+    );
+    stat_counter(
+        meter,
+        cache,
+        "tiercache.leases.coalesced",
+        "GetOrSet callers served by another caller's fill instead of computing (stampede coalescing)",
+        |s| s.coalesced.load(Relaxed),
+    );
+    stat_counter(
+        meter,
+        cache,
+        "tiercache.leases.waits",
+        "GetOrSet callers that waited for another caller's fill",
+        |s| s.lease_waits.load(Relaxed),
+    );
+    stat_counter(
+        meter,
+        cache,
+        "tiercache.invalidations",
+        "Invalidations applied (tags and namespace flushes)",
+        |s| s.invalidations.load(Relaxed),
+    );
+    stat_counter(
+        meter,
+        cache,
+        "tiercache.l1.evictions",
+        "L1 entries evicted to stay within the namespace's byte budget",
+        |s| s.l1_evictions.load(Relaxed),
+    );
+    stat_counter(
+        meter,
+        cache,
+        "tiercache.l1.clears",
+        "Times a namespace's whole L1 was dropped (event gap, lost subscription)",
+        |s| s.l1_clears.load(Relaxed),
+    );
+    let c = cache.clone();
+    meter
+        .u64_observable_gauge("tiercache.l1.entries")
+        .with_description("Entries in L1")
+        .with_unit("{entry}")
+        .with_callback(move |o| {
+            for ns in c.namespaces() {
+                o.observe(ns.l1_usage().0, &[ns_attr(&ns.name)]);
+            }
+        })
+        .build();
+    let c = cache.clone();
+    meter
+        .u64_observable_gauge("tiercache.l1.size")
+        .with_description("Bytes charged to L1 (keys, values, tags and per-entry overhead)")
+        .with_unit("By")
+        .with_callback(move |o| {
+            for ns in c.namespaces() {
+                o.observe(ns.l1_usage().1, &[ns_attr(&ns.name)]);
+            }
+        })
+        .build();
+    let c = cache.clone();
+    meter
+        .u64_observable_gauge("tiercache.l1.budget")
+        .with_description("The namespace's L1 byte budget (l1_max_bytes)")
+        .with_unit("By")
+        .with_callback(move |o| {
+            for ns in c.namespaces() {
+                o.observe(ns.policy.l1_max_bytes, &[ns_attr(&ns.name)]);
+            }
+        })
+        .build();
+    let c = cache.clone();
+    meter
+        .u64_observable_gauge("tiercache.degraded")
+        .with_description("1 while the server cannot rely on Redis events and bypasses L1, else 0")
+        .with_callback(move |o| o.observe(u64::from(c.degraded()), &[]))
+        .build();
+}
