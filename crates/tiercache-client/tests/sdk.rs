@@ -11,23 +11,12 @@ use tiercache_client::{
     Client, ClientBuilder, Condition, DeleteResult, Error, GetOptions, GetOrSetOptions, GetResult,
     HealthStatus, NearCacheConfig, RetryPolicy, SetOptions, SetResult, Tier, WatchEventKind,
 };
-use tiercache_server::config::{Config, PolicyConfig, RedisConfig};
-use tiercache_testkit::{wait_for, RedisServer, TestServer};
+use tiercache_server::config::{Config, PolicyConfig};
+use tiercache_testkit::{wait_for, Fleet, FleetBuilder};
 
-/// Servers (one memory-only, or several replicas on one Redis) and clients spread over them.
-struct Fleet {
-    servers: Vec<TestServer>,
-    redis: Option<RedisServer>,
-}
-
-fn config(redis: Option<&RedisServer>) -> Config {
+/// The config of every server here: short leases, a long wait bound, no stale window.
+fn config() -> Config {
     let mut config = Config {
-        // Generous Redis timeouts: a loaded test machine must not trip degraded mode here.
-        redis: redis.map(|r| RedisConfig {
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(5),
-            ..RedisConfig::new(r.url())
-        }),
         defaults: PolicyConfig {
             lease_ttl: Some(Duration::from_secs(5)),
             max_wait: Some(Duration::from_secs(10)),
@@ -42,31 +31,28 @@ fn config(redis: Option<&RedisServer>) -> Config {
     config
 }
 
-impl Fleet {
-    async fn memory() -> Self {
-        Fleet {
-            servers: vec![TestServer::start(config(None)).await],
-            redis: None,
-        }
-    }
+/// One memory-only server.
+async fn memory() -> Fleet {
+    FleetBuilder::memory().config(config()).start().await
+}
 
-    async fn redis(replicas: usize) -> Self {
-        let redis = RedisServer::start();
-        let mut servers = Vec::new();
-        for _ in 0..replicas {
-            servers.push(TestServer::start(config(Some(&redis))).await);
-        }
-        Fleet {
-            servers,
-            redis: Some(redis),
-        }
-    }
+/// `n` replicas on one Redis.
+async fn replicas(n: usize) -> Fleet {
+    FleetBuilder::redis(n).config(config()).start().await
+}
+
+/// SDK clients spread over a fleet's servers.
+trait SdkClients {
+    /// A client builder for server `i % n`.
+    fn builder(&self, i: usize) -> ClientBuilder;
 
     /// A new client (its own connection) to server `i % n`.
     async fn client(&self, i: usize) -> Client {
         self.builder(i).connect().await.unwrap()
     }
+}
 
+impl SdkClients for Fleet {
     fn builder(&self, i: usize) -> ClientBuilder {
         Client::builder(self.servers[i % self.servers.len()].endpoint())
             .request_timeout(Some(Duration::from_secs(20)))
@@ -204,22 +190,22 @@ async fn round_trip(fleet: Fleet, pipeline: bool) {
 
 #[tokio::test]
 async fn every_plain_method_pipelined_memory() {
-    round_trip(Fleet::memory().await, true).await;
+    round_trip(memory().await, true).await;
 }
 
 #[tokio::test]
 async fn every_plain_method_unary_memory() {
-    round_trip(Fleet::memory().await, false).await;
+    round_trip(memory().await, false).await;
 }
 
 #[tokio::test]
 async fn every_plain_method_pipelined_redis() {
-    round_trip(Fleet::redis(1).await, true).await;
+    round_trip(replicas(1).await, true).await;
 }
 
 #[tokio::test]
 async fn pipeline_and_unary_errors_are_the_same() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let piped = fleet.client(0).await.namespace("default");
     let unary = fleet
         .builder(0)
@@ -280,7 +266,7 @@ impl IsolatedServer {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                tiercache_server::run(listener, config(None), async {
+                tiercache_server::run(listener, config(), async {
                     let _ = stopped.await;
                 })
                 .await
@@ -372,7 +358,7 @@ async fn reads_are_retried_on_unavailable_writes_are_not() {
         .await
         .unwrap();
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tiercache_server::run(listener, config(None), async {
+    tokio::spawn(tiercache_server::run(listener, config(), async {
         let _ = stopped.await;
     }));
     assert_eq!(read.await.unwrap().unwrap(), None);
@@ -380,7 +366,7 @@ async fn reads_are_retried_on_unavailable_writes_are_not() {
 
 #[tokio::test]
 async fn watch_streams_events() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let ns = fleet.client(0).await.namespace("default");
     let mut w = ns.watch().await.unwrap();
     let started = w.next().await.unwrap().unwrap();
@@ -444,12 +430,12 @@ async fn stampede(fleet: Fleet) {
 
 #[tokio::test]
 async fn get_or_set_runs_the_closure_once_for_500_callers_memory() {
-    stampede(Fleet::memory().await).await;
+    stampede(memory().await).await;
 }
 
 #[tokio::test]
 async fn get_or_set_runs_the_closure_once_for_500_callers_on_5_replicas() {
-    stampede(Fleet::redis(5).await).await;
+    stampede(replicas(5).await).await;
 }
 
 #[derive(Debug, PartialEq)]
@@ -505,17 +491,17 @@ async fn failing_closure(fleet: Fleet) {
 
 #[tokio::test]
 async fn failing_closure_is_returned_and_never_cached_memory() {
-    failing_closure(Fleet::memory().await).await;
+    failing_closure(memory().await).await;
 }
 
 #[tokio::test]
 async fn failing_closure_is_returned_and_never_cached_redis() {
-    failing_closure(Fleet::redis(2).await).await;
+    failing_closure(replicas(2).await).await;
 }
 
 #[tokio::test]
 async fn get_or_set_caches_absent_and_json() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let ns = fleet.client(0).await.namespace("default");
     let runs = Arc::new(AtomicU64::new(0));
     for _ in 0..2 {
@@ -651,12 +637,12 @@ async fn stale_refresh(fleet: Fleet) {
 
 #[tokio::test]
 async fn stale_hit_returns_at_once_and_refreshes_in_background_memory() {
-    stale_refresh(Fleet::memory().await).await;
+    stale_refresh(memory().await).await;
 }
 
 #[tokio::test]
 async fn stale_hit_returns_at_once_and_refreshes_in_background_redis() {
-    stale_refresh(Fleet::redis(2).await).await;
+    stale_refresh(replicas(2).await).await;
 }
 
 async fn batch(fleet: Fleet) {
@@ -727,12 +713,12 @@ async fn batch(fleet: Fleet) {
 
 #[tokio::test]
 async fn get_or_set_many_calls_the_closure_once_with_the_missing_keys_memory() {
-    batch(Fleet::memory().await).await;
+    batch(memory().await).await;
 }
 
 #[tokio::test]
 async fn get_or_set_many_calls_the_closure_once_with_the_missing_keys_redis() {
-    batch(Fleet::redis(1).await).await;
+    batch(replicas(1).await).await;
 }
 
 // ---- locks ----
@@ -771,12 +757,12 @@ async fn locks(fleet: Fleet) {
 
 #[tokio::test]
 async fn lock_guard_renews_past_its_ttl_and_drop_releases_memory() {
-    locks(Fleet::memory().await).await;
+    locks(memory().await).await;
 }
 
 #[tokio::test]
 async fn lock_guard_renews_past_its_ttl_and_drop_releases_redis() {
-    locks(Fleet::redis(2).await).await;
+    locks(replicas(2).await).await;
 }
 
 // ---- near cache ----
@@ -911,17 +897,17 @@ async fn near_cache(fleet: Fleet, label: &str) {
 
 #[tokio::test]
 async fn near_cache_follows_other_clients_writes_memory() {
-    near_cache(Fleet::memory().await, "memory-only, one server").await;
+    near_cache(memory().await, "memory-only, one server").await;
 }
 
 #[tokio::test]
 async fn near_cache_follows_other_clients_writes_across_replicas() {
-    near_cache(Fleet::redis(2).await, "two replicas on Redis").await;
+    near_cache(replicas(2).await, "two replicas on Redis").await;
 }
 
 #[tokio::test]
 async fn near_cache_entries_never_outlive_their_fresh_period() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let reader = fleet
         .client(0)
         .await
@@ -964,7 +950,7 @@ async fn near_cache_entries_never_outlive_their_fresh_period() {
 
 #[tokio::test]
 async fn near_cache_is_cleared_when_the_subscription_is_killed() {
-    let fleet = Fleet::redis(1).await;
+    let fleet = replicas(1).await;
     let reader = fleet
         .client(0)
         .await
@@ -984,21 +970,7 @@ async fn near_cache_is_cleared_when_the_subscription_is_killed() {
     .unwrap();
     let clears = reader.near_cache_stats().unwrap().clears;
     // The server's pub/sub connection drops: it sends a gap on every Watch stream.
-    let mut conn = fleet
-        .redis
-        .as_ref()
-        .unwrap()
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    fleet.redis_server().kill_pubsub_clients().await;
     wait_for(BOUND, POLL, || async {
         reader.near_cache_version("k").is_none()
     })
@@ -1041,7 +1013,7 @@ async fn near_cache_is_cleared_and_bypassed_when_the_watch_stream_ends() {
 
 #[tokio::test]
 async fn near_cache_stays_within_its_byte_budget() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let reader = fleet
         .client(0)
         .await
@@ -1067,7 +1039,7 @@ async fn near_cache_stays_within_its_byte_budget() {
 
 #[tokio::test]
 async fn concurrency_limit_queues_calls_instead_of_failing_them() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let client = fleet
         .builder(0)
         .concurrency_limit(2)
@@ -1089,7 +1061,7 @@ async fn concurrency_limit_queues_calls_instead_of_failing_them() {
 
 #[tokio::test]
 async fn inspect_explains_a_key_once_the_server_implements_it() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let ns = fleet.client(0).await.namespace("default");
     ns.set("i", "v").await.unwrap();
     match ns.inspect("i").await {
