@@ -515,12 +515,11 @@ async fn locks_serialize_holders(fleet: Fleet) {
         let intervals = intervals.clone();
         tasks.push(tokio::spawn(async move {
             let g = l
-                .acquire_lock(pb::AcquireLockRequest {
-                    namespace: "default".into(),
-                    name: "counter".into(),
-                    ttl: dur(Duration::from_secs(10)),
-                    max_wait: dur(Duration::from_secs(30)),
-                })
+                .acquire_lock(req::acquire_lock(
+                    "counter",
+                    Duration::from_secs(10),
+                    Duration::from_secs(30),
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -532,11 +531,7 @@ async fn locks_serialize_holders(fleet: Fleet) {
             let end = Instant::now();
             intervals.lock().push((g.fencing_token, start, end));
             let r = l
-                .release_lock(pb::ReleaseLockRequest {
-                    namespace: "default".into(),
-                    name: "counter".into(),
-                    owner_token: g.owner_token,
-                })
+                .release_lock(req::release_lock("counter", &g.owner_token))
                 .await
                 .unwrap()
                 .into_inner();
@@ -562,12 +557,7 @@ async fn locks_serialize_holders(fleet: Fleet) {
     // A holder that never releases expires; the next acquirer proceeds, and the late release
     // or renew of the expired holder changes nothing.
     let mut l = fleet.locks(0);
-    let acquire = |ttl: Duration, wait: Duration| pb::AcquireLockRequest {
-        namespace: "default".into(),
-        name: "stuck".into(),
-        ttl: dur(ttl),
-        max_wait: dur(wait),
-    };
+    let acquire = |ttl: Duration, wait: Duration| req::acquire_lock("stuck", ttl, wait);
     let first = l
         .acquire_lock(acquire(Duration::from_millis(300), Duration::ZERO))
         .await
@@ -590,22 +580,17 @@ async fn locks_serialize_holders(fleet: Fleet) {
     assert_eq!(second.outcome(), pb::AcquireLockOutcome::Acquired);
     assert!(second.fencing_token > first.fencing_token);
     let late = l
-        .release_lock(pb::ReleaseLockRequest {
-            namespace: "default".into(),
-            name: "stuck".into(),
-            owner_token: first.owner_token.clone(),
-        })
+        .release_lock(req::release_lock("stuck", &first.owner_token))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(late.outcome(), pb::LockOwnershipOutcome::NotHeld);
     let renew = l
-        .renew_lock(pb::RenewLockRequest {
-            namespace: "default".into(),
-            name: "stuck".into(),
-            owner_token: first.owner_token,
-            ttl: dur(Duration::from_secs(5)),
-        })
+        .renew_lock(req::renew_lock(
+            "stuck",
+            &first.owner_token,
+            Duration::from_secs(5),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -613,12 +598,11 @@ async fn locks_serialize_holders(fleet: Fleet) {
     // The rightful owner can renew.
     let renew = fleet
         .locks(2)
-        .renew_lock(pb::RenewLockRequest {
-            namespace: "default".into(),
-            name: "stuck".into(),
-            owner_token: second.owner_token,
-            ttl: dur(Duration::from_secs(5)),
-        })
+        .renew_lock(req::renew_lock(
+            "stuck",
+            &second.owner_token,
+            Duration::from_secs(5),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -676,12 +660,11 @@ async fn locks_are_unavailable_while_redis_is_down() {
     let mut l = fleet.locks(0);
     fleet.redis.as_mut().unwrap().stop();
     let err = l
-        .acquire_lock(pb::AcquireLockRequest {
-            namespace: "default".into(),
-            name: "x".into(),
-            ttl: dur(Duration::from_secs(1)),
-            max_wait: dur(Duration::ZERO),
-        })
+        .acquire_lock(req::acquire_lock(
+            "x",
+            Duration::from_secs(1),
+            Duration::ZERO,
+        ))
         .await
         .unwrap_err();
     assert_eq!(

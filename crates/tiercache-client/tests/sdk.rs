@@ -9,7 +9,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tiercache_client::{
     Client, ClientBuilder, Condition, DeleteResult, Error, GetOptions, GetOrSetOptions, GetResult,
-    HealthStatus, NearCacheConfig, RetryPolicy, SetOptions, SetResult, Tier, WatchEventKind,
+    HealthStatus, Namespace, NearCacheConfig, RetryPolicy, SetOptions, SetResult, Tier,
+    WatchEventKind,
 };
 use tiercache_server::config::{Config, PolicyConfig};
 use tiercache_testkit::{wait_for, Fleet, FleetBuilder};
@@ -533,13 +534,13 @@ async fn get_or_set_caches_absent_and_json() {
     assert_eq!(ns.get_json::<User>("user:9").await.unwrap().unwrap().id, 9);
 }
 
-async fn stale_refresh(fleet: Fleet) {
-    let ns = fleet.client(0).await.namespace("default");
+/// Sets `key` to "old", fresh for `fresh` then stale for 30 s, and waits until reads say stale.
+async fn set_and_wait_until_stale(ns: &Namespace, key: &str, fresh: Duration) {
     ns.set_with(
-        "swr",
+        key,
         "old",
         SetOptions {
-            ttl: Some(Duration::from_millis(100)),
+            ttl: Some(fresh),
             stale_ttl: Some(Duration::from_secs(30)),
             ..Default::default()
         },
@@ -547,10 +548,15 @@ async fn stale_refresh(fleet: Fleet) {
     .await
     .unwrap();
     wait_for(BOUND, POLL, || async {
-        ns.get("swr").await.unwrap().is_some_and(|e| e.stale)
+        ns.get(key).await.unwrap().is_some_and(|e| e.stale)
     })
     .await
     .expect("turns stale");
+}
+
+async fn stale_refresh(fleet: Fleet) {
+    let ns = fleet.client(0).await.namespace("default");
+    set_and_wait_until_stale(&ns, "swr", Duration::from_millis(100)).await;
     let refreshed = Arc::new(AtomicU64::new(0));
     let r = Arc::clone(&refreshed);
     let started = Instant::now();
@@ -579,22 +585,7 @@ async fn stale_refresh(fleet: Fleet) {
 
     // A failing background refresh releases its lease: stale keeps serving, and the next
     // caller may refresh.
-    ns.set_with(
-        "swr2",
-        "old",
-        SetOptions {
-            ttl: Some(Duration::from_millis(50)),
-            stale_ttl: Some(Duration::from_secs(30)),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    wait_for(BOUND, POLL, || async {
-        ns.get("swr2").await.unwrap().is_some_and(|e| e.stale)
-    })
-    .await
-    .unwrap();
+    set_and_wait_until_stale(&ns, "swr2", Duration::from_millis(50)).await;
     let attempts = Arc::new(AtomicU64::new(0));
     let a = Arc::clone(&attempts);
     let v = ns
@@ -767,6 +758,37 @@ async fn lock_guard_renews_past_its_ttl_and_drop_releases_redis() {
 
 // ---- near cache ----
 
+/// Waits until a near cache's Watch stream is live.
+async fn wait_live(reader: &Namespace) {
+    wait_for(BOUND, POLL, || async {
+        reader.near_cache_stats().unwrap().live
+    })
+    .await
+    .expect("watch stream starts");
+}
+
+/// A client of server 0 in namespace `default` with a near cache, once its Watch stream is live.
+async fn near_reader(fleet: &Fleet, config: NearCacheConfig) -> Namespace {
+    let reader = fleet
+        .client(0)
+        .await
+        .namespace("default")
+        .with_near_cache(config);
+    wait_live(&reader).await;
+    reader
+}
+
+/// Reads `key` (polling every `poll`) until the near cache holds `version`: a read racing the
+/// invalidation event may decline to store.
+async fn read_into_near_cache(reader: &Namespace, key: &str, version: u64, poll: Duration) {
+    wait_for(BOUND, poll, || async {
+        reader.get(key).await.unwrap();
+        reader.near_cache_version(key) == Some(version)
+    })
+    .await
+    .expect("near cache holds the value");
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -785,17 +807,8 @@ async fn spin_until(mut cond: impl FnMut() -> bool) -> Duration {
 }
 
 async fn near_cache(fleet: Fleet, label: &str) {
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig::default());
+    let reader = near_reader(&fleet, NearCacheConfig::default()).await;
     let writer = fleet.client(1).await.namespace("default");
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .expect("watch stream starts");
 
     let mut latencies = Vec::new();
     let mut from_start = Vec::new();
@@ -816,12 +829,7 @@ async fn near_cache(fleet: Fleet, label: &str) {
             panic!("{v:?}")
         };
         // Populate L0 with this version (a read racing the event may decline to store).
-        wait_for(BOUND, Duration::from_millis(1), || async {
-            reader.get("hot").await.unwrap();
-            reader.near_cache_version("hot") == Some(version)
-        })
-        .await
-        .expect("near cache holds the value");
+        read_into_near_cache(&reader, "hot", version, Duration::from_millis(1)).await;
         let e = reader.get("hot").await.unwrap().unwrap();
         assert_eq!((e.tier, e.version), (Tier::Near, version));
         // The other client overwrites; time until L0 stops serving the old version, counted
@@ -864,24 +872,14 @@ async fn near_cache(fleet: Fleet, label: &str) {
     let SetResult::Stored { version } = v else {
         panic!()
     };
-    wait_for(BOUND, Duration::from_millis(1), || async {
-        reader.get("tagged").await.unwrap();
-        reader.near_cache_version("tagged") == Some(version)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "tagged", version, Duration::from_millis(1)).await;
     writer.invalidate_tags(["grp"]).await.unwrap();
     let t = spin_until(|| reader.near_cache_version("tagged").is_none()).await;
     eprintln!("near cache drop after another client's invalidate_tags ({label}): {t:?}");
     assert!(reader.get("tagged").await.unwrap().is_none());
 
     let version = writer.set("f", "x").await.unwrap();
-    wait_for(BOUND, Duration::from_millis(1), || async {
-        reader.get("f").await.unwrap();
-        reader.near_cache_version("f") == Some(version)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "f", version, Duration::from_millis(1)).await;
     writer.flush().await.unwrap();
     spin_until(|| reader.near_cache_version("f").is_none()).await;
     assert!(reader.get("f").await.unwrap().is_none());
@@ -908,16 +906,8 @@ async fn near_cache_follows_other_clients_writes_across_replicas() {
 #[tokio::test]
 async fn near_cache_entries_never_outlive_their_fresh_period() {
     let fleet = memory().await;
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig::default());
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+    let reader = near_reader(&fleet, NearCacheConfig::default()).await;
+
     reader
         .set_with(
             "short",
@@ -951,23 +941,10 @@ async fn near_cache_entries_never_outlive_their_fresh_period() {
 #[tokio::test]
 async fn near_cache_is_cleared_when_the_subscription_is_killed() {
     let fleet = replicas(1).await;
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig::default());
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+    let reader = near_reader(&fleet, NearCacheConfig::default()).await;
+
     let v = reader.set("k", "v").await.unwrap();
-    wait_for(BOUND, POLL, || async {
-        reader.get("k").await.unwrap();
-        reader.near_cache_version("k") == Some(v)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "k", v, POLL).await;
     let clears = reader.near_cache_stats().unwrap().clears;
     // The server's pub/sub connection drops: it sends a gap on every Watch stream.
     fleet.redis_server().kill_pubsub_clients().await;
@@ -989,18 +966,9 @@ async fn near_cache_is_cleared_and_bypassed_when_the_watch_stream_ends() {
         .unwrap()
         .namespace("default")
         .with_near_cache(NearCacheConfig::default());
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+    wait_live(&reader).await;
     let v = reader.set("k", "v").await.unwrap();
-    wait_for(BOUND, POLL, || async {
-        reader.get("k").await.unwrap();
-        reader.near_cache_version("k") == Some(v)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "k", v, POLL).await;
     server.kill();
     wait_for(BOUND, POLL, || async {
         !reader.near_cache_stats().unwrap().live && reader.near_cache_version("k").is_none()
@@ -1014,19 +982,14 @@ async fn near_cache_is_cleared_and_bypassed_when_the_watch_stream_ends() {
 #[tokio::test]
 async fn near_cache_stays_within_its_byte_budget() {
     let fleet = memory().await;
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig {
+    let reader = near_reader(
+        &fleet,
+        NearCacheConfig {
             max_bytes: 20_000,
             ..Default::default()
-        });
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+        },
+    )
+    .await;
     let value = "x".repeat(1000);
     for i in 0..100 {
         reader.set(format!("big:{i}"), value.clone()).await.unwrap();

@@ -110,6 +110,35 @@ pub fn inspect(key: &str) -> pb::InspectRequest {
     }
 }
 
+/// Returns an AcquireLock of the lock `name` for `ttl`, waiting at most `max_wait`.
+pub fn acquire_lock(name: &str, ttl: Duration, max_wait: Duration) -> pb::AcquireLockRequest {
+    pb::AcquireLockRequest {
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+        ttl: duration(ttl),
+        max_wait: duration(max_wait),
+    }
+}
+
+/// Returns a RenewLock of the lock `name`, held as `owner_token`, for another `ttl`.
+pub fn renew_lock(name: &str, owner_token: &str, ttl: Duration) -> pb::RenewLockRequest {
+    pb::RenewLockRequest {
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+        owner_token: owner_token.into(),
+        ttl: duration(ttl),
+    }
+}
+
+/// Returns a ReleaseLock of the lock `name`, held as `owner_token`.
+pub fn release_lock(name: &str, owner_token: &str) -> pb::ReleaseLockRequest {
+    pb::ReleaseLockRequest {
+        namespace: NAMESPACE.into(),
+        name: name.into(),
+        owner_token: owner_token.into(),
+    }
+}
+
 /// Returns owned tags, for the `tags` field of a request.
 pub fn tags(tags: &[&str]) -> Vec<String> {
     tags.iter().map(|t| t.to_string()).collect()
@@ -152,4 +181,7 @@ in_namespace!(
     pb::FlushNamespaceRequest,
     pb::GetStatsRequest,
     pb::InspectRequest,
+    pb::AcquireLockRequest,
+    pb::RenewLockRequest,
+    pb::ReleaseLockRequest,
 );
