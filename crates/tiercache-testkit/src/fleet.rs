@@ -88,7 +88,7 @@ pub struct FleetBuilder {
 }
 
 impl FleetBuilder {
-    /// One memory-only server.
+    /// Returns a builder of one memory-only server.
     pub fn memory() -> Self {
         Self {
             replicas: None,
@@ -97,7 +97,11 @@ impl FleetBuilder {
         }
     }
 
-    /// `replicas` servers on one fresh Redis.
+    /// Returns a builder of `replicas` servers on one fresh Redis.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `replicas` is 0.
     pub fn redis(replicas: usize) -> Self {
         assert!(replicas > 0, "a fleet needs at least one server");
         Self {
@@ -106,15 +110,19 @@ impl FleetBuilder {
         }
     }
 
-    /// Every server's config. Its `redis` section is replaced by the fleet's Redis (or cleared
-    /// for memory-only); `listen` and the admin address by the ports each server binds.
+    /// Sets every server's config. Its `redis` section is replaced by the fleet's Redis (or
+    /// cleared for memory-only); `listen` and the admin address by the ports each server binds.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
     }
 
-    /// Opens `n` channels round-robin over the servers instead of one per server: more
+    /// Asks for `n` channels round-robin over the servers instead of one per server: more
     /// connections for tests with many concurrent callers, even on one server.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `n` is 0.
     pub fn channels(mut self, n: usize) -> Self {
         assert!(n > 0, "a fleet needs at least one channel");
         self.channels = Some(n);
