@@ -9,13 +9,11 @@ use futures::StreamExt;
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::admin_service_client::AdminServiceClient;
 use tiercache_proto::v1::cache_service_client::CacheServiceClient;
-use tiercache_testkit::{wait_for, RedisServer, TestServer};
-use tonic::transport::Channel;
+use tiercache_testkit::req::{self, InNamespace};
+use tiercache_testkit::rpc::{self, AdminClient as Admin, CacheClient as Client};
+use tiercache_testkit::{wait_for, Fleet, RedisServer, TestServer};
 use tonic::Code;
 use tonic_types::StatusExt;
-
-type Client = CacheServiceClient<Channel>;
-type Admin = AdminServiceClient<Channel>;
 
 const BOUND: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(5);
@@ -24,62 +22,23 @@ const BATCH: usize = 1000;
 /// Batch size for writes.
 const WRITE_BATCH: usize = 250;
 
-async fn replica(redis: &RedisServer) -> TestServer {
-    TestServer::with_redis(&redis.url()).await
-}
-
 fn set_req(ns: &str, key: &str, value: &str, tags: &[&str]) -> pb::SetRequest {
     pb::SetRequest {
-        namespace: ns.into(),
-        key: key.into(),
-        value: Bytes::from(value.to_string()),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        ..Default::default()
+        tags: req::tags(tags),
+        ..req::set(key, value).in_namespace(ns)
     }
-}
-
-async fn set(c: &mut Client, req: pb::SetRequest) -> u64 {
-    let r = c.set(req).await.unwrap().into_inner();
-    assert_eq!(r.outcome(), pb::SetOutcome::Stored);
-    r.version
 }
 
 async fn get(c: &mut Client, ns: &str, key: &str) -> Option<String> {
-    let r = c
-        .get(pb::GetRequest {
-            namespace: ns.into(),
-            key: key.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    match r.outcome() {
-        pb::GetOutcome::Hit => Some(String::from_utf8(r.entry.unwrap().value.to_vec()).unwrap()),
-        pb::GetOutcome::Miss => None,
-        o => panic!("unexpected outcome {o:?}"),
-    }
+    rpc::get_text(c, req::get(key).in_namespace(ns)).await
 }
 
 async fn invalidate(c: &mut Client, ns: &str, tags: &[&str]) -> u64 {
-    c.invalidate_tags(pb::InvalidateTagsRequest {
-        namespace: ns.into(),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .sequence
+    rpc::invalidate_tags(c, req::invalidate_tags(tags).in_namespace(ns)).await
 }
 
 async fn flush(c: &mut Client, ns: &str) -> u64 {
-    c.flush_namespace(pb::FlushNamespaceRequest {
-        namespace: ns.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .sequence
+    rpc::flush(c, req::flush().in_namespace(ns)).await
 }
 
 // ---- InvalidateTags at scale ----
@@ -167,10 +126,8 @@ async fn visible_scale(c: &Client, ns: &str, n: usize) -> Vec<usize> {
 /// Two replicas on one Redis, `n` entries over 50 tags (both replicas hold them in L1), one
 /// InvalidateTags; returns how long the InvalidateTags call took.
 async fn invalidate_one_tag_of(n: usize) -> Duration {
-    let redis = RedisServer::start();
-    let (a, b) = (replica(&redis).await, replica(&redis).await);
-    let ca = CacheServiceClient::new(a.channel());
-    let cb = CacheServiceClient::new(b.channel());
+    let fleet = Fleet::redis(2).await;
+    let (ca, cb) = (fleet.cache(0), fleet.cache(1));
 
     let started = Instant::now();
     write_scale(&ca, SCALE_NS, n).await;
@@ -347,7 +304,7 @@ async fn mixed_ops(c: &mut Client, ns: &str, n: usize) -> Vec<Expect> {
             expect.push(Expect::Key(key, false));
         } else {
             let tag = format!("g{}", i % 3);
-            set(c, set_req(ns, &key, &format!("v{i}"), &[&tag])).await;
+            rpc::set(c, set_req(ns, &key, &format!("v{i}"), &[&tag])).await;
             expect.push(Expect::Key(key, true));
         }
     }
@@ -362,16 +319,15 @@ async fn receive(stream: &mut WatchStream, consumer: &mut Consumer, n: usize) {
 
 #[tokio::test]
 async fn watch_delivers_every_event_of_another_replica_in_order() {
-    let redis = RedisServer::start();
-    let (a, b) = (replica(&redis).await, replica(&redis).await);
-    let mut ca = CacheServiceClient::new(a.channel());
-    let mut cb = CacheServiceClient::new(b.channel());
+    let fleet = Fleet::redis(2).await;
+    let (mut ca, mut cb) = (fleet.cache(0), fleet.cache(1));
     for i in 0..3 {
-        set(&mut ca, set_req("w", &format!("before{i}"), "x", &[])).await;
+        rpc::set(&mut ca, set_req("w", &format!("before{i}"), "x", &[])).await;
     }
     // B has never used the namespace: Started must still carry the real sequence.
     let (mut stream, mut consumer, start) = watch(&mut cb, "w").await;
-    let mut conn = redis
+    let mut conn = fleet
+        .redis_server()
         .client()
         .get_multiplexed_async_connection()
         .await
@@ -400,7 +356,7 @@ async fn watch_delivers_every_event_in_order_memory() {
     let server = TestServer::memory().await;
     let mut c = CacheServiceClient::new(server.channel());
     for i in 0..5 {
-        set(&mut c, set_req("w", &format!("before{i}"), "x", &[])).await;
+        rpc::set(&mut c, set_req("w", &format!("before{i}"), "x", &[])).await;
     }
     let (mut stream, mut consumer, start) = watch(&mut c, "w").await;
     assert_eq!(start, 5, "Started carries the current sequence");
@@ -413,32 +369,19 @@ async fn watch_delivers_every_event_in_order_memory() {
 
 #[tokio::test]
 async fn watch_reports_a_dropped_subscription_as_a_gap_and_resumes() {
-    let redis = RedisServer::start();
-    let (a, b) = (replica(&redis).await, replica(&redis).await);
-    let mut ca = CacheServiceClient::new(a.channel());
-    let mut cb = CacheServiceClient::new(b.channel());
+    let fleet = Fleet::redis(2).await;
+    let (mut ca, mut cb) = (fleet.cache(0), fleet.cache(1));
     let (mut stream, mut consumer, _) = watch(&mut cb, "w").await;
-    set(&mut ca, set_req("w", "k", "one", &[])).await;
+    rpc::set(&mut ca, set_req("w", "k", "one", &[])).await;
     receive(&mut stream, &mut consumer, 1).await;
 
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let killed = fleet.redis_server().kill_pubsub_clients().await;
     assert!(
         killed >= 2,
         "both replicas were subscribed, killed {killed}"
     );
     // Writes B may miss while it resubscribes.
-    set(&mut ca, set_req("w", "k", "two", &[])).await;
+    rpc::set(&mut ca, set_req("w", "k", "two", &[])).await;
     invalidate(&mut ca, "w", &["t"]).await;
 
     while consumer.gaps == 0 {
@@ -449,7 +392,7 @@ async fn watch_reports_a_dropped_subscription_as_a_gap_and_resumes() {
     let mut resumed = None;
     for probe in 0..100 {
         let key = format!("probe{probe}");
-        set(&mut ca, set_req("w", &key, "x", &[])).await;
+        rpc::set(&mut ca, set_req("w", &key, "x", &[])).await;
         while let Ok(Some(msg)) =
             tokio::time::timeout(Duration::from_millis(200), stream.next()).await
         {
@@ -474,14 +417,7 @@ async fn watch_reports_a_dropped_subscription_as_a_gap_and_resumes() {
 // ---- Inspect ----
 
 async fn inspect(admin: &mut Admin, ns: &str, key: &str) -> pb::InspectResponse {
-    admin
-        .inspect(pb::InspectRequest {
-            namespace: ns.into(),
-            key: key.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    rpc::inspect(admin, req::inspect(key).in_namespace(ns)).await
 }
 
 fn view(r: &pb::InspectResponse, tier: pb::Tier) -> &pb::TierView {
@@ -497,15 +433,7 @@ fn truth(r: &pb::InspectResponse, two_tier: bool) -> &pb::TierView {
 }
 
 async fn stats(admin: &mut Admin, ns: &str) -> pb::NamespaceStats {
-    admin
-        .get_stats(pb::GetStatsRequest {
-            namespace: ns.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .namespaces
-        .remove(0)
+    rpc::stats(admin, req::stats().in_namespace(ns)).await
 }
 
 async fn inspect_explains_visibility(server: &TestServer, two_tier: bool) {
@@ -525,7 +453,7 @@ async fn inspect_explains_visibility(server: &TestServer, two_tier: bool) {
     assert_eq!(r.tiers.len(), if two_tier { 2 } else { 1 });
 
     // Fresh, with its tags' marks.
-    let v = set(&mut c, set_req(ns, "tagged", "x", &["a", "b"])).await;
+    let v = rpc::set(&mut c, set_req(ns, "tagged", "x", &["a", "b"])).await;
     let r = inspect(&mut admin, ns, "tagged").await;
     let t = truth(&r, two_tier);
     assert_eq!(t.visibility(), pb::Visibility::Fresh, "{r:?}");
@@ -584,7 +512,7 @@ async fn inspect_explains_visibility(server: &TestServer, two_tier: bool) {
         seconds: 60,
         nanos: 0,
     });
-    set(&mut c, req).await;
+    rpc::set(&mut c, req).await;
     wait_for(BOUND, POLL, || {
         let mut admin = admin.clone();
         async move {
@@ -641,16 +569,14 @@ async fn inspect_explains_tag_flush_and_stale_memory() {
 #[tokio::test]
 async fn inspect_explains_tag_flush_and_stale_redis() {
     let redis = RedisServer::start();
-    inspect_explains_visibility(&replica(&redis).await, true).await;
+    inspect_explains_visibility(&TestServer::with_redis(&redis.url()).await, true).await;
 }
 
 #[tokio::test]
 async fn inspect_on_another_replica_reads_redis_without_filling_l1() {
-    let redis = RedisServer::start();
-    let (a, b) = (replica(&redis).await, replica(&redis).await);
-    let mut ca = CacheServiceClient::new(a.channel());
-    let mut admin_b = AdminServiceClient::new(b.channel());
-    let v = set(&mut ca, set_req("default", "k", "x", &["t"])).await;
+    let fleet = Fleet::redis(2).await;
+    let (mut ca, mut admin_b) = (fleet.cache(0), fleet.admin(1));
+    let v = rpc::set(&mut ca, set_req("default", "k", "x", &["t"])).await;
     let r = inspect(&mut admin_b, "default", "k").await;
     assert!(!view(&r, pb::Tier::L1).present);
     let l2 = view(&r, pb::Tier::L2);
@@ -659,13 +585,9 @@ async fn inspect_on_another_replica_reads_redis_without_filling_l1() {
     let s = stats(&mut admin_b, "default").await;
     assert_eq!((s.l1_entries, s.hits_l2, s.misses), (0, 0, 0));
     // A Get on B is still answered by L2 first.
-    let mut cb = CacheServiceClient::new(b.channel());
-    let r = cb
-        .get(pb::GetRequest {
-            namespace: "default".into(),
-            key: "k".into(),
-            ..Default::default()
-        })
+    let r = fleet
+        .cache(1)
+        .get(req::get("k"))
         .await
         .unwrap()
         .into_inner();
@@ -682,10 +604,7 @@ async fn inspect_rejects_bad_input_naming_the_field() {
         ("default", "", "key"),
     ] {
         let err = admin
-            .inspect(pb::InspectRequest {
-                namespace: ns.into(),
-                key: key.into(),
-            })
+            .inspect(req::inspect(key).in_namespace(ns))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

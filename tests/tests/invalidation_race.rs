@@ -5,13 +5,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::cache_service_client::CacheServiceClient;
-use tiercache_testkit::{wait_for, RedisServer, TestServer};
-use tonic::transport::Channel;
-
-type Client = CacheServiceClient<Channel>;
+use tiercache_testkit::req::{self, InNamespace};
+use tiercache_testkit::rpc::{self, CacheClient as Client};
+use tiercache_testkit::{wait_for, Fleet};
 
 const ROUNDS: usize = 1000;
 
@@ -22,16 +19,9 @@ enum Invalidation {
 }
 
 async fn visible(c: &mut Client, ns: &str, key: &str) -> Option<u64> {
-    let r = c
-        .get(pb::GetRequest {
-            namespace: ns.into(),
-            key: key.into(),
-            ..Default::default()
-        })
+    rpc::get(c, req::get(key).in_namespace(ns))
         .await
-        .unwrap()
-        .into_inner();
-    (r.outcome() == pb::GetOutcome::Hit).then(|| r.entry.unwrap().born)
+        .map(|e| e.born)
 }
 
 async fn race(a: Client, b: Client, ns: &str, how: Invalidation) {
@@ -40,11 +30,7 @@ async fn race(a: Client, b: Client, ns: &str, how: Invalidation) {
         let key = format!("k{round}");
         let mut filler = a.clone();
         let lease = filler
-            .get_or_set(pb::GetOrSetRequest {
-                namespace: ns.into(),
-                key: key.clone(),
-                ..Default::default()
-            })
+            .get_or_set(req::get_or_set(&key).in_namespace(ns))
             .await
             .unwrap()
             .into_inner();
@@ -55,34 +41,18 @@ async fn race(a: Client, b: Client, ns: &str, how: Invalidation) {
         let invalidation = tokio::spawn(async move {
             match how {
                 Invalidation::Tag => {
-                    inv.invalidate_tags(pb::InvalidateTagsRequest {
-                        namespace: ns_owned,
-                        tags: vec!["t".into()],
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .sequence
+                    let request = req::invalidate_tags(&["t"]).in_namespace(&ns_owned);
+                    rpc::invalidate_tags(&mut inv, request).await
                 }
                 Invalidation::Flush => {
-                    inv.flush_namespace(pb::FlushNamespaceRequest {
-                        namespace: ns_owned,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .sequence
+                    rpc::flush(&mut inv, req::flush().in_namespace(&ns_owned)).await
                 }
             }
         });
         let fill = filler
             .fill(pb::FillRequest {
-                namespace: ns.into(),
-                key: key.clone(),
-                lease_token: token,
-                value: Bytes::from_static(b"computed before the invalidation"),
-                tags: vec!["t".into()],
-                ..Default::default()
+                tags: req::tags(&["t"]),
+                ..req::fill(&key, &token, "computed before the invalidation").in_namespace(ns)
             })
             .await
             .unwrap()
@@ -117,23 +87,16 @@ async fn race(a: Client, b: Client, ns: &str, how: Invalidation) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_set_across_two_replicas() {
-    let redis = RedisServer::start();
-    let (a, b) = (
-        TestServer::with_redis(&redis.url()).await,
-        TestServer::with_redis(&redis.url()).await,
-    );
-    let (ca, cb) = (
-        CacheServiceClient::new(a.channel()),
-        CacheServiceClient::new(b.channel()),
-    );
+    let fleet = Fleet::redis(2).await;
+    let (ca, cb) = (fleet.cache(0), fleet.cache(1));
     race(ca.clone(), cb.clone(), "race-tags", Invalidation::Tag).await;
     race(ca, cb, "race-flush", Invalidation::Flush).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_set_memory_only() {
-    let server = TestServer::memory().await;
-    let c = CacheServiceClient::new(server.channel());
+    let fleet = Fleet::memory().await;
+    let c = fleet.cache(0);
     race(c.clone(), c.clone(), "race-tags", Invalidation::Tag).await;
     race(c.clone(), c, "race-flush", Invalidation::Flush).await;
 }

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::cache_service_client::CacheServiceClient;
+use tiercache_testkit::req::{self, InNamespace};
 use tiercache_testkit::{RedisServer, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -72,23 +73,6 @@ fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn get(key: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        namespace: "default".into(),
-        key: key.into(),
-        ..Default::default()
-    }
-}
-
-fn set(key: &str) -> pb::SetRequest {
-    pb::SetRequest {
-        namespace: "default".into(),
-        key: key.into(),
-        value: b"v".to_vec().into(),
-        ..Default::default()
-    }
-}
-
 /// Runs `promtool check metrics` on `text` and returns its exit status and output.
 fn promtool(text: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
@@ -120,14 +104,14 @@ async fn metrics_endpoint_is_valid_and_counts_known_traffic() {
     let server = TestServer::memory().await;
     let admin = server.admin_addr().expect("metrics are on by default");
     let mut client = CacheServiceClient::new(server.channel());
-    client.set(set("k")).await.unwrap();
+    client.set(req::set("k", "v")).await.unwrap();
     for _ in 0..10 {
-        let r = client.get(get("k")).await.unwrap().into_inner();
+        let r = client.get(req::get("k")).await.unwrap().into_inner();
         assert_eq!(r.outcome, pb::GetOutcome::Hit as i32);
     }
     for i in 0..3 {
         let r = client
-            .get(get(&format!("absent{i}")))
+            .get(req::get(&format!("absent{i}")))
             .await
             .unwrap()
             .into_inner();
@@ -135,11 +119,7 @@ async fn metrics_endpoint_is_valid_and_counts_known_traffic() {
     }
     // An invalid request: counted with its status code.
     let bad = client
-        .get(pb::GetRequest {
-            namespace: "Not Valid".into(),
-            key: "k".into(),
-            ..Default::default()
-        })
+        .get(req::get("k").in_namespace("Not Valid"))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
@@ -258,9 +238,9 @@ async fn dashboard_queries_only_exported_metrics() {
     let redis = RedisServer::start();
     let server = TestServer::with_redis(&redis.url()).await;
     let mut client = CacheServiceClient::new(server.channel());
-    client.set(set("k")).await.unwrap();
-    client.get(get("k")).await.unwrap();
-    client.get(get("absent")).await.unwrap();
+    client.set(req::set("k", "v")).await.unwrap();
+    client.get(req::get("k")).await.unwrap();
+    client.get(req::get("absent")).await.unwrap();
     let (_, _, text) = scrape(server.admin_addr().unwrap()).await;
     let samples = samples(&text);
     let exported: std::collections::BTreeSet<String> =

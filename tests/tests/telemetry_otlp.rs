@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::cache_service_client::CacheServiceClient;
-use tiercache_server::config::RedisConfig;
 use tiercache_server::{telemetry, Config};
 use tiercache_testkit::opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tiercache_testkit::opentelemetry_proto::tonic::trace::v1::Span;
 use tiercache_testkit::otlp::attr;
-use tiercache_testkit::{wait_for, OtlpReceiver, RedisServer, TestServer};
+use tiercache_testkit::{redis_config, req, wait_for, OtlpReceiver, RedisServer, TestServer};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -56,7 +55,7 @@ async fn traces_continue_the_callers_trace_and_metrics_arrive() {
     let receiver = OtlpReceiver::start().await;
     let redis = RedisServer::start();
     let mut config = Config {
-        redis: Some(RedisConfig::new(redis.url())),
+        redis: Some(redis_config(&redis.url())),
         ..Config::default()
     };
     config.telemetry.otlp_endpoint = Some(receiver.endpoint());
@@ -71,55 +70,33 @@ async fn traces_continue_the_callers_trace_and_metrics_arrive() {
     let server = TestServer::start(config).await;
     let mut client = CacheServiceClient::new(server.channel());
     client
-        .set(traced(pb::SetRequest {
-            namespace: "default".into(),
-            key: "user:42".into(),
-            value: b"ada".to_vec().into(),
-            ..Default::default()
-        }))
+        .set(traced(req::set("user:42", "ada")))
         .await
         .unwrap();
     // Served from L1 (the Set filled it), then a miss that goes to Redis.
     let hit = client
-        .get(traced(pb::GetRequest {
-            namespace: "default".into(),
-            key: "user:42".into(),
-            ..Default::default()
-        }))
+        .get(traced(req::get("user:42")))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(hit.outcome, pb::GetOutcome::Hit as i32);
     let miss = client
-        .get(traced(pb::GetRequest {
-            namespace: "default".into(),
-            key: "nobody".into(),
-            ..Default::default()
-        }))
+        .get(traced(req::get("nobody")))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(miss.outcome, pb::GetOutcome::Miss as i32);
     // A GetOrSet that waits for another caller's lease runs its wait in a `lease wait` span.
     let lease = client
-        .get_or_set(pb::GetOrSetRequest {
-            namespace: "default".into(),
-            key: "cold".into(),
-            ..Default::default()
-        })
+        .get_or_set(req::get_or_set("cold"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(lease.outcome(), pb::GetOrSetOutcome::Lease);
     let waited = client
         .get_or_set(traced(pb::GetOrSetRequest {
-            namespace: "default".into(),
-            key: "cold".into(),
-            max_wait: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 100_000_000,
-            }),
-            ..Default::default()
+            max_wait: req::duration(Duration::from_millis(100)),
+            ..req::get_or_set("cold")
         }))
         .await
         .unwrap()

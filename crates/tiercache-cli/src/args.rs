@@ -48,7 +48,12 @@ pub enum Command {
     /// Checks that the server is serving.
     Health(HealthArgs),
     /// Measures tiercache side by side with direct Redis calls (docs/performance.md).
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
+    /// Measures tiercache side by side with direct Redis calls (docs/performance.md); not in
+    /// this build: build with `--features bench`.
+    #[cfg(not(feature = "bench"))]
+    Bench(BenchUnavailableArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -236,6 +241,7 @@ pub struct HealthArgs {
     pub conn: ConnArgs,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
     On,
@@ -244,6 +250,7 @@ pub enum Switch {
 
 /// `tiercache bench`: every scenario in one run, with ratios to the health check and to direct
 /// Redis GETs measured in that same run.
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// A running server to measure instead of one started in-process. It must serve the
@@ -296,6 +303,15 @@ pub struct BenchArgs {
     /// Prints one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `tiercache bench` in a build without the `bench` feature: takes any arguments, so the answer
+/// is always the message saying how to build it rather than a complaint about a flag.
+#[cfg(not(feature = "bench"))]
+#[derive(Debug, Clone, Args)]
+pub struct BenchUnavailableArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {

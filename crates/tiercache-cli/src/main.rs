@@ -6,10 +6,12 @@
 //! - `serve`: `tiercache serve` (config, logging, signals, `tiercache_server::run`).
 //! - `commands`: the client commands (get, set, del, get-or-set, invalidate-tags, flush, stats,
 //!   inspect, watch, lock, health) and their output.
-//! - `bench`: `tiercache bench`, the benchmark harness (docs/performance.md).
+//! - `bench`: `tiercache bench`, the benchmark harness (docs/performance.md); only with the
+//!   `bench` feature, which the shipped binary leaves out.
 //! - `exit`: exit codes and the failure type that carries one.
 
 mod args;
+#[cfg(feature = "bench")]
 mod bench;
 mod commands;
 mod exit;
@@ -57,6 +59,19 @@ async fn dispatch(command: Command) -> Result<Exit, Failure> {
         Command::Watch(args) => commands::watch(args).await,
         Command::Lock(args) => commands::lock(args).await,
         Command::Health(args) => commands::health(args).await,
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench::bench(args).await,
+        #[cfg(not(feature = "bench"))]
+        Command::Bench(_) => Err(bench_unavailable()),
     }
+}
+
+/// The answer of `tiercache bench` in a build without the harness: a usage error (exit 2) that
+/// says how to get one.
+#[cfg(not(feature = "bench"))]
+fn bench_unavailable() -> Failure {
+    Failure::usage(anyhow::anyhow!(
+        "this tiercache was built without the bench feature; run the benchmark with \
+         `cargo run -p tiercache-cli --release --features bench -- bench` (or `make bench`)"
+    ))
 }

@@ -98,6 +98,7 @@ pub fn build_config(args: &ServeArgs, env: &OtelEnv) -> Result<Config, ConfigErr
 /// Installs what `tiercache serve` installs with no OTLP endpoint (text logs at `RUST_LOG` or
 /// info, and the OpenTelemetry layer), so `tiercache bench --telemetry on` pays what a default
 /// server pays per RPC.
+#[cfg(feature = "bench")]
 pub fn init_bench_telemetry() -> anyhow::Result<()> {
     let config = tiercache_server::config::TelemetryConfig::default();
     let tracer = telemetry::tracer_provider(&config).context("cannot start tracing")?;

@@ -1,10 +1,30 @@
 //! A seconds-long smoke run of `tiercache bench`: every scenario must complete without errors.
 //! It asserts no timing (the figures of a debug build on a shared machine mean nothing).
+//!
+//! The harness is behind the `bench` feature (`make nextest` turns it on). Built without it,
+//! this file checks instead that `tiercache bench` refuses with exit 2 and says how to build it,
+//! so a run without the feature shows what it did not test rather than nothing.
 
 mod common;
 
 use common::{run, stderr, stdout};
 
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_without_the_feature_exits_2_and_says_how_to_build_it() {
+    for args in [&["bench"][..], &["bench", "--duration", "1s", "--json"]] {
+        let out = run(args);
+        common::assert_exit(&out, 2);
+        assert_eq!(stdout(&out), "");
+        assert!(
+            stderr(&out).contains("--features bench -- bench"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[cfg(feature = "bench")]
 #[test]
 fn every_bench_scenario_completes_without_errors() {
     let out = run(&[
@@ -77,6 +97,7 @@ fn every_bench_scenario_completes_without_errors() {
     );
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_lists_its_scenarios_and_rejects_unknown_ones() {
     let out = run(&["bench", "--scenarios", "list"]);

@@ -1,4 +1,4 @@
-//! The SDK against an in-process server on port 0 (`tiercache_server::run`).
+//! The SDK against an in-process server on port 0 (`tiercache_testkit::TestServer`).
 //!
 //! `health_*` and `connect_*` pass against the skeleton server; the cache calls need the
 //! `CacheService` implementation.
@@ -9,36 +9,13 @@ use tiercache_client::{
     Client, ClientBuilder, Condition, DeleteResult, Error, GetOptions, GetResult, HealthStatus,
     SetOptions, SetResult,
 };
+use tiercache_testkit::TestServer;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
-/// A server on a free port; stops when dropped.
-struct TestServer {
-    addr: String,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start_server() -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut config = tiercache_server::Config::default();
-    // No admin port: the default 127.0.0.1:9464 would clash between tests running at once.
-    config.telemetry.metrics = false;
-    tokio::spawn(async move {
-        tiercache_server::run(listener, config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    TestServer { addr, _stop: stop }
-}
 
 #[tokio::test]
 async fn health_reports_serving() {
-    let server = start_server().await;
-    let client = Client::connect(&server.addr).await.unwrap();
+    let server = TestServer::memory().await;
+    let client = Client::connect(&server.endpoint()).await.unwrap();
     assert_eq!(client.health().await.unwrap(), HealthStatus::Serving);
 }
 
@@ -78,8 +55,8 @@ async fn lazy_client_reports_unavailable() {
 // Needs the CacheService implementation.
 #[tokio::test]
 async fn set_get_delete_round_trip() {
-    let server = start_server().await;
-    let client = Client::connect(&server.addr).await.unwrap();
+    let server = TestServer::memory().await;
+    let client = Client::connect(&server.endpoint()).await.unwrap();
     let ns = client.namespace("default");
 
     assert_eq!(ns.get("sdk:missing").await.unwrap(), None);
@@ -171,8 +148,8 @@ async fn set_get_delete_round_trip() {
 // Needs the CacheService implementation (validation with BadRequest details).
 #[tokio::test]
 async fn empty_key_is_invalid_argument_naming_the_field() {
-    let server = start_server().await;
-    let client = Client::connect(&server.addr).await.unwrap();
+    let server = TestServer::memory().await;
+    let client = Client::connect(&server.endpoint()).await.unwrap();
     let err = client.namespace("default").get("").await.unwrap_err();
     match err {
         Error::InvalidArgument {
@@ -188,8 +165,8 @@ async fn empty_key_is_invalid_argument_naming_the_field() {
 // Needs the AdminService implementation.
 #[tokio::test]
 async fn stats_and_namespaces() {
-    let server = start_server().await;
-    let client = Client::connect(&server.addr).await.unwrap();
+    let server = TestServer::memory().await;
+    let client = Client::connect(&server.endpoint()).await.unwrap();
     let names = client.list_namespaces().await.unwrap();
     assert!(names.iter().any(|n| n.name == "default"), "{names:?}");
     let stats = client.stats(Some("default")).await.unwrap();

@@ -9,25 +9,15 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tiercache_client::{
     Client, ClientBuilder, Condition, DeleteResult, Error, GetOptions, GetOrSetOptions, GetResult,
-    HealthStatus, NearCacheConfig, RetryPolicy, SetOptions, SetResult, Tier, WatchEventKind,
+    HealthStatus, Namespace, NearCacheConfig, RetryPolicy, SetOptions, SetResult, Tier,
+    WatchEventKind,
 };
-use tiercache_server::config::{Config, PolicyConfig, RedisConfig};
-use tiercache_testkit::{wait_for, RedisServer, TestServer};
+use tiercache_server::config::{Config, PolicyConfig};
+use tiercache_testkit::{wait_for, Fleet, FleetBuilder};
 
-/// Servers (one memory-only, or several replicas on one Redis) and clients spread over them.
-struct Fleet {
-    servers: Vec<TestServer>,
-    redis: Option<RedisServer>,
-}
-
-fn config(redis: Option<&RedisServer>) -> Config {
+/// The config of every server here: short leases, a long wait bound, no stale window.
+fn config() -> Config {
     let mut config = Config {
-        // Generous Redis timeouts: a loaded test machine must not trip degraded mode here.
-        redis: redis.map(|r| RedisConfig {
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(5),
-            ..RedisConfig::new(r.url())
-        }),
         defaults: PolicyConfig {
             lease_ttl: Some(Duration::from_secs(5)),
             max_wait: Some(Duration::from_secs(10)),
@@ -42,31 +32,28 @@ fn config(redis: Option<&RedisServer>) -> Config {
     config
 }
 
-impl Fleet {
-    async fn memory() -> Self {
-        Fleet {
-            servers: vec![TestServer::start(config(None)).await],
-            redis: None,
-        }
-    }
+/// One memory-only server.
+async fn memory() -> Fleet {
+    FleetBuilder::memory().config(config()).start().await
+}
 
-    async fn redis(replicas: usize) -> Self {
-        let redis = RedisServer::start();
-        let mut servers = Vec::new();
-        for _ in 0..replicas {
-            servers.push(TestServer::start(config(Some(&redis))).await);
-        }
-        Fleet {
-            servers,
-            redis: Some(redis),
-        }
-    }
+/// `n` replicas on one Redis.
+async fn replicas(n: usize) -> Fleet {
+    FleetBuilder::redis(n).config(config()).start().await
+}
+
+/// SDK clients spread over a fleet's servers.
+trait SdkClients {
+    /// A client builder for server `i % n`.
+    fn builder(&self, i: usize) -> ClientBuilder;
 
     /// A new client (its own connection) to server `i % n`.
     async fn client(&self, i: usize) -> Client {
         self.builder(i).connect().await.unwrap()
     }
+}
 
+impl SdkClients for Fleet {
     fn builder(&self, i: usize) -> ClientBuilder {
         Client::builder(self.servers[i % self.servers.len()].endpoint())
             .request_timeout(Some(Duration::from_secs(20)))
@@ -204,22 +191,22 @@ async fn round_trip(fleet: Fleet, pipeline: bool) {
 
 #[tokio::test]
 async fn every_plain_method_pipelined_memory() {
-    round_trip(Fleet::memory().await, true).await;
+    round_trip(memory().await, true).await;
 }
 
 #[tokio::test]
 async fn every_plain_method_unary_memory() {
-    round_trip(Fleet::memory().await, false).await;
+    round_trip(memory().await, false).await;
 }
 
 #[tokio::test]
 async fn every_plain_method_pipelined_redis() {
-    round_trip(Fleet::redis(1).await, true).await;
+    round_trip(replicas(1).await, true).await;
 }
 
 #[tokio::test]
 async fn pipeline_and_unary_errors_are_the_same() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let piped = fleet.client(0).await.namespace("default");
     let unary = fleet
         .builder(0)
@@ -280,7 +267,7 @@ impl IsolatedServer {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                tiercache_server::run(listener, config(None), async {
+                tiercache_server::run(listener, config(), async {
                     let _ = stopped.await;
                 })
                 .await
@@ -372,7 +359,7 @@ async fn reads_are_retried_on_unavailable_writes_are_not() {
         .await
         .unwrap();
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tiercache_server::run(listener, config(None), async {
+    tokio::spawn(tiercache_server::run(listener, config(), async {
         let _ = stopped.await;
     }));
     assert_eq!(read.await.unwrap().unwrap(), None);
@@ -380,7 +367,7 @@ async fn reads_are_retried_on_unavailable_writes_are_not() {
 
 #[tokio::test]
 async fn watch_streams_events() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let ns = fleet.client(0).await.namespace("default");
     let mut w = ns.watch().await.unwrap();
     let started = w.next().await.unwrap().unwrap();
@@ -444,12 +431,12 @@ async fn stampede(fleet: Fleet) {
 
 #[tokio::test]
 async fn get_or_set_runs_the_closure_once_for_500_callers_memory() {
-    stampede(Fleet::memory().await).await;
+    stampede(memory().await).await;
 }
 
 #[tokio::test]
 async fn get_or_set_runs_the_closure_once_for_500_callers_on_5_replicas() {
-    stampede(Fleet::redis(5).await).await;
+    stampede(replicas(5).await).await;
 }
 
 #[derive(Debug, PartialEq)]
@@ -505,17 +492,17 @@ async fn failing_closure(fleet: Fleet) {
 
 #[tokio::test]
 async fn failing_closure_is_returned_and_never_cached_memory() {
-    failing_closure(Fleet::memory().await).await;
+    failing_closure(memory().await).await;
 }
 
 #[tokio::test]
 async fn failing_closure_is_returned_and_never_cached_redis() {
-    failing_closure(Fleet::redis(2).await).await;
+    failing_closure(replicas(2).await).await;
 }
 
 #[tokio::test]
 async fn get_or_set_caches_absent_and_json() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let ns = fleet.client(0).await.namespace("default");
     let runs = Arc::new(AtomicU64::new(0));
     for _ in 0..2 {
@@ -547,13 +534,13 @@ async fn get_or_set_caches_absent_and_json() {
     assert_eq!(ns.get_json::<User>("user:9").await.unwrap().unwrap().id, 9);
 }
 
-async fn stale_refresh(fleet: Fleet) {
-    let ns = fleet.client(0).await.namespace("default");
+/// Sets `key` to "old", fresh for `fresh` then stale for 30 s, and waits until reads say stale.
+async fn set_and_wait_until_stale(ns: &Namespace, key: &str, fresh: Duration) {
     ns.set_with(
-        "swr",
+        key,
         "old",
         SetOptions {
-            ttl: Some(Duration::from_millis(100)),
+            ttl: Some(fresh),
             stale_ttl: Some(Duration::from_secs(30)),
             ..Default::default()
         },
@@ -561,10 +548,15 @@ async fn stale_refresh(fleet: Fleet) {
     .await
     .unwrap();
     wait_for(BOUND, POLL, || async {
-        ns.get("swr").await.unwrap().is_some_and(|e| e.stale)
+        ns.get(key).await.unwrap().is_some_and(|e| e.stale)
     })
     .await
     .expect("turns stale");
+}
+
+async fn stale_refresh(fleet: Fleet) {
+    let ns = fleet.client(0).await.namespace("default");
+    set_and_wait_until_stale(&ns, "swr", Duration::from_millis(100)).await;
     let refreshed = Arc::new(AtomicU64::new(0));
     let r = Arc::clone(&refreshed);
     let started = Instant::now();
@@ -593,22 +585,7 @@ async fn stale_refresh(fleet: Fleet) {
 
     // A failing background refresh releases its lease: stale keeps serving, and the next
     // caller may refresh.
-    ns.set_with(
-        "swr2",
-        "old",
-        SetOptions {
-            ttl: Some(Duration::from_millis(50)),
-            stale_ttl: Some(Duration::from_secs(30)),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    wait_for(BOUND, POLL, || async {
-        ns.get("swr2").await.unwrap().is_some_and(|e| e.stale)
-    })
-    .await
-    .unwrap();
+    set_and_wait_until_stale(&ns, "swr2", Duration::from_millis(50)).await;
     let attempts = Arc::new(AtomicU64::new(0));
     let a = Arc::clone(&attempts);
     let v = ns
@@ -651,12 +628,12 @@ async fn stale_refresh(fleet: Fleet) {
 
 #[tokio::test]
 async fn stale_hit_returns_at_once_and_refreshes_in_background_memory() {
-    stale_refresh(Fleet::memory().await).await;
+    stale_refresh(memory().await).await;
 }
 
 #[tokio::test]
 async fn stale_hit_returns_at_once_and_refreshes_in_background_redis() {
-    stale_refresh(Fleet::redis(2).await).await;
+    stale_refresh(replicas(2).await).await;
 }
 
 async fn batch(fleet: Fleet) {
@@ -727,12 +704,12 @@ async fn batch(fleet: Fleet) {
 
 #[tokio::test]
 async fn get_or_set_many_calls_the_closure_once_with_the_missing_keys_memory() {
-    batch(Fleet::memory().await).await;
+    batch(memory().await).await;
 }
 
 #[tokio::test]
 async fn get_or_set_many_calls_the_closure_once_with_the_missing_keys_redis() {
-    batch(Fleet::redis(1).await).await;
+    batch(replicas(1).await).await;
 }
 
 // ---- locks ----
@@ -771,15 +748,46 @@ async fn locks(fleet: Fleet) {
 
 #[tokio::test]
 async fn lock_guard_renews_past_its_ttl_and_drop_releases_memory() {
-    locks(Fleet::memory().await).await;
+    locks(memory().await).await;
 }
 
 #[tokio::test]
 async fn lock_guard_renews_past_its_ttl_and_drop_releases_redis() {
-    locks(Fleet::redis(2).await).await;
+    locks(replicas(2).await).await;
 }
 
 // ---- near cache ----
+
+/// Waits until a near cache's Watch stream is live.
+async fn wait_live(reader: &Namespace) {
+    wait_for(BOUND, POLL, || async {
+        reader.near_cache_stats().unwrap().live
+    })
+    .await
+    .expect("watch stream starts");
+}
+
+/// A client of server 0 in namespace `default` with a near cache, once its Watch stream is live.
+async fn near_reader(fleet: &Fleet, config: NearCacheConfig) -> Namespace {
+    let reader = fleet
+        .client(0)
+        .await
+        .namespace("default")
+        .with_near_cache(config);
+    wait_live(&reader).await;
+    reader
+}
+
+/// Reads `key` (polling every `poll`) until the near cache holds `version`: a read racing the
+/// invalidation event may decline to store.
+async fn read_into_near_cache(reader: &Namespace, key: &str, version: u64, poll: Duration) {
+    wait_for(BOUND, poll, || async {
+        reader.get(key).await.unwrap();
+        reader.near_cache_version(key) == Some(version)
+    })
+    .await
+    .expect("near cache holds the value");
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -799,17 +807,8 @@ async fn spin_until(mut cond: impl FnMut() -> bool) -> Duration {
 }
 
 async fn near_cache(fleet: Fleet, label: &str) {
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig::default());
+    let reader = near_reader(&fleet, NearCacheConfig::default()).await;
     let writer = fleet.client(1).await.namespace("default");
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .expect("watch stream starts");
 
     let mut latencies = Vec::new();
     let mut from_start = Vec::new();
@@ -830,12 +829,7 @@ async fn near_cache(fleet: Fleet, label: &str) {
             panic!("{v:?}")
         };
         // Populate L0 with this version (a read racing the event may decline to store).
-        wait_for(BOUND, Duration::from_millis(1), || async {
-            reader.get("hot").await.unwrap();
-            reader.near_cache_version("hot") == Some(version)
-        })
-        .await
-        .expect("near cache holds the value");
+        read_into_near_cache(&reader, "hot", version, Duration::from_millis(1)).await;
         let e = reader.get("hot").await.unwrap().unwrap();
         assert_eq!((e.tier, e.version), (Tier::Near, version));
         // The other client overwrites; time until L0 stops serving the old version, counted
@@ -878,24 +872,14 @@ async fn near_cache(fleet: Fleet, label: &str) {
     let SetResult::Stored { version } = v else {
         panic!()
     };
-    wait_for(BOUND, Duration::from_millis(1), || async {
-        reader.get("tagged").await.unwrap();
-        reader.near_cache_version("tagged") == Some(version)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "tagged", version, Duration::from_millis(1)).await;
     writer.invalidate_tags(["grp"]).await.unwrap();
     let t = spin_until(|| reader.near_cache_version("tagged").is_none()).await;
     eprintln!("near cache drop after another client's invalidate_tags ({label}): {t:?}");
     assert!(reader.get("tagged").await.unwrap().is_none());
 
     let version = writer.set("f", "x").await.unwrap();
-    wait_for(BOUND, Duration::from_millis(1), || async {
-        reader.get("f").await.unwrap();
-        reader.near_cache_version("f") == Some(version)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "f", version, Duration::from_millis(1)).await;
     writer.flush().await.unwrap();
     spin_until(|| reader.near_cache_version("f").is_none()).await;
     assert!(reader.get("f").await.unwrap().is_none());
@@ -911,27 +895,19 @@ async fn near_cache(fleet: Fleet, label: &str) {
 
 #[tokio::test]
 async fn near_cache_follows_other_clients_writes_memory() {
-    near_cache(Fleet::memory().await, "memory-only, one server").await;
+    near_cache(memory().await, "memory-only, one server").await;
 }
 
 #[tokio::test]
 async fn near_cache_follows_other_clients_writes_across_replicas() {
-    near_cache(Fleet::redis(2).await, "two replicas on Redis").await;
+    near_cache(replicas(2).await, "two replicas on Redis").await;
 }
 
 #[tokio::test]
 async fn near_cache_entries_never_outlive_their_fresh_period() {
-    let fleet = Fleet::memory().await;
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig::default());
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+    let fleet = memory().await;
+    let reader = near_reader(&fleet, NearCacheConfig::default()).await;
+
     reader
         .set_with(
             "short",
@@ -964,41 +940,14 @@ async fn near_cache_entries_never_outlive_their_fresh_period() {
 
 #[tokio::test]
 async fn near_cache_is_cleared_when_the_subscription_is_killed() {
-    let fleet = Fleet::redis(1).await;
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig::default());
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+    let fleet = replicas(1).await;
+    let reader = near_reader(&fleet, NearCacheConfig::default()).await;
+
     let v = reader.set("k", "v").await.unwrap();
-    wait_for(BOUND, POLL, || async {
-        reader.get("k").await.unwrap();
-        reader.near_cache_version("k") == Some(v)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "k", v, POLL).await;
     let clears = reader.near_cache_stats().unwrap().clears;
     // The server's pub/sub connection drops: it sends a gap on every Watch stream.
-    let mut conn = fleet
-        .redis
-        .as_ref()
-        .unwrap()
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    fleet.redis_server().kill_pubsub_clients().await;
     wait_for(BOUND, POLL, || async {
         reader.near_cache_version("k").is_none()
     })
@@ -1017,18 +966,9 @@ async fn near_cache_is_cleared_and_bypassed_when_the_watch_stream_ends() {
         .unwrap()
         .namespace("default")
         .with_near_cache(NearCacheConfig::default());
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+    wait_live(&reader).await;
     let v = reader.set("k", "v").await.unwrap();
-    wait_for(BOUND, POLL, || async {
-        reader.get("k").await.unwrap();
-        reader.near_cache_version("k") == Some(v)
-    })
-    .await
-    .unwrap();
+    read_into_near_cache(&reader, "k", v, POLL).await;
     server.kill();
     wait_for(BOUND, POLL, || async {
         !reader.near_cache_stats().unwrap().live && reader.near_cache_version("k").is_none()
@@ -1041,20 +981,15 @@ async fn near_cache_is_cleared_and_bypassed_when_the_watch_stream_ends() {
 
 #[tokio::test]
 async fn near_cache_stays_within_its_byte_budget() {
-    let fleet = Fleet::memory().await;
-    let reader = fleet
-        .client(0)
-        .await
-        .namespace("default")
-        .with_near_cache(NearCacheConfig {
+    let fleet = memory().await;
+    let reader = near_reader(
+        &fleet,
+        NearCacheConfig {
             max_bytes: 20_000,
             ..Default::default()
-        });
-    wait_for(BOUND, POLL, || async {
-        reader.near_cache_stats().unwrap().live
-    })
-    .await
-    .unwrap();
+        },
+    )
+    .await;
     let value = "x".repeat(1000);
     for i in 0..100 {
         reader.set(format!("big:{i}"), value.clone()).await.unwrap();
@@ -1067,7 +1002,7 @@ async fn near_cache_stays_within_its_byte_budget() {
 
 #[tokio::test]
 async fn concurrency_limit_queues_calls_instead_of_failing_them() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let client = fleet
         .builder(0)
         .concurrency_limit(2)
@@ -1089,7 +1024,7 @@ async fn concurrency_limit_queues_calls_instead_of_failing_them() {
 
 #[tokio::test]
 async fn inspect_explains_a_key_once_the_server_implements_it() {
-    let fleet = Fleet::memory().await;
+    let fleet = memory().await;
     let ns = fleet.client(0).await.namespace("default");
     ns.set("i", "v").await.unwrap();
     match ns.inspect("i").await {

@@ -10,6 +10,11 @@
 //!   when a test panics.
 //! - [`server`]: [`TestServer`], the in-process tiercache server (`tiercache_server::run`) on
 //!   `127.0.0.1:0`, ready once its health service answers `SERVING`.
+//! - [`fleet`]: [`Fleet`], one memory-only server or replicas sharing one Redis, with connected
+//!   channels and clients of each service.
+//! - [`req`]: requests of the gRPC API with the namespace `default` and the usual defaults.
+//! - [`rpc`]: calls that check the expected outcome (a hit, a miss, stored) and return what the
+//!   test goes on with.
 //! - [`otlp`]: [`OtlpReceiver`], an OTLP/gRPC trace and metrics receiver on `127.0.0.1:0` that
 //!   keeps what it is sent, for telemetry tests.
 //! - [`wait`]: [`wait_for`], a bounded poll for conditions that become true eventually (no
@@ -17,13 +22,19 @@
 
 #![warn(missing_docs)]
 
+pub mod fleet;
 pub mod otlp;
 pub mod redis;
+pub mod req;
+pub mod rpc;
 pub mod server;
 pub mod wait;
 
+pub use crate::fleet::{Fleet, FleetBuilder};
 pub use crate::otlp::OtlpReceiver;
 pub use crate::redis::RedisServer;
-pub use crate::server::TestServer;
+pub use crate::server::{redis_config, TestServer};
 pub use crate::wait::{wait_for, WaitTimeout};
 pub use opentelemetry_proto;
+/// The v1 API types, as the request builders and checks use them.
+pub use tiercache_proto::v1 as pb;

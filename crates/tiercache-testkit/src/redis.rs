@@ -97,6 +97,27 @@ impl RedisServer {
         redis::Client::open(self.url()).expect("a redis:// URL with a port is valid")
     }
 
+    /// Kills every client connection in pub/sub mode (`CLIENT KILL TYPE pubsub`), which is how
+    /// tests drop the servers' invalidation subscriptions, and returns how many it killed.
+    ///
+    /// # Panics
+    ///
+    /// Panics if Redis cannot be reached.
+    pub async fn kill_pubsub_clients(&self) -> i64 {
+        let mut conn = self
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("cannot connect to redis-server");
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT KILL TYPE pubsub")
+    }
+
     /// Returns the server's log so far (empty if it wrote none yet).
     pub fn log(&self) -> String {
         std::fs::read_to_string(log_path(self.dir.path())).unwrap_or_default()

@@ -21,6 +21,19 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long [`TestServer::shutdown`] waits for `run` to return.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Returns the Redis config tests use for the Redis at `url`.
+///
+/// Its timeouts are 5 s rather than the production 2 s connect and 1 s response: a test suite on
+/// two shared cores can stall a Redis reply past 1 s, which would trip degraded mode and fail
+/// unrelated assertions. Tests of degraded mode set their own timeouts.
+pub fn redis_config(url: &str) -> RedisConfig {
+    RedisConfig {
+        connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(5),
+        ..RedisConfig::new(url)
+    }
+}
+
 /// A tiercache server running in the test's tokio runtime on `127.0.0.1:<free port>`.
 ///
 /// It runs the production entry point, `tiercache_server::run`, on a listener bound to port 0,
@@ -104,17 +117,11 @@ impl TestServer {
     }
 
     /// Starts a server whose L2 tier is the Redis at `url` (for example
-    /// [`RedisServer::url`](crate::RedisServer::url)), with otherwise default config.
-    ///
-    /// Redis timeouts are 5 s rather than the production 1 s: a test suite on two shared cores
-    /// can stall a Redis reply past 1 s, which would trip degraded mode and fail unrelated
-    /// assertions. Tests of degraded mode set their own timeouts.
+    /// [`RedisServer::url`](crate::RedisServer::url)), with otherwise default config and the
+    /// test timeouts of [`redis_config`].
     pub async fn with_redis(url: &str) -> Self {
-        let mut redis = RedisConfig::new(url);
-        redis.connect_timeout = Duration::from_secs(5);
-        redis.response_timeout = Duration::from_secs(5);
         Self::start(Config {
-            redis: Some(redis),
+            redis: Some(redis_config(url)),
             ..Config::default()
         })
         .await

@@ -8,47 +8,25 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::admin_service_client::AdminServiceClient;
-use tiercache_proto::v1::cache_service_client::CacheServiceClient;
-use tiercache_proto::v1::lock_service_client::LockServiceClient;
-use tiercache_server::config::{Config, PolicyConfig, RedisConfig};
-use tiercache_testkit::{wait_for, RedisServer, TestServer};
-use tonic::transport::Channel;
+use tiercache_server::config::{Config, PolicyConfig};
+use tiercache_testkit::req::{self, duration as dur, fill};
+use tiercache_testkit::rpc::{self, CacheClient as Client};
+use tiercache_testkit::{wait_for, Fleet, FleetBuilder};
 
-type Client = CacheServiceClient<Channel>;
-
-/// Three replicas on one Redis, or one memory-only server reached through three channels.
-struct Fleet {
-    servers: Vec<TestServer>,
-    /// Three connected channels, round-robin over the servers, so connection set-up is not part
-    /// of any measured latency and no connection carries more than a third of the callers.
-    channels: Vec<Channel>,
-    _redis: Option<RedisServer>,
+/// Three replicas on one Redis, or one memory-only server; either way reached through three
+/// connected channels, so connection set-up is not part of any measured latency and no
+/// connection carries more than a third of the callers.
+async fn fleet(on_redis: bool) -> Fleet {
+    let builder = if on_redis {
+        FleetBuilder::redis(3)
+    } else {
+        FleetBuilder::memory()
+    };
+    builder.config(config()).channels(3).start().await
 }
 
-async fn connect(servers: &[TestServer]) -> Vec<Channel> {
-    let mut channels = Vec::new();
-    for i in 0..3 {
-        let endpoint = servers[i % servers.len()].endpoint();
-        channels.push(
-            tonic::transport::Endpoint::from_shared(endpoint)
-                .unwrap()
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .unwrap(),
-        );
-    }
-    channels
-}
-
-fn config(redis: Option<&RedisServer>) -> Config {
+fn config() -> Config {
     Config {
-        // Generous Redis timeouts: a loaded test machine must not trip degraded mode here.
-        redis: redis.map(|r| RedisConfig {
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(5),
-            ..RedisConfig::new(r.url())
-        }),
         defaults: PolicyConfig {
             lease_ttl: Some(Duration::from_secs(5)),
             ..PolicyConfig::default()
@@ -57,94 +35,21 @@ fn config(redis: Option<&RedisServer>) -> Config {
     }
 }
 
-impl Fleet {
-    async fn redis() -> Fleet {
-        let redis = RedisServer::start();
-        let mut servers = Vec::new();
-        for _ in 0..3 {
-            servers.push(TestServer::start(config(Some(&redis))).await);
-        }
-        Fleet {
-            channels: connect(&servers).await,
-            servers,
-            _redis: Some(redis),
-        }
+/// Sums a counter over every replica's stats for namespace `default`.
+async fn stat(fleet: &Fleet, f: fn(&pb::NamespaceStats) -> u64) -> u64 {
+    let mut total = 0;
+    for s in &fleet.servers {
+        let mut admin = AdminServiceClient::new(s.channel());
+        total += f(&rpc::stats(&mut admin, req::stats()).await);
     }
-
-    async fn memory() -> Fleet {
-        let servers = vec![TestServer::start(config(None)).await];
-        Fleet {
-            channels: connect(&servers).await,
-            servers,
-            _redis: None,
-        }
-    }
-
-    /// Client `i` (round-robin over the channels, so over the replicas).
-    fn client(&self, i: usize) -> Client {
-        CacheServiceClient::new(self.channels[i % self.channels.len()].clone())
-    }
-
-    fn locks(&self, i: usize) -> LockServiceClient<Channel> {
-        LockServiceClient::new(self.channels[i % self.channels.len()].clone())
-    }
-
-    /// Sums a counter over every replica's stats for namespace `default`.
-    async fn stat(&self, f: fn(&pb::NamespaceStats) -> u64) -> u64 {
-        let mut total = 0;
-        for s in &self.servers {
-            let r = AdminServiceClient::new(s.channel())
-                .get_stats(pb::GetStatsRequest {
-                    namespace: "default".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            total += f(&r.namespaces[0]);
-        }
-        total
-    }
+    total
 }
 
 fn gos(key: &str) -> pb::GetOrSetRequest {
     pb::GetOrSetRequest {
-        namespace: "default".into(),
-        key: key.into(),
-        max_wait: Some(prost_types::Duration {
-            seconds: 10,
-            nanos: 0,
-        }),
-        ..Default::default()
+        max_wait: dur(Duration::from_secs(10)),
+        ..req::get_or_set(key)
     }
-}
-
-fn fill(key: &str, token: &str, value: &str) -> pb::FillRequest {
-    pb::FillRequest {
-        namespace: "default".into(),
-        key: key.into(),
-        lease_token: token.into(),
-        value: Bytes::from(value.to_string()),
-        ..Default::default()
-    }
-}
-
-fn dur(d: Duration) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    })
-}
-
-/// Gives a lease back and returns what the server answered.
-async fn release(c: &mut Client, key: &str, token: impl Into<String>) -> pb::ReleaseLeaseResponse {
-    c.release_lease(pb::ReleaseLeaseRequest {
-        namespace: "default".into(),
-        key: key.into(),
-        lease_token: token.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
 }
 
 /// What one cache-aside caller saw.
@@ -201,7 +106,7 @@ async fn stampede(fleet: Fleet, label: &str, keys: usize, callers_per_key: usize
         for i in 0..callers_per_key {
             let key = format!("cold-{k}");
             tasks.push(tokio::spawn(cache_aside(
-                fleet.client(i),
+                fleet.cache(i),
                 key,
                 FILL_TIME,
                 origin.clone(),
@@ -224,15 +129,15 @@ async fn stampede(fleet: Fleet, label: &str, keys: usize, callers_per_key: usize
         keys as u64,
         "exactly one origin call per cold key"
     );
-    assert_eq!(fleet.stat(|s| s.leases_granted).await, keys as u64);
-    assert_eq!(fleet.stat(|s| s.fills).await, keys as u64);
+    assert_eq!(stat(&fleet, |s| s.leases_granted).await, keys as u64);
+    assert_eq!(stat(&fleet, |s| s.fills).await, keys as u64);
     waiters.sort();
     eprintln!(
         "stampede [{label}]: {keys} keys x {callers_per_key} callers on {} replica(s): \
          {} origin calls, {} leases; waiter latency minus fill time p50 {:?} p99 {:?} max {:?}",
         fleet.servers.len(),
         origin.load(Ordering::SeqCst),
-        fleet.stat(|s| s.leases_granted).await,
+        stat(&fleet, |s| s.leases_granted).await,
         percentile(&waiters, 0.5),
         percentile(&waiters, 0.99),
         waiters.last().unwrap()
@@ -240,19 +145,11 @@ async fn stampede(fleet: Fleet, label: &str, keys: usize, callers_per_key: usize
 }
 
 async fn lease_revoked_by_delete(fleet: Fleet) {
-    let mut c = fleet.client(0);
+    let mut c = fleet.cache(0);
     let r = c.get_or_set(gos("revoke")).await.unwrap().into_inner();
     assert_eq!(r.outcome(), pb::GetOrSetOutcome::Lease);
     let token = r.lease.unwrap().token;
-    fleet
-        .client(1)
-        .delete(pb::DeleteRequest {
-            namespace: "default".into(),
-            key: "revoke".into(),
-            if_version: None,
-        })
-        .await
-        .unwrap();
+    fleet.cache(1).delete(req::delete("revoke")).await.unwrap();
     let f = c
         .fill(fill("revoke", &token, "stale"))
         .await
@@ -267,41 +164,23 @@ async fn lease_revoked_by_delete(fleet: Fleet) {
     );
     // A Set revokes too.
     let token = r.lease.unwrap().token;
-    c.set(pb::SetRequest {
-        namespace: "default".into(),
-        key: "revoke".into(),
-        value: Bytes::from("set"),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    c.set(req::set("revoke", "set")).await.unwrap();
     let f = c
         .fill(fill("revoke", &token, "late"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(f.outcome(), pb::FillOutcome::LeaseRevoked);
-    let g = c
-        .get(pb::GetRequest {
-            namespace: "default".into(),
-            key: "revoke".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let g = c.get(req::get("revoke")).await.unwrap().into_inner();
     assert_eq!(g.entry.unwrap().value, Bytes::from("set"));
 }
 
 async fn inspect_shows_the_outstanding_lease(fleet: Fleet) {
-    let mut c = fleet.client(0);
+    let mut c = fleet.cache(0);
     let r = c.get_or_set(gos("inspected")).await.unwrap().into_inner();
     let token = r.lease.unwrap().token;
-    let mut admin = AdminServiceClient::new(fleet.channels[1].clone());
-    let inspect = || pb::InspectRequest {
-        namespace: "default".into(),
-        key: "inspected".into(),
-    };
+    let mut admin = fleet.admin(1);
+    let inspect = || req::inspect("inspected");
     let i = admin.inspect(inspect()).await.unwrap().into_inner();
     assert!(i.lease_held, "{i:?}");
     assert!(i.lease_remaining.unwrap().seconds <= 5);
@@ -321,7 +200,7 @@ async fn holder_vanishes(fleet: Fleet) {
     };
     // The first caller takes the lease and disappears with its connection.
     {
-        let mut c = fleet.client(0);
+        let mut c = fleet.cache(0);
         let r = c.get_or_set(req()).await.unwrap().into_inner();
         assert_eq!(r.outcome(), pb::GetOrSetOutcome::Lease);
     }
@@ -329,7 +208,7 @@ async fn holder_vanishes(fleet: Fleet) {
     let origin = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..12 {
-        let mut c = fleet.client(i);
+        let mut c = fleet.cache(i);
         let origin = origin.clone();
         let r = req();
         tasks.push(tokio::spawn(async move {
@@ -368,20 +247,20 @@ async fn holder_vanishes(fleet: Fleet) {
 }
 
 async fn release_promotes_a_waiter_and_caches_nothing(fleet: Fleet) {
-    let mut c = fleet.client(0);
+    let mut c = fleet.cache(0);
     let r = c.get_or_set(gos("fails")).await.unwrap().into_inner();
     let token = r.lease.unwrap().token;
-    let mut w = fleet.client(1);
+    let mut w = fleet.cache(1);
     let waiter =
         tokio::spawn(async move { w.get_or_set(gos("fails")).await.unwrap().into_inner() });
     // Make sure the waiter is waiting before the computation fails.
     wait_for(Duration::from_secs(5), Duration::from_millis(5), || async {
-        fleet.stat(|s| s.lease_waits).await >= 1
+        stat(&fleet, |s| s.lease_waits).await >= 1
     })
     .await
     .unwrap();
     let started = Instant::now();
-    let rel = release(&mut c, "fails", token.clone()).await;
+    let rel = rpc::release_lease(&mut c, req::release_lease("fails", &token)).await;
     assert_eq!(rel.outcome(), pb::ReleaseLeaseOutcome::Released);
     let promoted = waiter.await.unwrap();
     assert_eq!(
@@ -394,19 +273,16 @@ async fn release_promotes_a_waiter_and_caches_nothing(fleet: Fleet) {
         "promoted before the lease ttl"
     );
     // Releasing twice, or with a stale token, changes nothing.
-    let rel = release(&mut c, "fails", token).await;
+    let rel = rpc::release_lease(&mut c, req::release_lease("fails", &token)).await;
     assert_eq!(rel.outcome(), pb::ReleaseLeaseOutcome::NotHeld);
 }
 
 async fn stale_while_revalidate_and_fail_safe(fleet: Fleet) {
-    let mut c = fleet.client(0);
+    let mut c = fleet.cache(0);
     c.set(pb::SetRequest {
-        namespace: "default".into(),
-        key: "swr".into(),
-        value: Bytes::from("old"),
         ttl: dur(Duration::from_millis(150)),
         stale_ttl: dur(Duration::from_millis(1500)),
-        ..Default::default()
+        ..req::set("swr", "old")
     })
     .await
     .unwrap();
@@ -415,17 +291,15 @@ async fn stale_while_revalidate_and_fail_safe(fleet: Fleet) {
         refresh_stale: true,
         ..gos("swr")
     };
+    // The same read without taking the refresh lease.
+    let peek = || pb::GetOrSetRequest {
+        refresh_stale: false,
+        ..swr()
+    };
     wait_for(Duration::from_secs(5), Duration::from_millis(5), || {
         let mut c = c.clone();
         async move {
-            let r = c
-                .get_or_set(pb::GetOrSetRequest {
-                    refresh_stale: false,
-                    ..swr()
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let r = c.get_or_set(peek()).await.unwrap().into_inner();
             r.entry.is_some_and(|e| e.stale)
         }
     })
@@ -436,7 +310,7 @@ async fn stale_while_revalidate_and_fail_safe(fleet: Fleet) {
     // exactly one refresh lease.
     let mut tasks = Vec::new();
     for i in 0..100 {
-        let mut c = fleet.client(i);
+        let mut c = fleet.cache(i);
         let r = swr();
         tasks.push(tokio::spawn(async move {
             c.get_or_set(r).await.unwrap().into_inner()
@@ -458,28 +332,22 @@ async fn stale_while_revalidate_and_fail_safe(fleet: Fleet) {
 
     // Fail-safe: the refresh fails; the stale value keeps serving, and the next reader may take
     // the refresh lease again.
-    release(&mut c, "swr", leases.pop().unwrap()).await;
+    rpc::release_lease(&mut c, req::release_lease("swr", &leases.pop().unwrap())).await;
     let r = c.get_or_set(swr()).await.unwrap().into_inner();
     assert_eq!(r.entry.as_ref().unwrap().value, Bytes::from("old"));
     let refresh = r
         .lease
         .expect("a new refresh lease after the failed one")
         .token;
-    release(&mut c, "swr", refresh).await;
+    rpc::release_lease(&mut c, req::release_lease("swr", &refresh)).await;
     // When the stale window ends the entry is gone: a miss with a lease.
     wait_for(Duration::from_secs(5), Duration::from_millis(10), || {
         let mut c = c.clone();
         async move {
-            let r = c
-                .get_or_set(pb::GetOrSetRequest {
-                    refresh_stale: false,
-                    ..swr()
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let r = c.get_or_set(peek()).await.unwrap().into_inner();
             if r.outcome() == pb::GetOrSetOutcome::Lease {
-                release(&mut c, "swr", r.lease.unwrap().token).await;
+                rpc::release_lease(&mut c, req::release_lease("swr", &r.lease.unwrap().token))
+                    .await;
                 return true;
             }
             assert_eq!(
@@ -506,7 +374,7 @@ async fn stale_while_revalidate_and_fail_safe(fleet: Fleet) {
 }
 
 async fn negative_caching(fleet: Fleet) {
-    let mut c = fleet.client(0);
+    let mut c = fleet.cache(0);
     let r = c.get_or_set(gos("nobody")).await.unwrap().into_inner();
     let f = c
         .fill(pb::FillRequest {
@@ -519,7 +387,7 @@ async fn negative_caching(fleet: Fleet) {
         .into_inner();
     assert_eq!(f.outcome(), pb::FillOutcome::Stored);
     let r = fleet
-        .client(1)
+        .cache(1)
         .get_or_set(gos("nobody"))
         .await
         .unwrap()
@@ -534,7 +402,7 @@ async fn negative_caching(fleet: Fleet) {
 }
 
 async fn wait_bound_is_honoured(fleet: Fleet) {
-    let mut c = fleet.client(0);
+    let mut c = fleet.cache(0);
     let r = c.get_or_set(gos("slow")).await.unwrap().into_inner();
     assert_eq!(r.outcome(), pb::GetOrSetOutcome::Lease);
     let bounded = pb::GetOrSetRequest {
@@ -543,7 +411,7 @@ async fn wait_bound_is_honoured(fleet: Fleet) {
     };
     let start = Instant::now();
     let r = fleet
-        .client(1)
+        .cache(1)
         .get_or_set(bounded.clone())
         .await
         .unwrap()
@@ -551,7 +419,7 @@ async fn wait_bound_is_honoured(fleet: Fleet) {
     assert_eq!(r.outcome(), pb::GetOrSetOutcome::Compute);
     assert!(start.elapsed() >= Duration::from_millis(200));
     let err = fleet
-        .client(2)
+        .cache(2)
         .get_or_set(pb::GetOrSetRequest {
             on_wait_timeout: pb::WaitTimeoutAction::Unavailable as i32,
             ..bounded
@@ -565,21 +433,14 @@ async fn wait_bound_is_honoured(fleet: Fleet) {
     let mut req = tonic::Request::new(gos("slow"));
     req.set_timeout(Duration::from_secs(1));
     let start = Instant::now();
-    let r = fleet.client(1).get_or_set(req).await.unwrap().into_inner();
+    let r = fleet.cache(1).get_or_set(req).await.unwrap().into_inner();
     assert_eq!(r.outcome(), pb::GetOrSetOutcome::Compute);
     assert!(start.elapsed() < Duration::from_secs(1));
 }
 
 async fn get_or_set_many_batches(fleet: Fleet) {
-    let mut c = fleet.client(0);
-    c.set(pb::SetRequest {
-        namespace: "default".into(),
-        key: "b1".into(),
-        value: Bytes::from("present"),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut c = fleet.cache(0);
+    c.set(req::set("b1", "present")).await.unwrap();
     let r = c
         .get_or_set_many(pb::GetOrSetManyRequest {
             namespace: "default".into(),
@@ -618,7 +479,7 @@ async fn get_or_set_many_batches(fleet: Fleet) {
         .iter()
         .all(|r| r.outcome() == pb::FillOutcome::Stored));
     let r = fleet
-        .client(1)
+        .cache(1)
         .get_or_set_many(pb::GetOrSetManyRequest {
             namespace: "default".into(),
             keys: vec!["b1".into(), "b2".into(), "b3".into()],
@@ -654,12 +515,11 @@ async fn locks_serialize_holders(fleet: Fleet) {
         let intervals = intervals.clone();
         tasks.push(tokio::spawn(async move {
             let g = l
-                .acquire_lock(pb::AcquireLockRequest {
-                    namespace: "default".into(),
-                    name: "counter".into(),
-                    ttl: dur(Duration::from_secs(10)),
-                    max_wait: dur(Duration::from_secs(30)),
-                })
+                .acquire_lock(req::acquire_lock(
+                    "counter",
+                    Duration::from_secs(10),
+                    Duration::from_secs(30),
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -671,11 +531,7 @@ async fn locks_serialize_holders(fleet: Fleet) {
             let end = Instant::now();
             intervals.lock().push((g.fencing_token, start, end));
             let r = l
-                .release_lock(pb::ReleaseLockRequest {
-                    namespace: "default".into(),
-                    name: "counter".into(),
-                    owner_token: g.owner_token,
-                })
+                .release_lock(req::release_lock("counter", &g.owner_token))
                 .await
                 .unwrap()
                 .into_inner();
@@ -701,12 +557,7 @@ async fn locks_serialize_holders(fleet: Fleet) {
     // A holder that never releases expires; the next acquirer proceeds, and the late release
     // or renew of the expired holder changes nothing.
     let mut l = fleet.locks(0);
-    let acquire = |ttl: Duration, wait: Duration| pb::AcquireLockRequest {
-        namespace: "default".into(),
-        name: "stuck".into(),
-        ttl: dur(ttl),
-        max_wait: dur(wait),
-    };
+    let acquire = |ttl: Duration, wait: Duration| req::acquire_lock("stuck", ttl, wait);
     let first = l
         .acquire_lock(acquire(Duration::from_millis(300), Duration::ZERO))
         .await
@@ -729,22 +580,17 @@ async fn locks_serialize_holders(fleet: Fleet) {
     assert_eq!(second.outcome(), pb::AcquireLockOutcome::Acquired);
     assert!(second.fencing_token > first.fencing_token);
     let late = l
-        .release_lock(pb::ReleaseLockRequest {
-            namespace: "default".into(),
-            name: "stuck".into(),
-            owner_token: first.owner_token.clone(),
-        })
+        .release_lock(req::release_lock("stuck", &first.owner_token))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(late.outcome(), pb::LockOwnershipOutcome::NotHeld);
     let renew = l
-        .renew_lock(pb::RenewLockRequest {
-            namespace: "default".into(),
-            name: "stuck".into(),
-            owner_token: first.owner_token,
-            ttl: dur(Duration::from_secs(5)),
-        })
+        .renew_lock(req::renew_lock(
+            "stuck",
+            &first.owner_token,
+            Duration::from_secs(5),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -752,12 +598,11 @@ async fn locks_serialize_holders(fleet: Fleet) {
     // The rightful owner can renew.
     let renew = fleet
         .locks(2)
-        .renew_lock(pb::RenewLockRequest {
-            namespace: "default".into(),
-            name: "stuck".into(),
-            owner_token: second.owner_token,
-            ttl: dur(Duration::from_secs(5)),
-        })
+        .renew_lock(req::renew_lock(
+            "stuck",
+            &second.owner_token,
+            Duration::from_secs(5),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -786,11 +631,11 @@ macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod redis_replicas {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Fleet::redis().await).await } )*
+               async fn $name() { super::$name(super::fleet(true).await).await } )*
         }
         mod memory_only {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(super::Fleet::memory().await).await } )*
+               async fn $name() { super::$name(super::fleet(false).await).await } )*
         }
     };
 }
@@ -811,17 +656,15 @@ contract!(
 
 #[tokio::test]
 async fn locks_are_unavailable_while_redis_is_down() {
-    let mut redis = RedisServer::start();
-    let server = TestServer::start(config(Some(&redis))).await;
-    let mut l = LockServiceClient::new(server.channel());
-    redis.stop();
+    let mut fleet = FleetBuilder::redis(1).config(config()).start().await;
+    let mut l = fleet.locks(0);
+    fleet.redis.as_mut().unwrap().stop();
     let err = l
-        .acquire_lock(pb::AcquireLockRequest {
-            namespace: "default".into(),
-            name: "x".into(),
-            ttl: dur(Duration::from_secs(1)),
-            max_wait: dur(Duration::ZERO),
-        })
+        .acquire_lock(req::acquire_lock(
+            "x",
+            Duration::from_secs(1),
+            Duration::ZERO,
+        ))
         .await
         .unwrap_err();
     assert_eq!(

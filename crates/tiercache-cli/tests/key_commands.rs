@@ -1,17 +1,9 @@
-//! get/set/del/stats against a real `tiercache serve` child process.
-//!
-//! These need the CacheService and AdminService implementations: against the skeleton server
-//! every call answers UNIMPLEMENTED and the commands exit 3. `usage_errors_exit_2` passes now.
+//! The commands on keys (get, set, del) and stats against a real `tiercache serve` child
+//! process, and the usage errors (exit 2) of the command line.
 
 mod common;
 
-use common::{assert_exit, run, run_with_stdin, stderr, stdout, ServerProcess};
-use serde_json::Value;
-
-fn json(o: &std::process::Output) -> Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)))
-}
+use common::{assert_exit, json, run, run_with_stdin, stderr, stdout, ServerProcess};
 
 #[test]
 fn usage_errors_exit_2() {

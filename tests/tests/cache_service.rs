@@ -1,59 +1,27 @@
-//! End-to-end tests over real gRPC: replicas sharing a real Redis, bad input, the Pipeline stream.
+//! The CacheService over real gRPC: replicas sharing a real Redis (writes, deletes and tags seen
+//! across replicas, a dropped subscription), bad input, conditional reads, the Pipeline stream.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::admin_service_client::AdminServiceClient;
 use tiercache_proto::v1::cache_service_client::CacheServiceClient;
 use tiercache_server::config::Config;
-use tiercache_testkit::{wait_for, RedisServer, TestServer};
+use tiercache_testkit::rpc::{self, AdminClient, CacheClient};
+use tiercache_testkit::{req, wait_for, Fleet, RedisServer, TestServer};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-type Client = CacheServiceClient<Channel>;
-
-async fn replica(redis: &RedisServer) -> TestServer {
-    TestServer::with_redis(&redis.url()).await
-}
-
-fn set_req(key: &str, value: &str) -> pb::SetRequest {
-    pb::SetRequest {
-        namespace: "default".into(),
-        key: key.into(),
-        value: Bytes::from(value.to_string()),
-        ..Default::default()
-    }
-}
-
-fn get_req(key: &str) -> pb::GetRequest {
-    pb::GetRequest {
-        namespace: "default".into(),
-        key: key.into(),
-        ..Default::default()
-    }
-}
-
 /// Returns the value and the tier that answered, or `None` on a miss.
-async fn get(c: &mut Client, key: &str) -> Option<(String, pb::Tier)> {
-    let r = c.get(get_req(key)).await.unwrap().into_inner();
-    match r.outcome() {
-        pb::GetOutcome::Hit => {
-            let e = r.entry.unwrap();
-            Some((String::from_utf8(e.value.to_vec()).unwrap(), e.tier()))
-        }
-        pb::GetOutcome::Miss => None,
-        o => panic!("unexpected outcome {o:?}"),
-    }
+async fn get(c: &mut CacheClient, key: &str) -> Option<(String, pb::Tier)> {
+    let entry = rpc::get(c, req::get(key)).await?;
+    Some((rpc::text(&entry), entry.tier()))
 }
 
-async fn set(c: &mut Client, key: &str, value: &str) -> u64 {
-    let r = c.set(set_req(key, value)).await.unwrap().into_inner();
-    assert_eq!(r.outcome(), pb::SetOutcome::Stored);
-    r.version
+async fn set(c: &mut CacheClient, key: &str, value: &str) -> u64 {
+    rpc::set(c, req::set(key, value)).await
 }
 
 const BOUND: Duration = Duration::from_secs(5);
@@ -61,10 +29,8 @@ const POLL: Duration = Duration::from_millis(5);
 
 #[tokio::test]
 async fn replicas_share_writes_and_drop_stale_l1_copies() {
-    let redis = RedisServer::start();
-    let (a, b) = (replica(&redis).await, replica(&redis).await);
-    let mut ca = CacheServiceClient::new(a.channel());
-    let mut cb = CacheServiceClient::new(b.channel());
+    let fleet = Fleet::redis(2).await;
+    let (mut ca, mut cb) = (fleet.cache(0), fleet.cache(1));
 
     set(&mut ca, "k", "v1").await;
     // B reads it from Redis, then from its own L1.
@@ -82,16 +48,10 @@ async fn replicas_share_writes_and_drop_stale_l1_copies() {
 
     // So does a delete.
     assert_eq!(get(&mut cb, "k").await.unwrap().0, "v2");
-    let r = ca
-        .delete(pb::DeleteRequest {
-            namespace: "default".into(),
-            key: "k".into(),
-            if_version: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.outcome(), pb::DeleteOutcome::Deleted);
+    assert_eq!(
+        rpc::delete(&mut ca, req::delete("k")).await,
+        pb::DeleteOutcome::Deleted
+    );
     wait_for(BOUND, POLL, || {
         let mut cb = cb.clone();
         async move { get(&mut cb, "k").await.is_none() }
@@ -100,17 +60,14 @@ async fn replicas_share_writes_and_drop_stale_l1_copies() {
     .expect("B stops serving a deleted key");
 
     // Tag invalidation on A hides B's L1 copy.
-    let mut tagged = set_req("t", "tagged");
-    tagged.tags = vec!["user:42".into()];
+    let tagged = pb::SetRequest {
+        tags: req::tags(&["user:42"]),
+        ..req::set("t", "tagged")
+    };
     ca.set(tagged).await.unwrap();
     get(&mut cb, "t").await.unwrap();
     assert_eq!(get(&mut cb, "t").await.unwrap().1, pb::Tier::L1);
-    ca.invalidate_tags(pb::InvalidateTagsRequest {
-        namespace: "default".into(),
-        tags: vec!["user:42".into()],
-    })
-    .await
-    .unwrap();
+    rpc::invalidate_tags(&mut ca, req::invalidate_tags(&["user:42"])).await;
     wait_for(BOUND, POLL, || {
         let mut cb = cb.clone();
         async move { get(&mut cb, "t").await.is_none() }
@@ -119,24 +76,15 @@ async fn replicas_share_writes_and_drop_stale_l1_copies() {
     .expect("B hides the tagged entry");
 }
 
-async fn l1_clears(admin: &mut AdminServiceClient<Channel>) -> u64 {
-    let s = admin
-        .get_stats(pb::GetStatsRequest {
-            namespace: "default".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    s.namespaces[0].l1_clears
+async fn l1_clears(admin: &mut AdminClient) -> u64 {
+    rpc::stats(admin, req::stats()).await.l1_clears
 }
 
 #[tokio::test]
 async fn dropped_subscription_clears_l1_instead_of_serving_missed_writes() {
-    let redis = RedisServer::start();
-    let (a, b) = (replica(&redis).await, replica(&redis).await);
-    let mut ca = CacheServiceClient::new(a.channel());
-    let mut cb = CacheServiceClient::new(b.channel());
-    let mut admin_b = AdminServiceClient::new(b.channel());
+    let fleet = Fleet::redis(2).await;
+    let (mut ca, mut cb) = (fleet.cache(0), fleet.cache(1));
+    let mut admin_b = fleet.admin(1);
 
     set(&mut ca, "k", "old").await;
     get(&mut cb, "k").await.unwrap();
@@ -145,18 +93,7 @@ async fn dropped_subscription_clears_l1_instead_of_serving_missed_writes() {
 
     // Kill every subscriber connection (both replicas' event subscriptions), then write on A
     // straight away: B may never see that event.
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let killed = fleet.redis_server().kill_pubsub_clients().await;
     assert!(
         killed >= 2,
         "both replicas were subscribed, killed {killed}"
@@ -210,85 +147,85 @@ async fn bad_input_is_rejected_naming_the_field() {
     let mut c = CacheServiceClient::new(server.channel());
     let big_value = Bytes::from(vec![0u8; 1024 * 1024 + 1]);
     let cases: Vec<(&str, pb::SetRequest)> = vec![
-        ("key", set_req("", "v")),
-        ("key", set_req(&"k".repeat(1025), "v")),
-        ("key", set_req("a\nb", "v")),
-        ("key", set_req("nul\0", "v")),
+        ("key", req::set("", "v")),
+        ("key", req::set(&"k".repeat(1025), "v")),
+        ("key", req::set("a\nb", "v")),
+        ("key", req::set("nul\0", "v")),
         (
             "namespace",
             pb::SetRequest {
                 namespace: "Bad".into(),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "namespace",
             pb::SetRequest {
                 namespace: "".into(),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "namespace",
             pb::SetRequest {
                 namespace: "a:b".into(),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "namespace",
             pb::SetRequest {
                 namespace: "x".repeat(65),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "value",
             pb::SetRequest {
                 value: big_value,
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "ttl",
             pb::SetRequest {
                 ttl: dur(-1, 0),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "ttl",
             pb::SetRequest {
                 ttl: dur(0, 0),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "ttl",
             pb::SetRequest {
                 ttl: dur(i64::MAX, 999_999_999),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "stale_ttl",
             pb::SetRequest {
                 stale_ttl: dur(0, -5),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "tags[0]",
             pb::SetRequest {
                 tags: vec!["".into()],
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
         (
             "tags",
             pb::SetRequest {
                 tags: (0..17).map(|i| format!("t{i}")).collect(),
-                ..set_req("k", "v")
+                ..req::set("k", "v")
             },
         ),
     ];
@@ -317,7 +254,7 @@ async fn bad_input_is_rejected_naming_the_field() {
     assert_eq!(violation(&err), "keys[1]");
     let err = c
         .set_many(pb::SetManyRequest {
-            requests: vec![set_req("ok", "v"), set_req("", "v")],
+            requests: vec![req::set("ok", "v"), req::set("", "v")],
         })
         .await
         .unwrap_err();
@@ -329,7 +266,7 @@ async fn bad_input_is_rejected_naming_the_field() {
         .await
         .unwrap_err();
     assert_eq!(violation(&err), "requests");
-    let err = c.get(get_req("")).await.unwrap_err();
+    let err = c.get(req::get("")).await.unwrap_err();
     assert_eq!(violation(&err), "key");
 
     // The server keeps serving.
@@ -348,7 +285,7 @@ async fn unknown_namespace_is_not_found_without_dynamic_namespaces() {
     let err = c
         .get(pb::GetRequest {
             namespace: "nope".into(),
-            ..get_req("k")
+            ..req::get("k")
         })
         .await
         .unwrap_err();
@@ -368,7 +305,7 @@ async fn get_if_version_not_answers_not_modified_without_the_value() {
     let r = c
         .get(pb::GetRequest {
             if_version_not: Some(v),
-            ..get_req("etag")
+            ..req::get("etag")
         })
         .await
         .unwrap()
@@ -380,7 +317,7 @@ async fn get_if_version_not_answers_not_modified_without_the_value() {
     let r = c
         .get(pb::GetRequest {
             if_version_not: Some(v - 1),
-            ..get_req("etag")
+            ..req::get("etag")
         })
         .await
         .unwrap()
@@ -396,9 +333,9 @@ async fn pipeline_10k(server: &TestServer) -> usize {
     let requests = (0..N).map(|id| {
         let key = format!("p{}", id % 500);
         let operation = match id % 4 {
-            0 => pb::pipeline_request::Operation::Set(set_req(&key, &format!("v{id}"))),
-            3 if id % 400 == 3 => pb::pipeline_request::Operation::Get(get_req("")),
-            _ => pb::pipeline_request::Operation::Get(get_req(&key)),
+            0 => pb::pipeline_request::Operation::Set(req::set(&key, &format!("v{id}"))),
+            3 if id % 400 == 3 => pb::pipeline_request::Operation::Get(req::get("")),
+            _ => pb::pipeline_request::Operation::Get(req::get(&key)),
         };
         pb::PipelineRequest {
             id,
@@ -446,7 +383,7 @@ async fn pipeline_answers_10k_requests_by_id_memory() {
 #[tokio::test]
 async fn pipeline_answers_10k_requests_by_id_redis() {
     let redis = RedisServer::start();
-    let reordered = pipeline_10k(&replica(&redis).await).await;
+    let reordered = pipeline_10k(&TestServer::with_redis(&redis.url()).await).await;
     // Redis round trips finish in any order; the stream must not serialize them.
     assert!(reordered > 0, "replies were answered strictly in order");
 }
@@ -454,7 +391,7 @@ async fn pipeline_answers_10k_requests_by_id_redis() {
 #[tokio::test]
 async fn graceful_shutdown_completes() {
     let redis = RedisServer::start();
-    let server = replica(&redis).await;
+    let server = TestServer::with_redis(&redis.url()).await;
     let mut c = CacheServiceClient::new(server.channel());
     set(&mut c, "k", "v").await;
     server.shutdown().await.expect("clean shutdown");
