@@ -4,9 +4,9 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+from servers import Cluster
 
 import tiercache
-from servers import Cluster
 
 _ids = itertools.count()
 
