@@ -6,6 +6,7 @@
 #   make lint    rustfmt check, clippy, buf lint and buf format check
 #   make fmt     format Rust and proto files in place
 #   make nextest / make deny   single steps of `make test`
+#   make python  the Python SDK: generated code current, ruff, mypy, pytest (sdks/python)
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes)
 
 SHELL := bash
@@ -30,7 +31,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench python
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -39,6 +40,7 @@ test:
 	$(call step,setup)
 	$(call step,lint)
 	$(call step,nextest)
+	$(call step,python)
 	$(call step,deny)
 
 setup:
@@ -66,6 +68,11 @@ buf-lint:
 
 nextest:
 	cargo nextest run --workspace $(LOCKED) --profile $(NEXTEST_PROFILE)
+
+# The Python SDK's tests run the debug server binary against their own redis-server processes.
+python:
+	cargo build -p tiercache-cli $(LOCKED)
+	bash sdks/python/check.sh
 
 # cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
 # (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the

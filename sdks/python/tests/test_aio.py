@@ -124,7 +124,7 @@ async def test_cached_coroutine(aclients: list[tiercache.aio.Client], key: str) 
         await asyncio.sleep(0.05)
         return {"id": user_id}
 
-    assert await asyncio.gather(load_user(1), load_user(1), load_user(2)) == [
+    assert list(await asyncio.gather(load_user(1), load_user(1), load_user(2))) == [
         {"id": 1},
         {"id": 1},
         {"id": 2},

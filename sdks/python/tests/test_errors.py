@@ -137,9 +137,11 @@ def test_resource_exhausted_past_the_namespace_limit(tmp_path: object) -> None:
 
 def test_deadline_exceeded(clients: list[tiercache.Client], cluster: Cluster) -> None:
     # The client's own deadline (the server sees it as grpc-timeout).
-    with tiercache.Client(cluster.replicas[0].address, timeout=0.000_001) as c:
-        with pytest.raises(tiercache.DeadlineExceeded) as e:
-            c.namespace("users").get("k")
+    with (
+        tiercache.Client(cluster.replicas[0].address, timeout=0.000_001) as c,
+        pytest.raises(tiercache.DeadlineExceeded) as e,
+    ):
+        c.namespace("users").get("k")
     assert e.value.retryable
 
 
@@ -186,9 +188,11 @@ def test_unauthenticated_and_permission_denied(refusing_server: str) -> None:
     with tiercache.Client(refusing_server) as c, pytest.raises(tiercache.Unauthenticated) as e1:
         c.namespace("users").get("k")
     assert e1.value.reason == "NO_TOKEN"
-    with tiercache.Client(refusing_server, token="good") as c:
-        with pytest.raises(tiercache.PermissionDenied) as e2:
-            c.namespace("users").get("k")
+    with (
+        tiercache.Client(refusing_server, token="good") as c,
+        pytest.raises(tiercache.PermissionDenied) as e2,
+    ):
+        c.namespace("users").get("k")
     assert e2.value.reason == "NOT_ALLOWED"
 
 

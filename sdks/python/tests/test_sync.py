@@ -216,7 +216,7 @@ def test_cached_decorator(clients: list[tiercache.Client], key: str) -> None:
         pass
 
     with pytest.raises(TypeError):
-        ns.cached()(coro)  # type: ignore[arg-type]
+        ns.cached()(coro)
 
 
 def test_invalidate_tags_and_flush(clients: list[tiercache.Client], key: str) -> None:

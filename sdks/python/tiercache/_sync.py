@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import grpc
 
@@ -103,13 +103,23 @@ class Client:
             response_deserializer=lambda b: b,
         )
 
+    @overload
+    def namespace(
+        self, name: str, *, near_cache: bool | NearCacheConfig = False
+    ) -> Namespace[bytes]: ...
+
+    @overload
+    def namespace(
+        self, name: str, serializer: Serializer[T], *, near_cache: bool | NearCacheConfig = False
+    ) -> Namespace[T]: ...
+
     def namespace(
         self,
         name: str,
-        serializer: Serializer[T] = BYTES,  # type: ignore[assignment]
+        serializer: Serializer[Any] = BYTES,
         *,
         near_cache: bool | NearCacheConfig = False,
-    ) -> Namespace[T]:
+    ) -> Namespace[Any]:
         """A handle on one namespace; values go through ``serializer`` (BYTES, STR, JSON…).
 
         ``near_cache=True`` (or a `NearCacheConfig`) keeps fresh entries in this process, kept

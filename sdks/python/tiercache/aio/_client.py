@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import grpc
 import grpc.aio
@@ -98,13 +98,23 @@ class Client:
             response_deserializer=lambda b: b,
         )
 
+    @overload
+    def namespace(
+        self, name: str, *, near_cache: bool | NearCacheConfig = False
+    ) -> Namespace[bytes]: ...
+
+    @overload
+    def namespace(
+        self, name: str, serializer: Serializer[T], *, near_cache: bool | NearCacheConfig = False
+    ) -> Namespace[T]: ...
+
     def namespace(
         self,
         name: str,
-        serializer: Serializer[T] = BYTES,  # type: ignore[assignment]
+        serializer: Serializer[Any] = BYTES,
         *,
         near_cache: bool | NearCacheConfig = False,
-    ) -> Namespace[T]:
+    ) -> Namespace[Any]:
         return Namespace(self, name, serializer, near_cache)
 
     async def stats(self, namespace: str = "") -> admin_pb2.GetStatsResponse:
