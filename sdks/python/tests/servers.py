@@ -141,7 +141,7 @@ class Cluster:
         self.workdir = Path(tempfile.mkdtemp(prefix="tiercache-py-"))
         self.redis = Redis(self.workdir)
         self.replicas = [Server(self.workdir, self.redis.url) for _ in range(2)]
-        self.memory = Server(self.workdir, None, dynamic=False)
+        self.memory = Server(self.workdir, None)
 
     def stop(self) -> None:
         for s in [*self.replicas, self.memory]:

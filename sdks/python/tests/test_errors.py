@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -111,10 +112,8 @@ def test_data_loss_for_a_corrupt_stored_entry(
     assert e.value.reason == "CORRUPT_ENTRY"
 
 
-def test_resource_exhausted_past_the_namespace_limit(tmp_path: object) -> None:
-    from pathlib import Path
-
-    server = Server(Path(str(tmp_path)), None)
+def test_resource_exhausted_past_the_namespace_limit(tmp_path: Path) -> None:
+    server = Server(tmp_path, None)
     try:
 
         async def fill() -> tiercache.ResourceExhausted:
