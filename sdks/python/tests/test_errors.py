@@ -33,9 +33,13 @@ def test_invalid_argument_names_the_field(clients: list[tiercache.Client]) -> No
     assert e.value.field == "value"
 
 
-def test_not_found_for_an_unlisted_namespace(cluster: Cluster) -> None:
-    with tiercache.Client(cluster.memory.address) as c, pytest.raises(tiercache.NotFound) as e:
-        c.namespace("nope").get("k")
+def test_not_found_for_an_unlisted_namespace(tmp_path: Path) -> None:
+    strict = Server(tmp_path, None, dynamic=False)
+    try:
+        with tiercache.Client(strict.address) as c, pytest.raises(tiercache.NotFound) as e:
+            c.namespace("nope").get("k")
+    finally:
+        strict.stop()
     assert e.value.reason == "NAMESPACE_NOT_FOUND"
     assert e.value.code == grpc.StatusCode.NOT_FOUND
 
