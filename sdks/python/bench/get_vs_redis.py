@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from servers import Redis, Server  # noqa: E402
 
 import tiercache  # noqa: E402
+from tiercache._proto.v1 import cache_pb2  # noqa: E402
 
 
 def run(label: str, read: object, keys: list[str], seconds: float) -> float:
@@ -77,7 +78,17 @@ def main() -> None:
         )
         tc = run("tiercache Client.get", ns.get, keys, args.seconds)
         rd = run("redis-py GET", direct.get, keys, args.seconds)
-        print(f"ratio tiercache/redis-py: {tc / rd:.2f}")
+        # The bare generated stub: what grpcio itself costs, without the SDK's layer.
+        stub = client.cache.Get
+        raw = run(
+            "grpcio stub Get (no SDK)",
+            lambda k: stub(cache_pb2.GetRequest(namespace="default", key=k), timeout=10),
+            keys,
+            args.seconds,
+        )
+        print(
+            f"ratio tiercache/redis-py: {tc / rd:.2f}  (bare grpcio stub/redis-py: {raw / rd:.2f})"
+        )
         client.close()
     finally:
         server.stop()
