@@ -21,8 +21,9 @@ from tiercache._common import (
     SetResult,
     WatchEvent,
 )
+from tiercache._lock import Lock
 from tiercache._near import NearCacheConfig
-from tiercache._sync import Client, Lock, Namespace, Watch
+from tiercache._sync import Client, Namespace, Watch
 from tiercache.errors import (
     Cancelled,
     DataLoss,

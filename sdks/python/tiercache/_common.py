@@ -17,6 +17,11 @@ from tiercache.errors import UnexpectedResponse
 
 T = TypeVar("T")
 
+DEFAULT_TIMEOUT = 10.0
+"""Seconds every call may take unless the client says otherwise."""
+DEFAULT_LOCK_WAIT = 10.0
+"""Seconds `lock` waits for a held lock."""
+
 Seconds = float | int | timedelta
 """A duration: seconds (int or float) or a `datetime.timedelta`."""
 
@@ -396,3 +401,30 @@ try:  # opentelemetry-api is optional: without it no trace context is sent.
     from opentelemetry import propagate as _propagate
 except ImportError:  # pragma: no cover
     _propagate = None
+
+
+def target_of(address: str) -> str:
+    for scheme in ("http://", "https://"):
+        if address.startswith(scheme):
+            return address[len(scheme) :]
+    return address
+
+
+def sort_many(
+    resp: cache_pb2.GetOrSetManyResponse, keys: list[str], ser: Serializer[T]
+) -> tuple[list[T | None], list[tuple[int, str | None]]]:
+    """The values known now, and the (index, lease token or None) pairs this caller computes."""
+    out: list[T | None] = [None] * len(keys)
+    compute: list[tuple[int, str | None]] = []
+    for i, r in enumerate(resp.results):
+        if r.outcome in (cache_pb2.GET_OR_SET_OUTCOME_HIT, cache_pb2.GET_OR_SET_OUTCOME_FILLED):
+            out[i] = value_of(r.entry, ser)
+            if r.HasField("lease"):
+                compute.append((i, r.lease.token))
+        elif r.outcome == cache_pb2.GET_OR_SET_OUTCOME_LEASE:
+            compute.append((i, r.lease.token))
+        elif r.outcome == cache_pb2.GET_OR_SET_OUTCOME_COMPUTE:
+            compute.append((i, None))
+        else:
+            raise unknown_outcome("get_or_set_many", r.outcome)
+    return out, compute

@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import grpc
@@ -28,18 +27,17 @@ from tiercache._common import (
     SetResult,
     WatchEvent,
 )
+from tiercache._lock import Lock
 from tiercache._near import NearCache, NearCacheConfig
 from tiercache._proto.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     cache_pb2,
     cache_pb2_grpc,
-    lock_pb2,
     lock_pb2_grpc,
 )
 from tiercache.errors import (
     DeadlineExceeded,
-    LockNotAcquired,
     TiercacheError,
     Unavailable,
     from_rpc_error,
@@ -50,17 +48,6 @@ log = logging.getLogger("tiercache")
 T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
-
-DEFAULT_TIMEOUT = 10.0
-"""Seconds every call may take unless the client says otherwise."""
-DEFAULT_LOCK_WAIT = 10.0
-
-
-def target_of(address: str) -> str:
-    for scheme in ("http://", "https://"):
-        if address.startswith(scheme):
-            return address[len(scheme) :]
-    return address
 
 
 class Client:
@@ -78,11 +65,11 @@ class Client:
         *,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
+        timeout: float | None = c.DEFAULT_TIMEOUT,
         retries: int | RetryPolicy = 2,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        target = target_of(address)
+        target = c.target_of(address)
         opts = list(options)
         if tls is False and not address.startswith("https://"):
             self._channel = grpc.insecure_channel(target, options=opts)
@@ -427,7 +414,7 @@ class Namespace(Generic[T]):
             False,
             wait=wait,
         )
-        out, compute = sort_many(resp, keys, self.serializer)
+        out, compute = c.sort_many(resp, keys, self.serializer)
         if not compute:
             return out
         try:
@@ -518,7 +505,9 @@ class Namespace(Generic[T]):
 
     # --- locks and watch -------------------------------------------------------------------
 
-    def lock(self, name: str, ttl: Seconds = 10, *, max_wait: Seconds = DEFAULT_LOCK_WAIT) -> Lock:
+    def lock(
+        self, name: str, ttl: Seconds = 10, *, max_wait: Seconds = c.DEFAULT_LOCK_WAIT
+    ) -> Lock:
         """A distributed lock: ``with ns.lock("nightly", ttl=10) as lock: lock.fencing_token``.
 
         Entering waits up to ``max_wait`` and raises `LockNotAcquired` when another owner kept
@@ -559,26 +548,6 @@ class Namespace(Generic[T]):
             self._watch.close()
 
 
-def sort_many(
-    resp: cache_pb2.GetOrSetManyResponse, keys: list[str], ser: Serializer[T]
-) -> tuple[list[T | None], list[tuple[int, str | None]]]:
-    """The values known now, and the (index, lease token or None) pairs this caller computes."""
-    out: list[T | None] = [None] * len(keys)
-    compute: list[tuple[int, str | None]] = []
-    for i, r in enumerate(resp.results):
-        if r.outcome in (cache_pb2.GET_OR_SET_OUTCOME_HIT, cache_pb2.GET_OR_SET_OUTCOME_FILLED):
-            out[i] = c.value_of(r.entry, ser)
-            if r.HasField("lease"):
-                compute.append((i, r.lease.token))
-        elif r.outcome == cache_pb2.GET_OR_SET_OUTCOME_LEASE:
-            compute.append((i, r.lease.token))
-        elif r.outcome == cache_pb2.GET_OR_SET_OUTCOME_COMPUTE:
-            compute.append((i, None))
-        else:
-            raise c.unknown_outcome("get_or_set_many", r.outcome)
-    return out, compute
-
-
 class Watch:
     """An open Watch stream: iterate it for `WatchEvent`s; ``close()`` (or ``with``) ends it."""
 
@@ -604,98 +573,3 @@ class Watch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class Lock:
-    """A distributed lock of a namespace; see `Namespace.lock`."""
-
-    def __init__(self, ns: Namespace[Any], name: str, ttl: float, max_wait: float) -> None:
-        self._ns = ns
-        self.name = name
-        self.ttl = ttl
-        self.max_wait = max_wait
-        self.owner_token = ""
-        self.fencing_token = 0
-        """Strictly increases with every grant of this lock: pass it to the protected resource."""
-        self._stop = threading.Event()
-        self._lost = False
-        self._held = False
-
-    @property
-    def held(self) -> bool:
-        """False before acquiring, after release, and once a renewal found the lock lost."""
-        return self._held and not self._lost
-
-    def acquire(self) -> bool:
-        """Waits up to ``max_wait``; returns whether the lock was granted."""
-        req = lock_pb2.AcquireLockRequest(
-            namespace=self._ns.name,
-            name=self.name,
-            ttl=c.to_duration(self.ttl),
-            max_wait=c.to_duration(self.max_wait),
-        )
-        client = self._ns.client
-        r = client.call(client.locks.AcquireLock, req, False, wait=self.max_wait)
-        if r.outcome != lock_pb2.ACQUIRE_LOCK_OUTCOME_ACQUIRED:
-            return False
-        granted = c.from_duration(r.ttl)
-        if granted > 0:
-            self.ttl = granted
-        self.owner_token = r.owner_token
-        self.fencing_token = r.fencing_token
-        self._held = True
-        self._lost = False
-        self._stop.clear()
-        threading.Thread(
-            target=self._renew, name=f"tiercache-lock-{self.name}", daemon=True
-        ).start()
-        return True
-
-    def release(self) -> bool:
-        """Releases the lock now; returns whether it was still held."""
-        if not self._held:
-            return False
-        self._stop.set()
-        self._held = False
-        req = lock_pb2.ReleaseLockRequest(
-            namespace=self._ns.name, name=self.name, owner_token=self.owner_token
-        )
-        client = self._ns.client
-        r = client.call(client.locks.ReleaseLock, req, False)
-        return bool(r.outcome == lock_pb2.LOCK_OWNERSHIP_OUTCOME_OK)
-
-    def _renew(self) -> None:
-        every = max(self.ttl / 3, 0.001)
-        client = self._ns.client
-        while not self._stop.wait(every):
-            req = lock_pb2.RenewLockRequest(
-                namespace=self._ns.name,
-                name=self.name,
-                owner_token=self.owner_token,
-                ttl=c.to_duration(self.ttl),
-            )
-            try:
-                r = client.call(client.locks.RenewLock, req, False)
-            except TiercacheError as e:
-                # Two more chances before the TTL ends.
-                log.warning("cannot renew tiercache lock %s: %s", self.name, e)
-                continue
-            if r.outcome != lock_pb2.LOCK_OWNERSHIP_OUTCOME_OK:
-                log.warning("tiercache lock %s lost before release", self.name)
-                self._lost = True
-                return
-
-    def __enter__(self) -> Lock:
-        if not self.acquire():
-            raise LockNotAcquired(
-                f"lock {self.name} still held by another owner after {self.max_wait}s"
-            )
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()

@@ -9,7 +9,6 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import grpc
@@ -35,13 +34,11 @@ from tiercache._proto.v1 import (
     admin_pb2_grpc,
     cache_pb2,
     cache_pb2_grpc,
-    lock_pb2,
     lock_pb2_grpc,
 )
-from tiercache._sync import DEFAULT_LOCK_WAIT, DEFAULT_TIMEOUT, sort_many, target_of
+from tiercache.aio._lock import Lock
 from tiercache.errors import (
     DeadlineExceeded,
-    LockNotAcquired,
     TiercacheError,
     Unavailable,
     from_rpc_error,
@@ -73,11 +70,11 @@ class Client:
         *,
         token: str | None = None,
         tls: bool | grpc.ChannelCredentials = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
+        timeout: float | None = c.DEFAULT_TIMEOUT,
         retries: int | RetryPolicy = 2,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        target = target_of(address)
+        target = c.target_of(address)
         opts = list(options)
         if tls is False and not address.startswith("https://"):
             self._channel = grpc.aio.insecure_channel(target, options=opts)
@@ -387,7 +384,7 @@ class Namespace(Generic[T]):
             False,
             wait=wait,
         )
-        out, compute = sort_many(resp, keys, self.serializer)
+        out, compute = c.sort_many(resp, keys, self.serializer)
         if not compute:
             return out
         try:
@@ -469,7 +466,9 @@ class Namespace(Generic[T]):
         except TiercacheError as e:
             log.warning("cannot release tiercache lease %s/%s: %s", self.name, key, e)
 
-    def lock(self, name: str, ttl: Seconds = 10, *, max_wait: Seconds = DEFAULT_LOCK_WAIT) -> Lock:
+    def lock(
+        self, name: str, ttl: Seconds = 10, *, max_wait: Seconds = c.DEFAULT_LOCK_WAIT
+    ) -> Lock:
         """``async with ns.lock("nightly", ttl=10) as lock: lock.fencing_token``."""
         return Lock(self, name, c.seconds_of(ttl), c.seconds_of(max_wait))
 
@@ -523,93 +522,3 @@ class Watch:
 
     def close(self) -> None:
         self._call.cancel()
-
-
-class Lock:
-    """A distributed lock; see `tiercache.Namespace.lock`. Renewed by a task while held."""
-
-    def __init__(self, ns: Namespace[Any], name: str, ttl: float, max_wait: float) -> None:
-        self._ns = ns
-        self.name = name
-        self.ttl = ttl
-        self.max_wait = max_wait
-        self.owner_token = ""
-        self.fencing_token = 0
-        self._renewer: asyncio.Task[None] | None = None
-        self._lost = False
-        self._held = False
-
-    @property
-    def held(self) -> bool:
-        return self._held and not self._lost
-
-    async def acquire(self) -> bool:
-        req = lock_pb2.AcquireLockRequest(
-            namespace=self._ns.name,
-            name=self.name,
-            ttl=c.to_duration(self.ttl),
-            max_wait=c.to_duration(self.max_wait),
-        )
-        client = self._ns.client
-        r = await client.call(client.locks.AcquireLock, req, False, wait=self.max_wait)
-        if r.outcome != lock_pb2.ACQUIRE_LOCK_OUTCOME_ACQUIRED:
-            return False
-        granted = c.from_duration(r.ttl)
-        if granted > 0:
-            self.ttl = granted
-        self.owner_token = r.owner_token
-        self.fencing_token = r.fencing_token
-        self._held = True
-        self._lost = False
-        self._renewer = asyncio.get_running_loop().create_task(self._renew())
-        return True
-
-    async def release(self) -> bool:
-        if not self._held:
-            return False
-        self._held = False
-        if self._renewer is not None:
-            self._renewer.cancel()
-            self._renewer = None
-        req = lock_pb2.ReleaseLockRequest(
-            namespace=self._ns.name, name=self.name, owner_token=self.owner_token
-        )
-        client = self._ns.client
-        r = await client.call(client.locks.ReleaseLock, req, False)
-        return bool(r.outcome == lock_pb2.LOCK_OWNERSHIP_OUTCOME_OK)
-
-    async def _renew(self) -> None:
-        every = max(self.ttl / 3, 0.001)
-        client = self._ns.client
-        while True:
-            await asyncio.sleep(every)
-            req = lock_pb2.RenewLockRequest(
-                namespace=self._ns.name,
-                name=self.name,
-                owner_token=self.owner_token,
-                ttl=c.to_duration(self.ttl),
-            )
-            try:
-                r = await client.call(client.locks.RenewLock, req, False)
-            except TiercacheError as e:
-                log.warning("cannot renew tiercache lock %s: %s", self.name, e)
-                continue
-            if r.outcome != lock_pb2.LOCK_OWNERSHIP_OUTCOME_OK:
-                log.warning("tiercache lock %s lost before release", self.name)
-                self._lost = True
-                return
-
-    async def __aenter__(self) -> Lock:
-        if not await self.acquire():
-            raise LockNotAcquired(
-                f"lock {self.name} still held by another owner after {self.max_wait}s"
-            )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.release()
