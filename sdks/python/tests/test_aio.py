@@ -144,9 +144,9 @@ async def test_cached_coroutine(aclients: list[tiercache.aio.Client], key: str) 
 async def test_async_lock_with_fencing(aclients: list[tiercache.aio.Client], key: str) -> None:
     a = aclients[0].namespace("users")
     b = aclients[1].namespace("users")
-    async with a.lock(key, ttl=0.6) as first:
+    async with a.lock(key, ttl=1.5) as first:
         assert first.fencing_token > 0
-        await asyncio.sleep(1.5)  # renewed past its TTL
+        await asyncio.sleep(2.0)  # renewed past its TTL
         assert first.held
         with pytest.raises(tiercache.LockNotAcquired):
             async with b.lock(key, ttl=5, max_wait=0):

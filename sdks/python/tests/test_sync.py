@@ -267,12 +267,12 @@ def test_near_cache_is_kept_coherent_by_watch(clients: list[tiercache.Client], k
 def test_locks_with_fencing(clients: list[tiercache.Client], key: str) -> None:
     a = clients[0].namespace("users")
     b = clients[1].namespace("users")
-    with a.lock(key, ttl=0.6) as first:
+    with a.lock(key, ttl=1.5) as first:
         assert first.held and first.fencing_token > 0
         # Held across replicas, and renewed past its TTL.
         with pytest.raises(tiercache.LockNotAcquired), b.lock(key, ttl=5, max_wait=0):
             pass
-        time.sleep(1.5)
+        time.sleep(2.0)
         assert first.held
         assert not b.lock(key, ttl=5, max_wait=0.2).acquire()
     with b.lock(key, ttl=5, max_wait=1) as second:
