@@ -6,7 +6,6 @@
 #   make lint    rustfmt check, clippy, buf lint and buf format check
 #   make fmt     format Rust and proto files in place
 #   make nextest / make deny   single steps of `make test`
-#   make python  the Python SDK: generated code current, ruff, mypy, pytest (sdks/python)
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes)
 
 SHELL := bash
@@ -31,7 +30,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench python
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -69,7 +68,9 @@ buf-lint:
 nextest:
 	cargo nextest run --workspace $(LOCKED) --profile $(NEXTEST_PROFILE)
 
-# The Python SDK's tests run the debug server binary against their own redis-server processes.
+# The Python SDK (sdks/python): generated code current, ruff, mypy --strict, pytest. The tests
+# run the debug server binary against their own redis-server processes.
+.PHONY: python
 python:
 	cargo build -p tiercache-cli $(LOCKED)
 	bash sdks/python/check.sh
