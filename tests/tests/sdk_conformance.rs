@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -397,7 +397,18 @@ async fn run_case(path: &Path, ctx: Ctx) {
             );
             continue;
         } else {
-            one(ctx.clone(), step.clone()).await
+            let mut result = one(ctx.clone(), step.clone()).await;
+            // Another replica's change reaches this one through pub/sub: read again a while.
+            let eventually = step.get("eventually").and_then(Value::as_bool) == Some(true);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while eventually
+                && mismatch(&step, &result, &vars).is_some()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                result = one(ctx.clone(), step.clone()).await;
+            }
+            result
         };
         if let Some(save) = step.get("save").and_then(Value::as_object) {
             for (name, field) in save {
@@ -405,21 +416,29 @@ async fn run_case(path: &Path, ctx: Ctx) {
                 vars.insert(name.clone(), v.unwrap_or(Value::Null));
             }
         }
-        let expect = step.get("expect").and_then(Value::as_object);
-        for (field, want) in expect.into_iter().flatten() {
-            let want = match want.as_str().and_then(|s| s.strip_prefix('$')) {
-                Some(name) => vars.get(name).cloned().unwrap_or(Value::Null),
-                None => want.clone(),
-            };
-            let got = result.get(field);
-            assert_eq!(got, Some(&want), "{where_}: {field} in {result}");
+        if let Some(problem) = mismatch(&step, &result, &vars) {
+            panic!("{where_}: {problem}");
         }
-        let expects_error = expect.is_some_and(|e| e.contains_key("error"));
-        assert!(
-            result.get("error").is_none() || expects_error,
-            "{where_}: unexpected error {result}"
-        );
     }
+}
+
+/// Why `result` does not meet the step's `expect`, or `None` when it does.
+fn mismatch(step: &Value, result: &Value, vars: &HashMap<String, Value>) -> Option<String> {
+    let expect = step.get("expect").and_then(Value::as_object);
+    for (field, want) in expect.into_iter().flatten() {
+        let want = match want.as_str().and_then(|s| s.strip_prefix('$')) {
+            Some(name) => vars.get(name).cloned().unwrap_or(Value::Null),
+            None => want.clone(),
+        };
+        if result.get(field) != Some(&want) {
+            return Some(format!("{field} is not {want} in {result}"));
+        }
+    }
+    let expects_error = expect.is_some_and(|e| e.contains_key("error"));
+    if result.get("error").is_some() && !expects_error {
+        return Some(format!("unexpected error {result}"));
+    }
+    None
 }
 
 async fn run_all(mode: &str, servers: &[&TestServer; 2]) {

@@ -75,16 +75,30 @@ class Runner:
                 continue
             else:
                 result = self.one(step)
+                # Another replica's change reaches this one through pub/sub: read again a while.
+                deadline = time.monotonic() + 5
+                while step.get("eventually") and self.mismatch(step, result):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                    result = self.one(step)
             for name, field in step.get("save", {}).items():
                 self.vars[name] = result.get(field)
-            for field, want in step.get("expect", {}).items():
-                if isinstance(want, str) and want.startswith("$"):
-                    want = self.vars[want[1:]]
-                assert field in result, f"{where}: no {field} in {result}"
-                assert result[field] == want, f"{where}: {field} is {result[field]!r}, not {want!r}"
-            if "error" in result and "error" not in step.get("expect", {}):
-                raise AssertionError(f"{where}: unexpected error {result}")
+            if problem := self.mismatch(step, result):
+                raise AssertionError(f"{where}: {problem}")
         self.pool.shutdown()
+
+    def mismatch(self, step: dict[str, Any], result: dict[str, Any]) -> str | None:
+        for field, want in step.get("expect", {}).items():
+            if isinstance(want, str) and want.startswith("$"):
+                want = self.vars[want[1:]]
+            if field not in result:
+                return f"no {field} in {result}"
+            if result[field] != want:
+                return f"{field} is {result[field]!r}, not {want!r} (in {result})"
+        if "error" in result and "error" not in step.get("expect", {}):
+            return f"unexpected error {result}"
+        return None
 
     def one(self, step: dict[str, Any]) -> dict[str, Any]:
         client = self.clients[step.get("client", 0)]
