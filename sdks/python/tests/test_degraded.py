@@ -42,3 +42,4 @@ def test_get_or_set_returns_the_loader_value_while_redis_is_down(tmp_path: Path)
             assert e.value.retryable
     finally:
         server.stop()
+        redis.stop()
