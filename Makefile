@@ -44,6 +44,7 @@ test:
 	$(call step,setup)
 	$(call step,lint)
 	$(call step,nextest)
+	$(call step,python)
 	$(call step,deny)
 
 setup:
@@ -73,6 +74,13 @@ buf-lint:
 
 nextest:
 	cargo nextest run --workspace $(LOCKED) $(BENCH_FEATURE) --profile $(NEXTEST_PROFILE)
+
+# The Python SDK (sdks/python): generated code current, ruff, mypy --strict, pytest. The tests
+# run the debug server binary against their own redis-server processes.
+.PHONY: python
+python:
+	cargo build -p tiercache-cli $(LOCKED)
+	bash sdks/python/check.sh
 
 # cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
 # (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the

@@ -1,0 +1,112 @@
+"""The blocking client's distributed lock: `Namespace.lock` returns a `Lock`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from tiercache import _common as c
+from tiercache._proto.v1 import lock_pb2
+from tiercache.errors import LockNotAcquired, TiercacheError
+
+if TYPE_CHECKING:
+    from tiercache._sync import Namespace
+
+log = logging.getLogger("tiercache")
+
+
+class Lock:
+    """A distributed lock of a namespace; see `Namespace.lock`."""
+
+    def __init__(self, ns: Namespace[Any], name: str, ttl: float, max_wait: float) -> None:
+        self._ns = ns
+        self.name = name
+        self.ttl = ttl
+        self.max_wait = max_wait
+        self.owner_token = ""
+        self.fencing_token = 0
+        """Strictly increases with every grant of this lock: pass it to the protected resource."""
+        self._stop = threading.Event()
+        self._lost = False
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """False before acquiring, after release, and once a renewal found the lock lost."""
+        return self._held and not self._lost
+
+    def acquire(self) -> bool:
+        """Waits up to ``max_wait``; returns whether the lock was granted."""
+        req = lock_pb2.AcquireLockRequest(
+            namespace=self._ns.name,
+            name=self.name,
+            ttl=c.to_duration(self.ttl),
+            max_wait=c.to_duration(self.max_wait),
+        )
+        client = self._ns.client
+        r = client.call(client.locks.AcquireLock, req, False, wait=self.max_wait)
+        if r.outcome != lock_pb2.ACQUIRE_LOCK_OUTCOME_ACQUIRED:
+            return False
+        granted = c.from_duration(r.ttl)
+        if granted > 0:
+            self.ttl = granted
+        self.owner_token = r.owner_token
+        self.fencing_token = r.fencing_token
+        self._held = True
+        self._lost = False
+        self._stop.clear()
+        threading.Thread(
+            target=self._renew, name=f"tiercache-lock-{self.name}", daemon=True
+        ).start()
+        return True
+
+    def release(self) -> bool:
+        """Releases the lock now; returns whether it was still held."""
+        if not self._held:
+            return False
+        self._stop.set()
+        self._held = False
+        req = lock_pb2.ReleaseLockRequest(
+            namespace=self._ns.name, name=self.name, owner_token=self.owner_token
+        )
+        client = self._ns.client
+        r = client.call(client.locks.ReleaseLock, req, False)
+        return bool(r.outcome == lock_pb2.LOCK_OWNERSHIP_OUTCOME_OK)
+
+    def _renew(self) -> None:
+        every = max(self.ttl / 3, 0.001)
+        client = self._ns.client
+        while not self._stop.wait(every):
+            req = lock_pb2.RenewLockRequest(
+                namespace=self._ns.name,
+                name=self.name,
+                owner_token=self.owner_token,
+                ttl=c.to_duration(self.ttl),
+            )
+            try:
+                r = client.call(client.locks.RenewLock, req, False)
+            except TiercacheError as e:
+                # Two more chances before the TTL ends.
+                log.warning("cannot renew tiercache lock %s: %s", self.name, e)
+                continue
+            if r.outcome != lock_pb2.LOCK_OWNERSHIP_OUTCOME_OK:
+                log.warning("tiercache lock %s lost before release", self.name)
+                self._lost = True
+                return
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise LockNotAcquired(
+                f"lock {self.name} still held by another owner after {self.max_wait}s"
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

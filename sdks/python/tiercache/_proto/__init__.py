@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf modules; see sdks/python/generate.sh."""
