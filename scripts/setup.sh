@@ -74,6 +74,7 @@ if ! cargo deny --version >/dev/null 2>&1; then
     env -u CARGO_TARGET_DIR cargo install "cargo-deny@$CARGO_DENY_VERSION" --locked
 fi
 
+bash "$root/scripts/setup-deploy.sh"  # image and chart checks: umoci, skopeo, runc, a Python venv
 # --- RustSec advisory database (offline, vendored) -----------------------------------------------
 bash "$root/scripts/advisory-db.sh" install
 
