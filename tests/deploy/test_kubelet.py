@@ -190,10 +190,11 @@ def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
         # Endpoints had the preStop delay to drop the pod; it still served all along.
         assert watch.statuses() == ["SERVING"]
         assert grpc_probe(grpc_port, readiness["service"], 2) == "SERVING"
+        t_term = time.monotonic()
         container.signal("TERM")
         # Readiness drops first: NOT_SERVING while the process still runs.
         wait_for("readiness NOT_SERVING", lambda: "NOT_SERVING" in watch.statuses(), timeout=5)
-        _, status, running = watch.seen[-1]
+        t_unready, status, running = watch.seen[-1]
         assert (status, running) == ("NOT_SERVING", True)
         # A new readiness probe fails now (NOT_SERVING or refused): the kubelet marks it unready.
         assert grpc_probe(grpc_port, readiness["service"], 1) != "SERVING"
@@ -201,14 +202,19 @@ def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
         time.sleep(1)
         assert container.running(), "the server must drain in-flight calls, not drop them"
         # ...and ends as soon as it is done: a clean exit well within the grace period.
+        t_close = time.monotonic()
         watch.close()
         watch = None
         code = container.wait(timeout=max(1, grace - (time.monotonic() - t0)))
-        total = time.monotonic() - t0
+        t_exit = time.monotonic()
+        total = t_exit - t0
         out = container.output()
         assert code == 0, out
         assert total < grace, f"took {total:.1f}s of a {grace}s grace period"
         assert "stopped" in out and "grace period passed" not in out, out
+        print(f"\n{name}: startup probe ok after {started:.2f}s; preStop {t_term - t0:.2f}s; "
+              f"NOT_SERVING {1000 * (t_unready - t_term):.0f}ms after SIGTERM; exit {code} "
+              f"{1000 * (t_exit - t_close):.0f}ms after the last call ended; {total:.2f}s of {grace}s grace")
     finally:
         if watch is not None:
             watch.close()
