@@ -123,7 +123,8 @@ class ReadinessWatch:
         self.channel.close()
 
 
-KUBELET_SETS = ["secured", "external-redis", "memory-only"]
+# Every value set: each renders a different server config, and the server rejects unknown fields.
+KUBELET_SETS = ["default", "ha", "secured", "external-redis", "memory-only"]
 
 
 @pytest.mark.parametrize("name", KUBELET_SETS)
@@ -146,6 +147,14 @@ def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
         redis, port = redis_server()
         ext = SETS[name]["redis"]
         secrets[ext["existingSecret"]] = {ext["existingSecretKey"]: f"redis://127.0.0.1:{port}"}
+    elif name in ("default", "ha"):
+        # The in-chart dev Redis and the cluster's Redis are not reachable here: a local one
+        # stands in through redis.url (which replaces the dev Redis in the default set).
+        redis, port = redis_server()
+        over["redis"] = {"url": f"redis://127.0.0.1:{port}"}
+        if name == "ha":
+            # Nothing listens there; the exporter must not keep the server from starting.
+            over["config"] = {"telemetry": {"otlpEndpoint": f"http://127.0.0.1:{free_port()}"}}
     values = merge(SETS[name], over)
     docs = render(values)
     spec, c, pod = container_spec(docs, secrets, tmp_path, image)
