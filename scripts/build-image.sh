@@ -16,7 +16,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-target=${CARGO_TARGET_DIR:-$root/target}
+# The Makefile's default target folder.
+target=${CARGO_TARGET_DIR:-$HOME/.cache/tiercache-target}
 binary=$(realpath "${1:-$target/release/tiercache}")
 out=${2:-$root/dist/image}
 

@@ -13,12 +13,14 @@ from harness import IMAGE_DIR, OCI_ARCHIVE, ROOT, Container, ContainerSpec, free
 
 
 def test_same_binary_same_digest():
-    binary = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "tiercache"
+    target = os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "tiercache-target")
+    binary = Path(target) / "release" / "tiercache"
     digests = []
     for _ in range(2):
         with tempfile.TemporaryDirectory(dir="/tmp") as out:
-            subprocess.run(["bash", str(ROOT / "scripts/build-image.sh"), str(binary), out],
-                           check=True, capture_output=True)
+            r = subprocess.run(["bash", str(ROOT / "scripts/build-image.sh"), str(binary), out],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
             digests.append((Path(out) / "DIGEST").read_text().strip())
     assert digests[0] == digests[1]
     assert digests[0] == (IMAGE_DIR / "DIGEST").read_text().strip(), \
