@@ -24,7 +24,7 @@ def test_same_binary_same_digest():
             digests.append((Path(out) / "DIGEST").read_text().strip())
     assert digests[0] == digests[1]
     assert digests[0] == (IMAGE_DIR / "DIGEST").read_text().strip(), \
-        "dist/image is not the image of the current release binary: run `make image`"
+        "dist/image was built from another binary or commit: run `make image`"
 
 
 def test_image_config():
