@@ -8,6 +8,8 @@
 #   make nextest / make deny   single steps of `make test`
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes;
 #                the bench is a cargo feature of tiercache-cli, off in the shipped binary)
+#   make image   the OCI image from the stripped release binary, no Docker (dist/image, docs/deploy.md)
+#   make deploy-check   the image run with runc, the Helm chart's checks and the kubelet check
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -35,7 +37,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench image deploy-check
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -46,6 +48,7 @@ test:
 	$(call step,nextest)
 	$(call step,python)
 	$(call step,deny)
+	$(call step,deploy-check)
 
 setup:
 	bash scripts/setup.sh
@@ -90,3 +93,16 @@ deny:
 	bash scripts/advisory-db.sh check
 	cargo fetch --locked --quiet
 	cargo deny --offline check
+
+# The image: dist/image/tiercache.oci.tar (and .docker.tar for `docker load -i`), built by umoci
+# and skopeo from the stripped release binary; the same binary gives the same digest.
+image:
+	cargo build --release -p tiercache-cli $(LOCKED)
+	bash scripts/build-image.sh
+
+# The deploy checks (tests/deploy, pytest in the venv of scripts/setup-deploy.sh; runc needs root):
+# the image run locked down with runc, the chart linted, rendered and validated offline, and the
+# kubelet check running the rendered pod with the image.
+DEPLOY_VENV ?= $(HOME)/.cache/tiercache-deploy-venv
+deploy-check: image
+	cd tests/deploy && $(DEPLOY_VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -75,6 +75,7 @@ if ! cargo deny --version >/dev/null 2>&1; then
 fi
 
 bash "$root/scripts/setup-python.sh"  # the Python SDK's venv (sdks/python)
+bash "$root/scripts/setup-deploy.sh"  # image and chart checks: umoci, skopeo, runc, a Python venv
 
 # --- RustSec advisory database (offline, vendored) -----------------------------------------------
 bash "$root/scripts/advisory-db.sh" install

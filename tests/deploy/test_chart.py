@@ -1,0 +1,237 @@
+"""The chart, offline: Helm's lint (strict) and render through Helm's Go SDK (helm-python-sdk),
+every manifest validated against the Kubernetes schemas of 1.27 and of the newest version
+kubernetes-validate bundles, and values.schema.json checked and shown to reject bad values."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from harness import CHART, find, render, value_sets
+
+SETS = value_sets()
+SCHEMA = CHART / "values.schema.json"
+BIN = Path(sys.executable).parent
+
+
+def bundled_versions() -> list[str]:
+    folder = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    versions = [p.name.removeprefix("v").removesuffix("-local-strict") for p in folder.glob("v*-local-strict")]
+    return sorted(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+KUBE_VERSIONS = ["1.27.0", bundled_versions()[-1]]
+
+
+def test_value_sets_cover_the_issue():
+    assert {"default", "ha", "secured", "external-redis", "memory-only"} <= set(SETS)
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_lint_strict(name):
+    report = helm.lint(str(CHART), SETS[name], strict=True, namespace="cache", kube_version="v1.27.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, json.dumps(report, indent=1)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_manifests_validate(name, version):
+    docs = render(SETS[name])
+    checked = 0
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            # A CRD kind: no bundled schema. Checked by test_service_monitor_scrapes_the_service.
+            continue
+        try:
+            used = kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} on {version}: {path}: {e.message}")
+        assert used == version.rsplit(".", 1)[0]
+        checked += 1
+    assert checked >= 5
+
+
+def test_default_render():
+    docs = render()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("Deployment") == 2  # the server and the dev Redis
+    dep = find(docs, "Deployment", "rel-tiercache")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["grpc"]["service"] == "tiercache.v1.CacheService"
+    assert c["startupProbe"]["grpc"]["service"] == "" and c["livenessProbe"]["grpc"]["service"] == ""
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert pod["terminationGracePeriodSeconds"] > 5 + 10
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["resources"]["limits"]["memory"]
+    assert "checksum/config" in dep["spec"]["template"]["metadata"]["annotations"]
+    svc = find(docs, "Service", "rel-tiercache")
+    assert svc["spec"]["ports"][0]["appProtocol"] == "grpc"
+    dash = find(docs, "ConfigMap", "rel-tiercache-dashboards")
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    json.loads(dash["data"]["tiercache.json"])
+    test_pod = find(docs, "Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert test_pod["spec"]["containers"][0]["args"][0] == "health"
+    redis = find(docs, "Deployment", "rel-tiercache-redis")
+    assert redis["spec"]["template"]["spec"]["containers"][0]["image"].startswith("redis:")
+
+
+def test_config_change_rolls_the_pods():
+    def checksum(values):
+        dep = find(render(values), "Deployment", "rel-tiercache")
+        return dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum({}) != checksum({"config": {"defaults": {"default_ttl": "1m"}}})
+
+
+def test_ha_set():
+    docs = render(SETS["ha"])
+    hpa = find(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert "replicas" not in find(docs, "Deployment")["spec"]
+    assert find(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert find(docs, "Service", "rel-tiercache-headless")["spec"]["clusterIP"] == "None"
+    find(docs, "NetworkPolicy")
+
+
+def test_service_monitor_scrapes_the_service():
+    docs = render(SETS["ha"])
+    sm = find(docs, "ServiceMonitor")
+    svc = find(docs, "Service", "rel-tiercache")
+    assert sm["spec"]["endpoints"][0]["port"] in [p["name"] for p in svc["spec"]["ports"]]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+
+
+def test_secrets_stay_out_of_the_configmap():
+    docs = render(SETS["secured"])
+    secret = find(docs, "Secret")
+    url = secret["stringData"]["redis-url"]
+    assert "@" in url and url.startswith("redis://")
+    toml = find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"]
+    password = SETS["secured"]["redis"]["password"]
+    assert password not in toml
+    env = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "TIERCACHE_REDIS_URL",
+            "valueFrom": {"secretKeyRef": {"name": "rel-tiercache", "key": "redis-url"}}} in env
+
+
+def test_existing_secret():
+    docs = render(SETS["external-redis"])
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert not [d for d in docs if d["metadata"]["name"] == "rel-tiercache-redis"]
+    env = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    ref = next(e for e in env if e["name"] == "TIERCACHE_REDIS_URL")["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": SETS["external-redis"]["redis"]["existingSecret"], "key": "url"}
+
+
+# --- values.schema.json ----------------------------------------------------------------------------
+
+
+def test_schema_is_valid_draft7():
+    schema = json.loads(SCHEMA.read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    r = subprocess.run([BIN / "check-jsonschema", "--check-metaschema", SCHEMA], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def merged(override: dict) -> dict:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def merge(base, over):
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                merge(base[k], v)
+            else:
+                base[k] = v
+
+    merge(values, copy.deepcopy(override))
+    return values
+
+
+# (name, values override, whether values.schema.json itself rejects it; the rest fail in the
+# templates, where Helm checks what a JSON schema cannot: arithmetic across keys).
+BAD_VALUES = [
+    ("negative replicas", {"replicaCount": -1}, True),
+    ("unknown top-level key", {"replicas": 3}, True),
+    ("unknown nested key", {"server": {"grpcPrt": 1}}, True),
+    ("unknown policy field", {"config": {"defaults": {"default_tll": "1s"}}}, True),
+    ("malformed duration", {"config": {"defaults": {"default_ttl": "5 minutes"}}}, True),
+    ("malformed redis timeout", {"redis": {"responseTimeout": "1"}}, True),
+    ("jitter above 1", {"config": {"namespaces": {"users": {"jitter": 2}}}}, True),
+    ("bad namespace name", {"config": {"namespaces": {"Users": {}}}}, True),
+    ("tls redis url", {"redis": {"url": "rediss://redis:6380"}}, True),
+    ("credentials in the url", {"redis": {"url": "redis://u:p@redis:6379"}}, True),
+    ("memory limit without unit", {"resources": {"limits": {"memory": "512"}}}, True),
+    ("port out of range", {"server": {"grpcPort": 70000}}, True),
+    ("bad sampler", {"config": {"telemetry": {"tracesSampler": "sometimes"}}}, True),
+    ("L1 budget above the memory limit", {"config": {"defaults": {"l1_max_bytes": 1073741824}}}, False),
+    ("L1 budget without headroom",
+     {"resources": {"limits": {"memory": "128Mi"}}, "sizing": {"dynamicNamespaces": 0},
+      "config": {"namespaces": {"default": {"l1_max_bytes": 104857600}}}}, False),
+    ("grace below the drain", {"server": {"terminationGracePeriodSeconds": 12}}, False),
+    ("memory-only with replicas", {"redis": {"dev": {"enabled": False}}, "replicaCount": 3}, False),
+    ("hpa without a metric", {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, False),
+]
+
+
+@pytest.fixture(scope="module")
+def schema_verdicts(tmp_path_factory):
+    """check-jsonschema over every bad and good value file in one run (it takes seconds to
+    start): file stem -> the errors it reported (empty when the file passed)."""
+    folder = tmp_path_factory.mktemp("values")
+    files = []
+    for i, (_, override, _) in enumerate(BAD_VALUES):
+        files.append(folder / f"bad{i}.json")
+        files[-1].write_text(json.dumps(merged(override)))
+    for name, override in SETS.items():
+        files.append(folder / f"good-{name}.json")
+        files[-1].write_text(json.dumps(merged(override)))
+    r = subprocess.run([BIN / "check-jsonschema", "--schemafile", SCHEMA, "-o", "json", *files],
+                       capture_output=True, text=True)
+    report = json.loads(r.stdout)
+    assert not report["parse_errors"], report
+    verdicts = {f.stem: [] for f in files}
+    for e in report["errors"]:
+        verdicts[Path(e["filename"]).stem].append(f"{e['path']}: {e['message']}")
+    return verdicts
+
+
+@pytest.mark.parametrize("index", range(len(BAD_VALUES)), ids=[b[0] for b in BAD_VALUES])
+def test_bad_values_are_rejected(index, schema_verdicts):
+    name, override, by_schema = BAD_VALUES[index]
+    errors = schema_verdicts[f"bad{index}"]
+    assert bool(errors) == by_schema, errors
+    # Helm refuses them all at install, by the schema or by a template check.
+    with pytest.raises(Exception) as e:
+        render(override)
+    message = str(e.value)
+    if by_schema:
+        assert "schema" in message.lower(), message
+    else:
+        assert TEMPLATE_CHECKS[name] in message, message
+
+
+# What the template check says for the cases the schema cannot catch.
+TEMPLATE_CHECKS = {
+    "L1 budget above the memory limit": "the L1 budget (2048 MiB",
+    "L1 budget without headroom": "the L1 budget (100 MiB",
+    "grace below the drain": "server.terminationGracePeriodSeconds (12) must be above",
+    "memory-only with replicas": "memory-only",
+    "hpa without a metric": "autoscaling needs",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_good_values_pass_the_schema(name, schema_verdicts):
+    assert schema_verdicts[f"good-{name}"] == []
