@@ -130,9 +130,11 @@ pub(crate) struct Inner {
     /// True while the event subscription is live. L1 is neither read nor filled without it
     /// (two-tier mode), because invalidations could be missed.
     pub(crate) bus_up: AtomicBool,
-    /// True while Redis calls fail: the replica serves from L1 and runs writes and leases on its
-    /// own (degraded mode) until a probe gets through again.
+    /// True while Redis is unreachable (degraded mode): reads serve what L1 holds, mutations are
+    /// refused, until a probe gets through again. Error replies never set it.
     pub(crate) redis_down: AtomicBool,
+    /// Keys a GetOrSet caller computes without a lease while degraded.
+    pub(crate) compute_claims: crate::degraded::ComputeClaims,
     /// Bumped on every (re)subscription, so a namespace sync that raced a reset is discarded.
     bus_generation: AtomicU64,
     /// Memory-only mode's version clock: microseconds, strictly increasing.
@@ -198,6 +200,7 @@ impl Cache {
                 l2,
                 bus_up: AtomicBool::new(false),
                 redis_down: AtomicBool::new(false),
+                compute_claims: Default::default(),
                 bus_generation: AtomicU64::new(0),
                 version_clock: AtomicU64::new(0),
                 bus_task: parking_lot::Mutex::new(None),
@@ -221,7 +224,7 @@ impl Cache {
         self.inner.l2.is_some() && (self.redis_down() || !self.inner.bus_up.load(Ordering::Acquire))
     }
 
-    /// True while Redis calls fail and the replica serves on its own.
+    /// True while Redis is unreachable and the replica serves reads from L1 and refuses writes.
     pub fn redis_down(&self) -> bool {
         self.inner.redis_down.load(Ordering::Acquire)
     }
@@ -231,36 +234,68 @@ impl Cache {
         self.inner.l2.as_ref().filter(|_| !self.redis_down())
     }
 
-    /// Errors when Redis is configured but down: for operations with no local fallback.
+    /// Errors when Redis is configured but unreachable: for operations with no local fallback.
     pub(crate) fn require_redis_if_configured(&self) -> Result<Option<&L2>, CoreError> {
         match (&self.inner.l2, self.healthy_l2()) {
-            (Some(_), None) => Err(CoreError::Unavailable("redis is unreachable".into())),
+            (Some(_), None) => Err(unreachable()),
             (_, l2) => Ok(l2),
         }
     }
 
-    /// Passes an L2 result on; an unreachable Redis trips degraded mode and becomes `None`, so the
-    /// caller falls back to the replica's own state.
-    pub(crate) fn or_degrade<T>(&self, r: Result<T, CoreError>) -> Result<Option<T>, CoreError> {
-        match r {
-            Ok(v) => Ok(Some(v)),
-            Err(e @ CoreError::Unavailable(_)) => {
-                self.trip(&e);
-                Ok(None)
+    /// The Redis tier for a mutation of `keys`: `None` in memory-only mode. While Redis is
+    /// unreachable the mutation is refused and this replica drops its L1 copy of `keys`, so it
+    /// never serves what a caller just tried to change or remove.
+    pub(crate) fn writable_l2(
+        &self,
+        ns: &Namespace,
+        keys: &[&str],
+    ) -> Result<Option<&L2>, CoreError> {
+        match &self.inner.l2 {
+            None => Ok(None),
+            Some(_) if self.redis_down() => {
+                self.forget(ns, keys);
+                Err(unreachable())
             }
-            Err(e) => Err(e),
+            Some(l2) => Ok(Some(l2)),
         }
     }
 
-    /// Enters degraded mode after a Redis failure and starts the probe that leaves it.
+    /// Passes the Redis result of a mutation of `key` on. A failed mutation may or may not have
+    /// reached Redis, so this replica drops its L1 copy; an unreachable Redis trips degraded mode.
+    pub(crate) fn written<T>(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        r: Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        if let Err(e) = &r {
+            self.forget(ns, &[key]);
+            self.trip(e);
+        }
+        r
+    }
+
+    /// Drops this replica's L1 copy of `keys`. The epoch bump keeps a Redis read that is under
+    /// way from putting an older copy back.
+    fn forget(&self, ns: &Namespace, keys: &[&str]) {
+        let Some(l1) = &ns.l1 else { return };
+        let mut s = ns.sync.write();
+        s.epoch += 1;
+        for k in keys {
+            l1.invalidate(*k);
+        }
+    }
+
+    /// Enters degraded mode after Redis was found unreachable (other errors are ignored) and
+    /// starts the probe that leaves it.
     pub(crate) fn trip(&self, e: &CoreError) {
-        if !matches!(e, CoreError::Unavailable(_)) || self.inner.l2.is_none() {
+        if !e.is_unreachable() || self.inner.l2.is_none() {
             return;
         }
         if self.inner.redis_down.swap(true, Ordering::AcqRel) {
             return;
         }
-        tracing::warn!(error = %e, "redis unavailable, entering degraded mode");
+        tracing::warn!(error = %e, "redis unreachable, entering degraded mode");
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             loop {
@@ -269,10 +304,11 @@ impl Cache {
                 let cache = Cache { inner };
                 let Some(l2) = &cache.inner.l2 else { return };
                 if l2.ping().await.is_ok() {
-                    // What this replica wrote while degraded never reached Redis, and it may have
-                    // missed invalidations: start from a clean L1.
-                    cache.reset_all();
+                    // L1 is not cleared: nothing was written to it while degraded, and if the
+                    // subscription dropped (events may have been missed) the bus loop clears it
+                    // when it resubscribes; a sequence gap clears a namespace on its own.
                     cache.inner.redis_down.store(false, Ordering::Release);
+                    cache.inner.compute_claims.clear();
                     cache.inner.flights.wake_all();
                     cache.inner.lock_flights.wake_all();
                     tracing::info!("redis reachable again, leaving degraded mode");
@@ -553,19 +589,14 @@ impl Cache {
             absent: false,
             stale_window: stale,
         };
-        let outcome = match self.healthy_l2() {
+        let outcome = match self.writable_l2(ns, &[key])? {
             None => self.memory_set(ns, key, &mut data, ttl, args.condition)?,
-            Some(l2) => match self
-                .l2_set(ns, l2, key, &mut data, ttl, args.condition)
-                .await
-            {
-                Ok(o) => o,
-                Err(e @ CoreError::Unavailable(_)) => {
-                    self.trip(&e);
-                    self.memory_set(ns, key, &mut data, ttl, args.condition)?
-                }
-                Err(e) => return Err(e),
-            },
+            Some(l2) => {
+                let r = self
+                    .l2_set(ns, l2, key, &mut data, ttl, args.condition)
+                    .await;
+                self.written(ns, key, r)?
+            }
         };
         if matches!(outcome, SetOutcome::Stored { .. }) {
             bump(&ns.stats.sets);
@@ -604,26 +635,19 @@ impl Cache {
         })
     }
 
-    /// The L1 of a namespace for local writes: memory-only mode, or degraded mode.
+    /// The L1 of a namespace as the store of memory-only mode (where it is always on).
     pub(crate) fn local_store<'a>(
         &self,
         ns: &'a Namespace,
     ) -> Result<&'a crate::namespace::L1, CoreError> {
-        ns.l1.as_ref().ok_or_else(|| {
-            CoreError::Unavailable(format!(
-                "redis is unreachable and L1 is off for namespace {}",
-                ns.name
-            ))
-        })
+        ns.l1
+            .as_ref()
+            .ok_or_else(|| CoreError::Unavailable(format!("no store for namespace {}", ns.name)))
     }
 
-    /// Takes the next local sequence (memory-only mode). In degraded two-tier mode the sequence
-    /// belongs to Redis, so it is left alone and the local change is only an epoch bump.
+    /// Takes the next sequence of memory-only mode, where the namespace state is the truth.
     pub(crate) fn local_sequence(&self, s: &mut SyncState) -> Option<u64> {
         s.epoch += 1;
-        if self.inner.l2.is_some() {
-            return None;
-        }
         let seq = s.last_seq.unwrap_or(0) + 1;
         s.last_seq = Some(seq);
         Some(seq)
@@ -747,25 +771,20 @@ impl Cache {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<DeleteOutcome, CoreError> {
-        let outcome = match self.healthy_l2() {
+        let outcome = match self.writable_l2(ns, &[key])? {
             None => self.memory_delete(ns, key, if_version)?,
-            Some(l2) => match l2.delete(&ns.keys, key, if_version).await {
-                Ok(L2DeleteResult::Deleted { sequence }) => {
+            Some(l2) => match self.written(ns, key, l2.delete(&ns.keys, key, if_version).await)? {
+                L2DeleteResult::Deleted { sequence } => {
                     self.l1_after_write(ns, key, None, sequence);
                     DeleteOutcome::Deleted
                 }
-                Ok(L2DeleteResult::NotFound { sequence }) => {
+                L2DeleteResult::NotFound { sequence } => {
                     self.l1_after_write(ns, key, None, sequence);
                     DeleteOutcome::NotFound
                 }
-                Ok(L2DeleteResult::VersionMismatch { current }) => {
+                L2DeleteResult::VersionMismatch { current } => {
                     DeleteOutcome::VersionMismatch { current }
                 }
-                Err(e @ CoreError::Unavailable(_)) => {
-                    self.trip(&e);
-                    self.memory_delete(ns, key, if_version)?
-                }
-                Err(e) => return Err(e),
             },
         };
         if outcome == DeleteOutcome::Deleted {
@@ -1049,6 +1068,11 @@ async fn bus_loop(inner: Weak<Inner>, client: redis::Client) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// The error of a mutation refused because Redis is unreachable.
+pub(crate) fn unreachable() -> CoreError {
+    CoreError::Unavailable("redis is unreachable".into())
 }
 
 fn found(e: &L1Entry, now: Instant, tier: Tier) -> Found {

@@ -199,7 +199,7 @@ async fn read_snapshot(
         inv.arg(t);
     }
     let reply: Value = inv.invoke_async(&mut l2.connection()).await?;
-    let bad = |what: &str| CoreError::Unavailable(format!("unexpected inspect reply: {what}"));
+    let bad = |what: &str| CoreError::unexpected_reply(("inspect", what));
     let Value::Array(items) = reply else {
         return Err(bad("not an array"));
     };

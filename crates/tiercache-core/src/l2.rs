@@ -22,7 +22,7 @@ use redis::{Script, Value};
 use tracing::Instrument;
 
 use crate::codec::{self, EntryData};
-use crate::error::CoreError;
+use crate::error::{CoreError, RedisErrorClass, RedisReplyError};
 use crate::keys::NamespaceKeys;
 
 /// How to reach Redis.
@@ -344,8 +344,40 @@ impl RedisOp {
 pub fn error_type(e: &CoreError) -> &'static str {
     match e {
         CoreError::Unavailable(_) => "unavailable",
+        CoreError::Redis(_) => "redis_error",
         CoreError::Corrupt { .. } => "corrupt",
         _ => "other",
+    }
+}
+
+/// Classifies a Redis failure: only "Redis unreachable" (refused, reset, dropped, an I/O error,
+/// no answer within the response timeout) is [`CoreError::Unavailable`], which trips degraded
+/// mode. An error reply means Redis is there: it becomes [`CoreError::Redis`] with its class and
+/// code, and changes no mode.
+pub fn classify(e: redis::RedisError) -> CoreError {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return CoreError::Unavailable(e.to_string());
+    }
+    let code = match e.kind() {
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => "UNEXPECTED_REPLY",
+        _ => e.code().unwrap_or("ERROR"),
+    }
+    .to_string();
+    let class = match code.as_str() {
+        "OOM" => RedisErrorClass::OutOfMemory,
+        "READONLY" | "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" => RedisErrorClass::Transient,
+        _ => RedisErrorClass::Internal,
+    };
+    CoreError::Redis(RedisReplyError {
+        class,
+        code,
+        message: e.to_string(),
+    })
+}
+
+impl From<redis::RedisError> for CoreError {
+    fn from(e: redis::RedisError) -> Self {
+        classify(e)
     }
 }
 
@@ -387,9 +419,7 @@ fn with_prelude(body: &str) -> Script {
 fn int(v: &Value) -> Result<u64, CoreError> {
     match v {
         Value::Int(i) => Ok(u64::try_from(*i).unwrap_or(0)),
-        other => Err(CoreError::Unavailable(format!(
-            "unexpected reply from redis: {other:?}"
-        ))),
+        other => Err(CoreError::unexpected_reply(other)),
     }
 }
 
@@ -399,23 +429,17 @@ fn ints_signed(v: Value) -> Result<Vec<i64>, CoreError> {
             .iter()
             .map(|v| match v {
                 Value::Int(i) => Ok(*i),
-                other => Err(CoreError::Unavailable(format!(
-                    "unexpected reply from redis: {other:?}"
-                ))),
+                other => Err(CoreError::unexpected_reply(other)),
             })
             .collect(),
-        other => Err(CoreError::Unavailable(format!(
-            "unexpected reply from redis: {other:?}"
-        ))),
+        other => Err(CoreError::unexpected_reply(other)),
     }
 }
 
 fn ints(v: Value) -> Result<Vec<u64>, CoreError> {
     match v {
         Value::Array(items) => items.iter().map(int).collect(),
-        other => Err(CoreError::Unavailable(format!(
-            "unexpected reply from redis: {other:?}"
-        ))),
+        other => Err(CoreError::unexpected_reply(other)),
     }
 }
 
@@ -533,9 +557,7 @@ impl L2 {
         }
         let reply: Value = self.invoke(RedisOp::READ, &inv).await?;
         let Value::Array(items) = reply else {
-            return Err(CoreError::Unavailable(format!(
-                "unexpected reply from redis: {reply:?}"
-            )));
+            return Err(CoreError::unexpected_reply(reply));
         };
         let mut out = Vec::with_capacity(user_keys.len());
         let mut it = items.into_iter();
@@ -596,11 +618,7 @@ impl L2 {
             },
             [1, current] => L2SetResult::VersionMismatch { current: *current },
             [2, current] => L2SetResult::Exists { current: *current },
-            other => {
-                return Err(CoreError::Unavailable(format!(
-                    "unexpected set reply {other:?}"
-                )))
-            }
+            other => return Err(CoreError::unexpected_reply(("set", other))),
         })
     }
 
@@ -629,11 +647,7 @@ impl L2 {
             [2, _, sequence] => L2DeleteResult::NotFound {
                 sequence: *sequence,
             },
-            other => {
-                return Err(CoreError::Unavailable(format!(
-                    "unexpected delete reply {other:?}"
-                )))
-            }
+            other => return Err(CoreError::unexpected_reply(("delete", other))),
         })
     }
 
@@ -717,11 +731,7 @@ impl L2 {
             [2, pttl] => L2Acquire::Held {
                 remaining: Duration::from_millis(u64::try_from(*pttl).unwrap_or(0)),
             },
-            other => {
-                return Err(CoreError::Unavailable(format!(
-                    "unexpected lease reply {other:?}"
-                )))
-            }
+            other => return Err(CoreError::unexpected_reply(("lease", other))),
         })
     }
 
@@ -754,11 +764,7 @@ impl L2 {
             },
             [1] => L2Fill::Revoked,
             [2] => L2Fill::Expired,
-            other => {
-                return Err(CoreError::Unavailable(format!(
-                    "unexpected fill reply {other:?}"
-                )))
-            }
+            other => return Err(CoreError::unexpected_reply(("fill", other))),
         })
     }
 
@@ -820,11 +826,7 @@ impl L2 {
         Ok(match r.as_slice() {
             [1, fence] => Ok(u64::try_from(*fence).unwrap_or(0)),
             [0, pttl] => Err(Duration::from_millis(u64::try_from(*pttl).unwrap_or(0))),
-            other => {
-                return Err(CoreError::Unavailable(format!(
-                    "unexpected lock reply {other:?}"
-                )))
-            }
+            other => return Err(CoreError::unexpected_reply(("lock", other))),
         })
     }
 

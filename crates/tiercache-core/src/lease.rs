@@ -59,6 +59,9 @@ pub enum GetOrSetResult {
     Filled(Found),
     /// The wait bound passed.
     WaitTimedOut,
+    /// A miss while Redis is unreachable: compute without a lease and do not fill (nothing can
+    /// be stored until Redis answers again).
+    Compute,
 }
 
 /// A value computed under a lease.
@@ -88,6 +91,8 @@ enum Acquired {
     Granted(Lease),
     FreshExists,
     Held,
+    /// Redis is unreachable: no lease can be granted.
+    Degraded,
 }
 
 /// Returns a new 128-bit random token, hex encoded.
@@ -119,7 +124,7 @@ impl Cache {
                             refresh: true,
                             ..lease
                         }),
-                        Acquired::FreshExists | Acquired::Held => None,
+                        Acquired::FreshExists | Acquired::Held | Acquired::Degraded => None,
                     }
                 } else {
                     None
@@ -129,7 +134,10 @@ impl Cache {
         }
         match self.acquire(ns, key, lease_ttl).await? {
             Acquired::Granted(lease) => Ok(GetOrSetResult::Lease(lease)),
-            Acquired::FreshExists | Acquired::Held => {
+            Acquired::Degraded if self.claim_compute(ns, key, lease_ttl) => {
+                Ok(GetOrSetResult::Compute)
+            }
+            Acquired::FreshExists | Acquired::Held | Acquired::Degraded => {
                 self.wait_for_fill(ns, key, opts, lease_ttl, deadline).await
             }
         }
@@ -161,6 +169,7 @@ impl Cache {
                 Ok(GetOrSetResult::Lease(_)) => "lease",
                 Ok(GetOrSetResult::WaitTimedOut) => "timeout",
                 Ok(GetOrSetResult::Hit { .. }) => "hit",
+                Ok(GetOrSetResult::Compute) => "compute",
                 Err(_) => "error",
             },
         );
@@ -194,8 +203,12 @@ impl Cache {
                     bump(&ns.stats.coalesced);
                     return Ok(GetOrSetResult::Filled(found));
                 }
-                if let Acquired::Granted(lease) = self.acquire(ns, key, lease_ttl).await? {
-                    return Ok(GetOrSetResult::Lease(lease));
+                match self.acquire(ns, key, lease_ttl).await? {
+                    Acquired::Granted(lease) => return Ok(GetOrSetResult::Lease(lease)),
+                    Acquired::Degraded if self.claim_compute(ns, key, lease_ttl) => {
+                        return Ok(GetOrSetResult::Compute)
+                    }
+                    Acquired::FreshExists | Acquired::Held | Acquired::Degraded => {}
                 }
             }
             if Instant::now() >= deadline {
@@ -224,10 +237,17 @@ impl Cache {
         ttl: Duration,
     ) -> Result<Acquired, CoreError> {
         let token = new_token();
-        let remote = match self.healthy_l2() {
-            // Degraded: coalescing falls back to one computation per replica.
-            Some(l2) => self.or_degrade(l2.acquire_lease(&ns.keys, key, &token, ttl).await)?,
+        let remote = match &self.inner.l2 {
             None => None,
+            Some(_) if self.redis_down() => return Ok(Acquired::Degraded),
+            Some(l2) => match l2.acquire_lease(&ns.keys, key, &token, ttl).await {
+                Ok(r) => Some(r),
+                Err(e) if e.is_unreachable() => {
+                    self.trip(&e);
+                    return Ok(Acquired::Degraded);
+                }
+                Err(e) => return Err(e),
+            },
         };
         let acquired = match remote {
             Some(L2Acquire::Granted { .. }) => true,
@@ -269,6 +289,11 @@ impl Cache {
         }))
     }
 
+    /// Claims the computation of `key` on this replica while degraded; see [`crate::degraded`].
+    fn claim_compute(&self, ns: &Namespace, key: &str, ttl: Duration) -> bool {
+        self.inner.compute_claims.claim(&ns.name, key, ttl)
+    }
+
     /// Whether memory-only mode holds a fresh visible entry for `key`.
     fn memory_fresh(&self, ns: &Namespace, key: &str, now: Instant) -> bool {
         let Some(e) = ns.l1.as_ref().and_then(|l1| l1.get(key)) else {
@@ -302,10 +327,11 @@ impl Cache {
             absent: args.absent,
             stale_window: stale,
         };
-        let remote = match self.healthy_l2() {
+        let remote = match self.writable_l2(ns, &[key])? {
             Some(l2) => {
                 let blob = codec::encode(&data);
-                self.or_degrade(l2.fill(&ns.keys, key, token, blob, ttl + stale).await)?
+                let r = l2.fill(&ns.keys, key, token, blob, ttl + stale).await;
+                Some(self.written(ns, key, r)?)
             }
             None => None,
         };
@@ -392,8 +418,12 @@ impl Cache {
         key: &str,
         token: &str,
     ) -> Result<bool, CoreError> {
-        let remote = match self.healthy_l2() {
-            Some(l2) => self.or_degrade(l2.release_lease(&ns.keys, key, token).await)?,
+        let remote = match self.writable_l2(ns, &[])? {
+            Some(l2) => Some(
+                l2.release_lease(&ns.keys, key, token)
+                    .await
+                    .inspect_err(|e| self.trip(e))?,
+            ),
             None => None,
         };
         let released = match remote {
@@ -421,10 +451,11 @@ impl Cache {
         ns: &Namespace,
         key: &str,
     ) -> Result<Option<(u64, Duration)>, CoreError> {
-        Ok(match self.healthy_l2() {
+        Ok(match self.require_redis_if_configured()? {
             Some(l2) => l2
                 .lease_info(&ns.keys, key)
-                .await?
+                .await
+                .inspect_err(|e| self.trip(e))?
                 .filter(|(token, _, _)| !token.is_empty())
                 .map(|(_, born, remaining)| (born, remaining)),
             None => {

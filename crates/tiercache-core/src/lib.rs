@@ -17,6 +17,7 @@
 
 mod coalesce;
 pub mod codec;
+mod degraded;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -33,7 +34,7 @@ pub use engine::{
     Cache, CacheConfig, DeleteOutcome, Found, Lookup, Mode, ReadOptions, SetOutcome, Tier,
     WriteArgs, WriteCondition,
 };
-pub use error::CoreError;
+pub use error::{CoreError, RedisErrorClass, RedisReplyError};
 pub use event::{Event, EventKind};
 pub use inspect::{Inspection, TierInspection, Visibility};
 pub use l2::RedisOptions;

@@ -363,6 +363,7 @@ impl CacheApi {
                 }
                 r.outcome = pb::GetOrSetOutcome::Compute as i32;
             }
+            GetOrSetResult::Compute => r.outcome = pb::GetOrSetOutcome::Compute as i32,
         }
         Ok(r)
     }
