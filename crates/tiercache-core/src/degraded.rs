@@ -1,68 +1,104 @@
-//! What a replica keeps while Redis is unreachable (degraded mode): which keys one of its
-//! GetOrSet callers is computing without a lease.
-//!
-//! Nothing can be stored while degraded, so a GetOrSet miss tells the caller to compute without a
-//! lease. To keep the callers of one key on one replica from all computing at once, the first
-//! one claims the key for a lease TTL; the others wait on the key's flight (bounded by their own
-//! wait) and one of them claims it when the claim lapses, or they get the fleet-wide lease once
-//! Redis answers again.
+//! Degraded mode, the one fallback rule: while Redis is unreachable reads serve L1, every
+//! mutation is refused and drops the replica's L1 copy of its keys, and a probe leaves the mode
+//! when Redis answers. Only an unreachable Redis trips it ([`CoreError::is_unreachable`]); an
+//! error reply changes no mode. See docs/architecture.md, "Degraded mode".
 
-use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use tokio::time::Instant;
+use crate::engine::Cache;
+use crate::error::CoreError;
+use crate::namespace::Namespace;
+use crate::store::{RedisStore, Store};
 
-/// Past this many claims, lapsed ones are dropped on the next claim.
-const PRUNE_AT: usize = 1024;
+/// How often a degraded replica checks whether Redis answers again.
+pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Keys a caller on this replica is computing without a lease, until when.
-#[derive(Debug, Default)]
-pub(crate) struct ComputeClaims {
-    map: Mutex<HashMap<(String, String), Instant>>,
-}
+impl Cache {
+    /// The Redis store when it is configured and reachable.
+    pub(crate) fn healthy_l2(&self) -> Option<&RedisStore> {
+        self.inner.store.redis().filter(|_| !self.redis_down())
+    }
 
-impl ComputeClaims {
-    /// Claims `key` of `ns` for `ttl`; false while another caller's claim holds.
-    pub fn claim(&self, ns: &str, key: &str, ttl: Duration) -> bool {
-        let now = Instant::now();
-        let mut map = self.map.lock();
-        if map.len() >= PRUNE_AT {
-            map.retain(|_, until| *until > now);
-        }
-        match map.get_mut(&(ns.to_string(), key.to_string())) {
-            Some(until) if *until > now => false,
-            Some(until) => {
-                *until = now + ttl;
-                true
-            }
-            None => {
-                map.insert((ns.to_string(), key.to_string()), now + ttl);
-                true
-            }
+    /// The store, for an operation that needs it (every mutation; locks and lease reads):
+    /// refused while Redis is unreachable. This and [`Cache::writable`] are the one fallback rule.
+    pub(crate) fn usable_store(&self) -> Result<&Store, CoreError> {
+        match &self.inner.store {
+            Store::Redis(_) if self.redis_down() => Err(unreachable()),
+            store => Ok(store),
         }
     }
 
-    /// Forgets every claim (Redis answers again: leases apply).
-    pub fn clear(&self) {
-        self.map.lock().clear();
+    /// The store for a mutation of `keys`. While Redis is unreachable the mutation is refused
+    /// and this replica drops its L1 copy of `keys`, so it never serves what a caller just tried
+    /// to change or remove.
+    pub(crate) fn writable(&self, ns: &Namespace, keys: &[&str]) -> Result<&Store, CoreError> {
+        self.usable_store().inspect_err(|_| self.forget(ns, keys))
+    }
+
+    /// Passes the Redis result of a mutation of `key` on. A failed mutation may or may not have
+    /// reached Redis, so this replica drops its L1 copy; an unreachable Redis trips degraded mode.
+    pub(crate) fn written<T>(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        r: Result<T, CoreError>,
+    ) -> Result<T, CoreError> {
+        if let Err(e) = &r {
+            self.forget(ns, &[key]);
+            self.trip(e);
+        }
+        r
+    }
+
+    /// Drops this replica's L1 copy of `keys`. The epoch bump keeps a Redis read that is under
+    /// way from putting an older copy back.
+    fn forget(&self, ns: &Namespace, keys: &[&str]) {
+        let Some(l1) = &ns.l1 else { return };
+        let mut s = ns.sync.write();
+        s.epoch += 1;
+        for k in keys {
+            l1.invalidate(*k);
+        }
+    }
+
+    /// Enters degraded mode after Redis was found unreachable (other errors are ignored) and
+    /// starts the probe that leaves it.
+    pub(crate) fn trip(&self, e: &CoreError) {
+        if !e.is_unreachable() || self.inner.store.redis().is_none() {
+            return;
+        }
+        if self.inner.redis_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(error = %e, "redis unreachable, entering degraded mode");
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REDIS_PROBE_INTERVAL).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let cache = Cache { inner };
+                let Some(l2) = cache.inner.store.redis() else {
+                    return;
+                };
+                if l2.ping().await.is_ok() {
+                    // L1 is not cleared: nothing was written to it while degraded, and if the
+                    // subscription dropped (events may have been missed) the bus loop clears it
+                    // when it resubscribes; a sequence gap clears a namespace on its own.
+                    cache.inner.redis_down.store(false, Ordering::Release);
+                    cache.inner.compute_claims.clear();
+                    cache.inner.flights.wake_all();
+                    cache.inner.lock_flights.wake_all();
+                    tracing::info!("redis reachable again, leaving degraded mode");
+                    return;
+                }
+            }
+        });
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn one_claim_per_key_until_it_lapses() {
-        let c = ComputeClaims::default();
-        let ttl = Duration::from_secs(1);
-        assert!(c.claim("ns", "k", ttl));
-        assert!(!c.claim("ns", "k", ttl));
-        assert!(c.claim("ns", "other", ttl));
-        tokio::time::advance(ttl).await;
-        assert!(c.claim("ns", "k", ttl));
-        c.clear();
-        assert!(c.claim("ns", "k", ttl));
-    }
+/// The error of a mutation refused because Redis is unreachable.
+pub(crate) fn unreachable() -> CoreError {
+    CoreError::Unavailable("redis is unreachable".into())
 }

@@ -27,7 +27,7 @@ pub enum CoreError {
     Unimplemented(&'static str),
 }
 
-/// An error reply from Redis, classified (see `l2::classify`).
+/// An error reply from Redis, classified (see `store::redis::classify`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct RedisReplyError {
