@@ -18,7 +18,7 @@ use crate::engine::Cache;
 use crate::error::CoreError;
 use crate::namespace::{bump, Namespace};
 use crate::policy::lifetimes;
-use crate::store::{LeaseGrant, Store, StoreFill};
+use crate::store::{LeaseGrant, StoreFill};
 use crate::types::{Found, Lookup, ReadOptions};
 
 /// How often a waiter re-checks when no wake-up came (a lost event, an expired lease).
@@ -238,16 +238,18 @@ impl Cache {
         ttl: Duration,
     ) -> Result<Acquired, CoreError> {
         let token = new_token();
-        let grant = match &self.inner.store {
-            Store::Redis(_) if self.redis_down() => return Ok(Acquired::Degraded),
-            store => match store.acquire_lease(ns, key, &token, ttl).await {
-                Ok(grant) => grant,
-                Err(e) if e.is_unreachable() => {
-                    self.trip(&e);
-                    return Ok(Acquired::Degraded);
-                }
-                Err(e) => return Err(e),
-            },
+        // The one fallback rule: no lease while Redis is unreachable (`usable_store` refuses).
+        let grant = match self.usable_store() {
+            Ok(store) => store.acquire_lease(ns, key, &token, ttl).await,
+            Err(e) => Err(e),
+        };
+        let grant = match grant {
+            Ok(grant) => grant,
+            Err(e) if e.is_unreachable() => {
+                self.trip(&e);
+                return Ok(Acquired::Degraded);
+            }
+            Err(e) => return Err(e),
         };
         match grant {
             LeaseGrant::Granted { .. } => {}
