@@ -1,5 +1,7 @@
-//! One conformance suite for the engine, run against memory-only and against L1 + a real Redis,
-//! so the two modes cannot drift.
+//! One conformance suite for the engine, run against both stores behind it: the local store
+//! (memory-only mode) and the Redis store (L1 + a real Redis), so the two cannot drift. It goes
+//! through `Cache`, the only way in: the store boundary (`tiercache_core::store::Store`) is what
+//! both modes share below it.
 
 use std::time::Duration;
 

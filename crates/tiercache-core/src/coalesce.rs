@@ -1,35 +1,47 @@
 //! Per-process waiter coalescing: every caller waiting on the same key of the same namespace on
 //! this replica shares one [`Flight`]. One of them at a time checks Redis (or the local store);
 //! the others wait for its answer, a wake-up (fill or release event), or the fallback poll.
+//!
+//! Generic over the value a checker hands to the other waiters (as foyer's `inflight.rs` is), so
+//! this module knows nothing of the engine: GetOrSet waiters share a found entry, lock waiters
+//! share nothing (`()`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
-
-use crate::engine::Found;
+use tokio::time::Instant;
 
 /// The shared wait of one key on this replica.
 #[derive(Debug)]
-pub(crate) struct Flight {
+pub(crate) struct Flight<V> {
     /// Woken by fill and release events and local writes.
     pub wake: Notify,
     /// Held by the one waiter currently checking, so a wake-up costs one check per replica.
     pub checking: tokio::sync::Mutex<()>,
     /// The value a checker found, handed to every other waiter.
-    pub filled: watch::Sender<Option<Found>>,
+    pub filled: watch::Sender<Option<V>>,
 }
 
-struct Slot {
-    flight: Arc<Flight>,
+struct Slot<V> {
+    flight: Arc<Flight<V>>,
     waiters: usize,
 }
 
 /// The waiter map of one replica.
-#[derive(Default)]
-pub(crate) struct Flights {
-    map: Mutex<HashMap<String, Slot>>,
+pub(crate) struct Flights<V> {
+    map: Mutex<HashMap<String, Slot<V>>>,
+}
+
+impl<V> Default for Flights<V> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 fn slot_key(ns: &str, key: &str) -> String {
@@ -41,13 +53,13 @@ fn slot_key(ns: &str, key: &str) -> String {
 }
 
 /// Membership in a flight; leaving the last one removes the flight.
-pub(crate) struct Joined<'a> {
-    flights: &'a Flights,
+pub(crate) struct Joined<'a, V> {
+    flights: &'a Flights<V>,
     key: String,
-    pub flight: Arc<Flight>,
+    pub flight: Arc<Flight<V>>,
 }
 
-impl Drop for Joined<'_> {
+impl<V> Drop for Joined<'_, V> {
     fn drop(&mut self) {
         let mut map = self.flights.map.lock();
         if let Some(slot) = map.get_mut(&self.key) {
@@ -59,9 +71,9 @@ impl Drop for Joined<'_> {
     }
 }
 
-impl Flights {
+impl<V> Flights<V> {
     /// Joins (or starts) the flight of `key` in `ns`.
-    pub fn join(&self, ns: &str, key: &str) -> Joined<'_> {
+    pub fn join(&self, ns: &str, key: &str) -> Joined<'_, V> {
         let k = slot_key(ns, key);
         let mut map = self.map.lock();
         let slot = map.entry(k.clone()).or_insert_with(|| Slot {
@@ -105,13 +117,71 @@ impl Flights {
     }
 }
 
+/// Past this many claims, lapsed ones are dropped on the next claim.
+const PRUNE_AT: usize = 1024;
+
+/// Keys a GetOrSet caller on this replica computes without a lease while Redis is unreachable,
+/// until when. Nothing can be stored then, so a miss tells the caller to compute; the first
+/// caller of a key claims it for a lease TTL and the others wait on the key's flight (bounded by
+/// their own wait), so they do not all compute at once. One of them claims it when the claim
+/// lapses; once Redis answers again they get the fleet-wide lease.
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    map: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl Claims {
+    /// Claims `key` of `ns` for `ttl`; false while another caller's claim holds.
+    pub fn claim(&self, ns: &str, key: &str, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut map = self.map.lock();
+        if map.len() >= PRUNE_AT {
+            map.retain(|_, until| *until > now);
+        }
+        match map.get_mut(&(ns.to_string(), key.to_string())) {
+            Some(until) if *until > now => false,
+            Some(until) => {
+                *until = now + ttl;
+                true
+            }
+            None => {
+                map.insert((ns.to_string(), key.to_string()), now + ttl);
+                true
+            }
+        }
+    }
+
+    /// Forgets every claim (Redis answers again: leases apply).
+    pub fn clear(&self) {
+        self.map.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_claim_per_key_until_it_lapses() {
+        let c = Claims::default();
+        let ttl = Duration::from_secs(1);
+        assert!(c.claim("ns", "k", ttl));
+        assert!(!c.claim("ns", "k", ttl));
+        assert!(c.claim("ns", "other", ttl));
+        tokio::time::advance(ttl).await;
+        assert!(c.claim("ns", "k", ttl));
+        c.clear();
+        assert!(c.claim("ns", "k", ttl));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn last_waiter_removes_the_flight() {
-        let f = Flights::default();
+        let f = Flights::<()>::default();
         let a = f.join("ns", "k");
         let b = f.join("ns", "k");
         assert!(Arc::ptr_eq(&a.flight, &b.flight));

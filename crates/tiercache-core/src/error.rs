@@ -10,9 +10,15 @@ pub enum CoreError {
     /// Dynamic namespace creation hit the server's ceiling.
     #[error("too many namespaces (at most {0})")]
     TooManyNamespaces(usize),
-    /// Redis could not be reached or answered with an error; no fallback applies.
+    /// Redis could not be reached: connection refused or reset, an I/O error, a dropped
+    /// connection, or no answer within the response timeout. The only error that trips degraded
+    /// mode.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    /// Redis answered, with an error reply or a reply this version cannot read. It is reachable,
+    /// so no mode changes and nothing is cleared.
+    #[error("redis error: {0}")]
+    Redis(RedisReplyError),
     /// Redis held data this version cannot read.
     #[error("corrupt entry for key {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -21,8 +27,60 @@ pub enum CoreError {
     Unimplemented(&'static str),
 }
 
-impl From<redis::RedisError> for CoreError {
-    fn from(e: redis::RedisError) -> Self {
-        CoreError::Unavailable(e.to_string())
+/// An error reply from Redis, classified (see `store::redis::classify`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RedisReplyError {
+    pub class: RedisErrorClass,
+    /// The Redis error code, the reply's first word (`WRONGTYPE`, `ERR`, `OOM`, `READONLY`…);
+    /// `UNEXPECTED_REPLY` for a reply of the wrong shape, `ERROR` when Redis gave none.
+    pub code: String,
+    pub message: String,
+}
+
+/// What an error reply means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisErrorClass {
+    /// A script or type error (`WRONGTYPE`, `ERR`, `NOSCRIPT` after the reload…) or a reply this
+    /// version cannot read: retrying the same call cannot succeed.
+    Internal,
+    /// Redis is out of memory (`OOM`).
+    OutOfMemory,
+    /// Redis cannot serve the call now but may soon (`READONLY`, `LOADING`, `BUSY`, `TRYAGAIN`,
+    /// `MASTERDOWN`): retry later.
+    Transient,
+}
+
+impl RedisReplyError {
+    /// Returns the `ErrorInfo` reason: `REDIS_` and the error code (`REDIS_WRONGTYPE`).
+    pub fn reason(&self) -> String {
+        let code: String = self
+            .code
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("REDIS_{code}")
+    }
+}
+
+impl CoreError {
+    /// A reply of a shape the caller did not expect (a script or Redis version mismatch).
+    pub(crate) fn unexpected_reply(what: impl std::fmt::Debug) -> CoreError {
+        CoreError::Redis(RedisReplyError {
+            class: RedisErrorClass::Internal,
+            code: "UNEXPECTED_REPLY".into(),
+            message: format!("unexpected reply from redis: {what:?}"),
+        })
+    }
+
+    /// True when Redis could not be reached (the one error that trips degraded mode).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, CoreError::Unavailable(_))
     }
 }

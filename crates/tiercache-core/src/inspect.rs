@@ -13,17 +13,14 @@
 //! value and `PTTL` after the tag marks, and add a `lease` field to [`Inspection`].
 
 use std::fmt::Write as _;
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use bytes::Bytes;
-use redis::{Script, Value};
 use tokio::time::Instant;
 
-use crate::codec::{self, EntryData};
-use crate::engine::{Cache, Found, Tier};
+use crate::engine::Cache;
 use crate::error::CoreError;
 use crate::namespace::{L1Entry, Namespace};
+use crate::types::{Found, Tier};
 
 /// Whether an entry would be served, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,44 +64,6 @@ pub struct Inspection {
     pub explanation: String,
 }
 
-/// KEYS: entry, seq, flush. ARGV: meta prefix, extra tags… (the tags of the replica's L1 copy).
-/// Returns {blob or nil, pttl, seq, flush, {marks of the entry's tags}, {marks of extra tags}}.
-/// Reads the tags at the codec's offsets, like `visible` in the prelude.
-const INSPECT: &str = r#"
-local blob = redis.call('GET', KEYS[1])
-local pttl = redis.call('PTTL', KEYS[1])
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-local flush = tonumber(redis.call('GET', KEYS[3]) or '0')
-local function mark(tag)
-  return tonumber(redis.call('GET', ARGV[1] .. 'tag:' .. esc(tag)) or '0')
-end
-local marks = {}
-if blob and string.len(blob) >= 28 and string.byte(blob, 1) == 1 then
-  local n = string.byte(blob, 27) * 256 + string.byte(blob, 28)
-  local pos = 29
-  for i = 1, n do
-    if pos + 1 > string.len(blob) then break end
-    local len = string.byte(blob, pos) * 256 + string.byte(blob, pos + 1)
-    marks[i] = mark(string.sub(blob, pos + 2, pos + 1 + len))
-    pos = pos + 2 + len
-  end
-end
-local extra = {}
-for i = 2, #ARGV do extra[i - 1] = mark(ARGV[i]) end
-return {blob, pttl, seq, flush, marks, extra}
-"#;
-
-static INSPECT_SCRIPT: LazyLock<Script> = LazyLock::new(|| crate::l2::script_with_prelude(INSPECT));
-
-/// One atomic read of Redis for a key.
-struct L2Snapshot {
-    entry: Option<(EntryData, Duration)>,
-    sequence: u64,
-    flush: u64,
-    entry_marks: Vec<u64>,
-    extra_marks: Vec<u64>,
-}
-
 impl Cache {
     /// Explains one key: what L1 of this replica and L2 hold, the namespace sequence and flush
     /// mark, the marks of the entry's tags, and whether and why the entry is visible.
@@ -112,7 +71,7 @@ impl Cache {
     /// Read-only: it does not fill L1, learn marks or change any counter.
     pub async fn inspect(&self, ns: &Namespace, key: &str) -> Result<Inspection, CoreError> {
         let now = Instant::now();
-        match &self.inner.l2 {
+        match self.inner.store.redis() {
             None => {
                 let (entry, sequence, flush, marks) = {
                     let s = ns.sync.read();
@@ -145,7 +104,7 @@ impl Cache {
                     .as_ref()
                     .map(|e| e.data.tags.to_vec())
                     .unwrap_or_default();
-                let snap = read_snapshot(l2, ns, key, &l1_tags).await?;
+                let snap = l2.inspect(&ns.keys, key, &l1_tags).await?;
                 let now = Instant::now().max(now);
                 let l2_found = snap.entry.map(|(data, remaining)| {
                     let fresh = remaining.saturating_sub(data.stale_window);
@@ -182,60 +141,6 @@ impl Cache {
             }
         }
     }
-}
-
-async fn read_snapshot(
-    l2: &crate::l2::L2,
-    ns: &Namespace,
-    key: &str,
-    extra_tags: &[String],
-) -> Result<L2Snapshot, CoreError> {
-    let mut inv = INSPECT_SCRIPT.prepare_invoke();
-    inv.key(ns.keys.entry(key))
-        .key(&ns.keys.seq)
-        .key(&ns.keys.flush)
-        .arg(&ns.keys.meta_prefix);
-    for t in extra_tags {
-        inv.arg(t);
-    }
-    let reply: Value = inv.invoke_async(&mut l2.connection()).await?;
-    let bad = |what: &str| CoreError::Unavailable(format!("unexpected inspect reply: {what}"));
-    let Value::Array(items) = reply else {
-        return Err(bad("not an array"));
-    };
-    let [blob, pttl, seq, flush, marks, extra]: [Value; 6] =
-        items.try_into().map_err(|_| bad("wrong length"))?;
-    let entry = match (blob, pttl) {
-        (Value::BulkString(b), Value::Int(ms)) => {
-            let data = codec::decode(Bytes::from(b)).map_err(|e| CoreError::Corrupt {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
-            // No expiry (-1) means the key was not written by us; treat it as long-lived.
-            let remaining = u64::try_from(ms)
-                .map(Duration::from_millis)
-                .unwrap_or(Duration::from_secs(u32::MAX as u64));
-            Some((data, remaining))
-        }
-        _ => None,
-    };
-    let int = |v: &Value| match v {
-        Value::Int(i) => Ok(u64::try_from(*i).unwrap_or(0)),
-        _ => Err(bad("not an integer")),
-    };
-    let ints = |v: &Value| match v {
-        Value::Array(a) => a.iter().map(int).collect::<Result<Vec<_>, _>>(),
-        // Redis turns an empty Lua table into an empty array, but be lenient.
-        Value::Nil => Ok(Vec::new()),
-        _ => Err(bad("not an array of integers")),
-    };
-    Ok(L2Snapshot {
-        entry,
-        sequence: int(&seq)?,
-        flush: int(&flush)?,
-        entry_marks: ints(&marks)?,
-        extra_marks: ints(&extra)?,
-    })
 }
 
 /// The live L1 entry as a [`Found`]; `None` when L1 holds nothing it could still serve.

@@ -13,12 +13,13 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::codec::{self, EntryData};
-use crate::engine::{lifetimes, Cache, Found, Lookup, ReadOptions};
+use crate::codec::EntryData;
+use crate::engine::Cache;
 use crate::error::CoreError;
-use crate::event::{Event, EventKind};
-use crate::l2::{L2Acquire, L2Fill};
-use crate::namespace::{bump, LeaseSlot, Namespace};
+use crate::namespace::{bump, Namespace};
+use crate::policy::lifetimes;
+use crate::store::{LeaseGrant, StoreFill};
+use crate::types::{Found, Lookup, ReadOptions};
 
 /// How often a waiter re-checks when no wake-up came (a lost event, an expired lease).
 pub const WAITER_POLL: Duration = Duration::from_millis(50);
@@ -59,6 +60,9 @@ pub enum GetOrSetResult {
     Filled(Found),
     /// The wait bound passed.
     WaitTimedOut,
+    /// A miss while Redis is unreachable: compute without a lease and do not fill (nothing can
+    /// be stored until Redis answers again).
+    Compute,
 }
 
 /// A value computed under a lease.
@@ -88,6 +92,8 @@ enum Acquired {
     Granted(Lease),
     FreshExists,
     Held,
+    /// Redis is unreachable: no lease can be granted.
+    Degraded,
 }
 
 /// Returns a new 128-bit random token, hex encoded.
@@ -119,7 +125,7 @@ impl Cache {
                             refresh: true,
                             ..lease
                         }),
-                        Acquired::FreshExists | Acquired::Held => None,
+                        Acquired::FreshExists | Acquired::Held | Acquired::Degraded => None,
                     }
                 } else {
                     None
@@ -129,7 +135,10 @@ impl Cache {
         }
         match self.acquire(ns, key, lease_ttl).await? {
             Acquired::Granted(lease) => Ok(GetOrSetResult::Lease(lease)),
-            Acquired::FreshExists | Acquired::Held => {
+            Acquired::Degraded if self.claim_compute(ns, key, lease_ttl) => {
+                Ok(GetOrSetResult::Compute)
+            }
+            Acquired::FreshExists | Acquired::Held | Acquired::Degraded => {
                 self.wait_for_fill(ns, key, opts, lease_ttl, deadline).await
             }
         }
@@ -161,6 +170,7 @@ impl Cache {
                 Ok(GetOrSetResult::Lease(_)) => "lease",
                 Ok(GetOrSetResult::WaitTimedOut) => "timeout",
                 Ok(GetOrSetResult::Hit { .. }) => "hit",
+                Ok(GetOrSetResult::Compute) => "compute",
                 Err(_) => "error",
             },
         );
@@ -194,8 +204,12 @@ impl Cache {
                     bump(&ns.stats.coalesced);
                     return Ok(GetOrSetResult::Filled(found));
                 }
-                if let Acquired::Granted(lease) = self.acquire(ns, key, lease_ttl).await? {
-                    return Ok(GetOrSetResult::Lease(lease));
+                match self.acquire(ns, key, lease_ttl).await? {
+                    Acquired::Granted(lease) => return Ok(GetOrSetResult::Lease(lease)),
+                    Acquired::Degraded if self.claim_compute(ns, key, lease_ttl) => {
+                        return Ok(GetOrSetResult::Compute)
+                    }
+                    Acquired::FreshExists | Acquired::Held | Acquired::Degraded => {}
                 }
             }
             if Instant::now() >= deadline {
@@ -224,42 +238,23 @@ impl Cache {
         ttl: Duration,
     ) -> Result<Acquired, CoreError> {
         let token = new_token();
-        let remote = match self.healthy_l2() {
-            // Degraded: coalescing falls back to one computation per replica.
-            Some(l2) => self.or_degrade(l2.acquire_lease(&ns.keys, key, &token, ttl).await)?,
-            None => None,
+        // The one fallback rule: no lease while Redis is unreachable (`usable_store` refuses).
+        let grant = match self.usable_store() {
+            Ok(store) => store.acquire_lease(ns, key, &token, ttl).await,
+            Err(e) => Err(e),
         };
-        let acquired = match remote {
-            Some(L2Acquire::Granted { .. }) => true,
-            Some(L2Acquire::FreshEntryExists) => return Ok(Acquired::FreshExists),
-            Some(L2Acquire::Held { .. }) => false,
-            None => {
-                let _stripe = ns.stripe(key).lock();
-                let now = Instant::now();
-                if self.memory_fresh(ns, key, now) {
-                    return Ok(Acquired::FreshExists);
-                }
-                let mut leases = ns.leases.lock();
-                let revoked = match leases.get(key) {
-                    Some(s) if s.expires > now && !s.token.is_empty() => return Ok(Acquired::Held),
-                    Some(s) if s.expires > now => s.revoked.clone(),
-                    _ => String::new(),
-                };
-                let born = ns.sync.read().last_seq.unwrap_or(0);
-                leases.insert(
-                    key.to_string(),
-                    LeaseSlot {
-                        token: token.clone(),
-                        born,
-                        expires: now + ttl,
-                        revoked,
-                    },
-                );
-                true
+        let grant = match grant {
+            Ok(grant) => grant,
+            Err(e) if e.is_unreachable() => {
+                self.trip(&e);
+                return Ok(Acquired::Degraded);
             }
+            Err(e) => return Err(e),
         };
-        if !acquired {
-            return Ok(Acquired::Held);
+        match grant {
+            LeaseGrant::Granted { .. } => {}
+            LeaseGrant::FreshEntryExists => return Ok(Acquired::FreshExists),
+            LeaseGrant::Held { .. } => return Ok(Acquired::Held),
         }
         bump(&ns.stats.leases_granted);
         Ok(Acquired::Granted(Lease {
@@ -269,12 +264,9 @@ impl Cache {
         }))
     }
 
-    /// Whether memory-only mode holds a fresh visible entry for `key`.
-    fn memory_fresh(&self, ns: &Namespace, key: &str, now: Instant) -> bool {
-        let Some(e) = ns.l1.as_ref().and_then(|l1| l1.get(key)) else {
-            return false;
-        };
-        now < e.fresh_until && ns.sync.read().visible(&e.data).unwrap_or(true)
+    /// Claims the computation of `key` on this replica while degraded; see [`crate::degraded`].
+    fn claim_compute(&self, ns: &Namespace, key: &str, ttl: Duration) -> bool {
+        self.inner.compute_claims.claim(&ns.name, key, ttl)
     }
 
     /// Stores a value computed under the lease `token`.
@@ -302,86 +294,27 @@ impl Cache {
             absent: args.absent,
             stale_window: stale,
         };
-        let remote = match self.healthy_l2() {
-            Some(l2) => {
-                let blob = codec::encode(&data);
-                self.or_degrade(l2.fill(&ns.keys, key, token, blob, ttl + stale).await)?
-            }
-            None => None,
-        };
-        let outcome = match remote {
-            Some(L2Fill::Stored {
+        let store = self.writable(ns, &[key])?;
+        let filled = store.fill(ns, key, token, &data, ttl).await;
+        let outcome = match self.written(ns, key, filled)? {
+            StoreFill::Stored {
                 version,
                 sequence,
                 born,
-            }) => {
+            } => {
                 data.version = version;
                 data.born = born;
                 self.l1_after_write(ns, key, Some((data, ttl)), sequence);
                 FillOutcome::Stored { version }
             }
-            Some(L2Fill::Revoked) => FillOutcome::LeaseRevoked,
-            Some(L2Fill::Expired) => FillOutcome::LeaseExpired,
-            None => self.memory_fill(ns, key, token, data, ttl)?,
+            StoreFill::Revoked => FillOutcome::LeaseRevoked,
+            StoreFill::Expired => FillOutcome::LeaseExpired,
         };
         if matches!(outcome, FillOutcome::Stored { .. }) {
             bump(&ns.stats.fills);
         }
         self.inner.flights.wake(&ns.name, key);
         Ok(outcome)
-    }
-
-    fn memory_fill(
-        &self,
-        ns: &Namespace,
-        key: &str,
-        token: &str,
-        mut data: EntryData,
-        ttl: Duration,
-    ) -> Result<FillOutcome, CoreError> {
-        let l1 = self.local_store(ns)?;
-        let _stripe = ns.stripe(key).lock();
-        let now = Instant::now();
-        let mut leases = ns.leases.lock();
-        let born = match leases.get(key) {
-            Some(s) if s.expires <= now => {
-                leases.remove(key);
-                return Ok(FillOutcome::LeaseExpired);
-            }
-            Some(s) if s.token == token => s.born,
-            Some(s) if s.revoked == token => return Ok(FillOutcome::LeaseRevoked),
-            _ => return Ok(FillOutcome::LeaseExpired),
-        };
-        leases.remove(key);
-        data.born = born;
-        let mut s = ns.sync.write();
-        if !s.visible(&data).unwrap_or(true) {
-            // An invalidation since the grant: the value would be hidden, so it is not stored.
-            return Ok(FillOutcome::LeaseRevoked);
-        }
-        data.version = self.next_version();
-        let seq = self.local_sequence(&mut s);
-        let version = data.version;
-        let stale = data.stale_window;
-        l1.insert(
-            key.into(),
-            std::sync::Arc::new(crate::namespace::L1Entry {
-                data,
-                fresh_until: now + ttl,
-                stale_until: now + ttl + stale,
-                l1_until: now + ttl + stale,
-            }),
-        );
-        if let Some(sequence) = seq {
-            let _ = ns.events.send(Event {
-                sequence,
-                kind: EventKind::KeyChanged {
-                    key: key.to_string(),
-                    version,
-                },
-            });
-        }
-        Ok(FillOutcome::Stored { version })
     }
 
     /// Gives a lease back without a value (errors are never cached); wakes the waiters so one of
@@ -392,23 +325,11 @@ impl Cache {
         key: &str,
         token: &str,
     ) -> Result<bool, CoreError> {
-        let remote = match self.healthy_l2() {
-            Some(l2) => self.or_degrade(l2.release_lease(&ns.keys, key, token).await)?,
-            None => None,
-        };
-        let released = match remote {
-            Some(released) => released,
-            None => {
-                let mut leases = ns.leases.lock();
-                match leases.get(key) {
-                    Some(s) if s.token == token && s.expires > Instant::now() => {
-                        leases.remove(key);
-                        true
-                    }
-                    _ => false,
-                }
-            }
-        };
+        let released = self
+            .writable(ns, &[])?
+            .release_lease(ns, key, token)
+            .await
+            .inspect_err(|e| self.trip(e))?;
         if released {
             self.inner.flights.wake(&ns.name, key);
         }
@@ -421,20 +342,9 @@ impl Cache {
         ns: &Namespace,
         key: &str,
     ) -> Result<Option<(u64, Duration)>, CoreError> {
-        Ok(match self.healthy_l2() {
-            Some(l2) => l2
-                .lease_info(&ns.keys, key)
-                .await?
-                .filter(|(token, _, _)| !token.is_empty())
-                .map(|(_, born, remaining)| (born, remaining)),
-            None => {
-                let now = Instant::now();
-                ns.leases
-                    .lock()
-                    .get(key)
-                    .filter(|s| !s.token.is_empty() && s.expires > now)
-                    .map(|s| (s.born, s.expires - now))
-            }
-        })
+        self.usable_store()?
+            .lease_info(ns, key)
+            .await
+            .inspect_err(|e| self.trip(e))
     }
 }

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::engine::Cache;
 use crate::error::CoreError;
 use crate::lease::new_token;
-use crate::namespace::{LockSlot, Namespace};
+use crate::namespace::Namespace;
 
 /// How often a lock waiter re-tries when no release wake-up came (an expired holder).
 pub const LOCK_POLL: Duration = Duration::from_millis(50);
@@ -101,26 +101,10 @@ impl Cache {
         token: &str,
         ttl: Duration,
     ) -> Result<Result<u64, Duration>, CoreError> {
-        if let Some(l2) = self.require_redis_if_configured()? {
-            return l2
-                .acquire_lock(&ns.keys, name, token, ttl)
-                .await
-                .inspect_err(|e| self.trip(e));
-        }
-        let now = Instant::now();
-        let mut locks = ns.locks.lock();
-        let slot = locks.entry(name.to_string()).or_insert(LockSlot {
-            token: String::new(),
-            expires: now,
-            fence: 0,
-        });
-        if !slot.token.is_empty() && slot.expires > now {
-            return Ok(Err(slot.expires - now));
-        }
-        slot.token = token.to_string();
-        slot.expires = now + ttl;
-        slot.fence += 1;
-        Ok(Ok(slot.fence))
+        self.usable_store()?
+            .try_lock(ns, name, token, ttl)
+            .await
+            .inspect_err(|e| self.trip(e))
     }
 
     /// Extends the lock held by `owner_token`; false (and no change) when it is not held.
@@ -131,21 +115,10 @@ impl Cache {
         owner_token: &str,
         ttl: Duration,
     ) -> Result<bool, CoreError> {
-        if let Some(l2) = self.require_redis_if_configured()? {
-            return l2
-                .renew_lock(&ns.keys, name, owner_token, ttl)
-                .await
-                .inspect_err(|e| self.trip(e));
-        }
-        let now = Instant::now();
-        let mut locks = ns.locks.lock();
-        Ok(match locks.get_mut(name) {
-            Some(s) if s.token == owner_token && s.expires > now => {
-                s.expires = now + ttl;
-                true
-            }
-            _ => false,
-        })
+        self.usable_store()?
+            .renew_lock(ns, name, owner_token, ttl)
+            .await
+            .inspect_err(|e| self.trip(e))
     }
 
     /// Frees the lock held by `owner_token`; false (and no change) when it is not held, so a late
@@ -156,23 +129,11 @@ impl Cache {
         name: &str,
         owner_token: &str,
     ) -> Result<bool, CoreError> {
-        let released = match self.require_redis_if_configured()? {
-            Some(l2) => l2
-                .release_lock(&ns.keys, name, owner_token)
-                .await
-                .inspect_err(|e| self.trip(e))?,
-            None => {
-                let now = Instant::now();
-                let mut locks = ns.locks.lock();
-                match locks.get_mut(name) {
-                    Some(s) if s.token == owner_token && s.expires > now => {
-                        s.token.clear();
-                        true
-                    }
-                    _ => false,
-                }
-            }
-        };
+        let released = self
+            .usable_store()?
+            .release_lock(ns, name, owner_token)
+            .await
+            .inspect_err(|e| self.trip(e))?;
         if released {
             self.inner.lock_flights.wake(&ns.name, name);
         }

@@ -275,17 +275,3 @@ impl Namespace {
         self.sync.read().last_seq.unwrap_or(0)
     }
 }
-
-impl Namespace {
-    /// Revokes the memory-only lease on `key`, if one is held.
-    pub(crate) fn revoke_local_lease(&self, key: &str) {
-        let mut leases = self.leases.lock();
-        if let Some(slot) = leases.get_mut(key) {
-            if slot.expires <= Instant::now() {
-                leases.remove(key);
-            } else if !slot.token.is_empty() {
-                slot.revoked = std::mem::take(&mut slot.token);
-            }
-        }
-    }
-}

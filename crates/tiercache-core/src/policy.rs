@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use rand::Rng;
+
 /// The effective policy of one namespace: TTLs, L1 budget, limits and lease timing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamespacePolicy {
@@ -122,6 +124,21 @@ pub fn is_valid_namespace(name: &str) -> bool {
         && b[1..].iter().all(|c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
         })
+}
+
+/// Resolves the fresh period (default, capped, with jitter) and the stale window of a write.
+pub fn lifetimes(
+    policy: &NamespacePolicy,
+    ttl: Option<Duration>,
+    stale: Option<Duration>,
+) -> (Duration, Duration) {
+    let mut ttl = ttl.unwrap_or(policy.default_ttl).min(policy.max_ttl);
+    if policy.jitter > 0.0 {
+        let f: f64 = rand::rng().random_range(0.0..policy.jitter);
+        ttl = ttl.mul_f64(1.0 + f);
+    }
+    let stale = stale.unwrap_or(policy.stale_ttl).min(policy.max_ttl);
+    (ttl, stale)
 }
 
 #[cfg(test)]

@@ -147,7 +147,8 @@ pub fn get_or_set_response(key: String, result: GetOrSetResult) -> pb::GetOrSetR
             r.outcome = pb::GetOrSetOutcome::Filled as i32;
             r.entry = Some(entry(found, true));
         }
-        GetOrSetResult::WaitTimedOut => {
+        // Compute: Redis is unreachable, so nothing could be stored; the caller computes.
+        GetOrSetResult::WaitTimedOut | GetOrSetResult::Compute => {
             r.outcome = pb::GetOrSetOutcome::Compute as i32;
         }
     }

@@ -3,12 +3,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tiercache_core::error::RedisErrorClass;
 use tiercache_core::CoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The `ErrorInfo.domain` of every status this server returns.
 pub const ERROR_DOMAIN: &str = "tiercache.v1";
+
+/// How long a caller should wait before retrying a call Redis could not serve.
+const REDIS_RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// A request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +75,24 @@ impl From<ApiError> for Status {
                 ),
                 CoreError::Unavailable(_) => {
                     status(Code::Unavailable, message, "REDIS_UNAVAILABLE", |d| {
-                        d.set_retry_info(Some(Duration::from_millis(200)));
+                        d.set_retry_info(Some(REDIS_RETRY_AFTER));
                     })
+                }
+                CoreError::Redis(reply) => {
+                    let reason = reply.reason();
+                    match reply.class {
+                        RedisErrorClass::Internal => {
+                            status(Code::Internal, message, &reason, |_| {})
+                        }
+                        RedisErrorClass::OutOfMemory => {
+                            status(Code::ResourceExhausted, message, &reason, |_| {})
+                        }
+                        RedisErrorClass::Transient => {
+                            status(Code::Unavailable, message, &reason, |d| {
+                                d.set_retry_info(Some(REDIS_RETRY_AFTER));
+                            })
+                        }
+                    }
                 }
                 CoreError::Corrupt { .. } => {
                     status(Code::DataLoss, message, "CORRUPT_ENTRY", |_| {})
@@ -99,6 +119,33 @@ mod tests {
             s.get_details_error_info().unwrap().reason,
             "INVALID_ARGUMENT"
         );
+    }
+
+    fn reply(class: RedisErrorClass, code: &str) -> Status {
+        ApiError::Core(CoreError::Redis(tiercache_core::error::RedisReplyError {
+            class,
+            code: code.into(),
+            message: format!("{code} something"),
+        }))
+        .into()
+    }
+
+    #[test]
+    fn redis_error_replies_name_their_class() {
+        let s = reply(RedisErrorClass::Internal, "WRONGTYPE");
+        assert_eq!(s.code(), Code::Internal);
+        assert_eq!(
+            s.get_details_error_info().unwrap().reason,
+            "REDIS_WRONGTYPE"
+        );
+        assert!(s.get_details_retry_info().is_none());
+        let s = reply(RedisErrorClass::OutOfMemory, "OOM");
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.get_details_error_info().unwrap().reason, "REDIS_OOM");
+        let s = reply(RedisErrorClass::Transient, "LOADING");
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.get_details_error_info().unwrap().reason, "REDIS_LOADING");
+        assert!(s.get_details_retry_info().unwrap().retry_delay.is_some());
     }
 
     #[test]

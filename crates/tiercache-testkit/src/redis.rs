@@ -199,6 +199,8 @@ fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, StartError> {
         .arg("--port")
         .arg(port.to_string())
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        // Fault tests stall Redis with `DEBUG SLEEP`, refused by default since Redis 7.
+        .args(["--enable-debug-command", "local"])
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")

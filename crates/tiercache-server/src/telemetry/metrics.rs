@@ -8,8 +8,8 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use tiercache_core::l2::{error_type, RedisObserver, RedisOp};
 use tiercache_core::namespace::NamespaceStats;
+use tiercache_core::store::redis::{error_type, RedisObserver, RedisOp};
 use tiercache_core::{Cache, CoreError};
 
 use super::otel::{resource, TelemetryError, SCOPE};

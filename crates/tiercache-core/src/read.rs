@@ -1,0 +1,236 @@
+//! The read path: L1, then one round trip to the Redis store for the rest (memory-only mode has
+//! nothing behind L1); L2 hits fill L1 only when nothing that could invalidate it happened
+//! meanwhile.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::codec::EntryData;
+use crate::engine::Cache;
+use crate::error::CoreError;
+use crate::namespace::{bump, L1Entry, Namespace};
+use crate::store::RedisStore;
+use crate::types::{Found, Lookup, ReadOptions, Tier};
+
+impl Cache {
+    /// Reads one key: L1, then L2.
+    pub async fn get(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        opts: ReadOptions,
+    ) -> Result<Lookup, CoreError> {
+        Ok(self
+            .get_many(ns, &[key], opts)
+            .await?
+            .pop()
+            .unwrap_or(Lookup::Miss))
+    }
+
+    /// Reads keys, in order: L1 for each, then one L2 round trip for the rest.
+    pub async fn get_many(
+        &self,
+        ns: &Namespace,
+        keys: &[&str],
+        opts: ReadOptions,
+    ) -> Result<Vec<Lookup>, CoreError> {
+        self.lookup_many(ns, keys, opts, true).await
+    }
+
+    /// Reads keys; `count` says whether the lookups count in the namespace statistics (waiters'
+    /// re-checks do not).
+    pub(crate) async fn lookup_many(
+        &self,
+        ns: &Namespace,
+        keys: &[&str],
+        opts: ReadOptions,
+        count: bool,
+    ) -> Result<Vec<Lookup>, CoreError> {
+        let now = Instant::now();
+        let degraded = self.redis_down();
+        let mut out: Vec<Option<Lookup>> = keys
+            .iter()
+            .map(|k| self.l1_lookup(ns, k, now, degraded).map(Lookup::Hit))
+            .collect();
+        if let Some(l2) = self.healthy_l2() {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+            if !missing.is_empty() {
+                match self.read_l2(ns, l2, keys, &missing, &mut out).await {
+                    Ok(()) => {}
+                    Err(e @ CoreError::Unavailable(_)) => {
+                        // Reads keep serving from L1 (fresh, then stale) while Redis is down.
+                        self.trip(&e);
+                        let now = Instant::now();
+                        for &i in &missing {
+                            out[i] = self.l1_lookup(ns, keys[i], now, true).map(Lookup::Hit);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|l| {
+                let l = l.unwrap_or(Lookup::Miss);
+                if count {
+                    count_lookup(ns, &l);
+                }
+                match l {
+                    Lookup::Hit(f) if opts.fresh_only && f.stale => Lookup::Miss,
+                    l => l,
+                }
+            })
+            .collect())
+    }
+
+    /// Reads the L2 entries of `keys[missing]` into `out`, filling L1 where it is safe.
+    async fn read_l2(
+        &self,
+        ns: &Namespace,
+        l2: &RedisStore,
+        keys: &[&str],
+        missing: &[usize],
+        out: &mut [Option<Lookup>],
+    ) -> Result<(), CoreError> {
+        let epoch = self.ensure_synced(ns).await?;
+        let miss_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let read = l2.read(&ns.keys, &miss_keys).await?;
+        let now = Instant::now();
+        for (&i, entry) in missing.iter().zip(read) {
+            let Some(entry) = entry else { continue };
+            if !self.check_visible(ns, &entry.data, epoch.is_some()).await? {
+                continue;
+            }
+            let fresh = entry.remaining.saturating_sub(entry.data.stale_window);
+            let l1e = L1Entry {
+                fresh_until: now + fresh,
+                stale_until: now + entry.remaining,
+                l1_until: now + ns.policy.l1_max_ttl.min(entry.remaining),
+                data: entry.data,
+            };
+            let found = Found::of(&l1e, now, Tier::L2);
+            if let Some(epoch) = epoch {
+                self.l1_fill(ns, keys[i], l1e, epoch);
+            }
+            out[i] = Some(Lookup::Hit(found));
+        }
+        Ok(())
+    }
+
+    /// Looks a key up in L1. In two-tier mode L1 is trusted only while the replica follows the
+    /// event stream, except when `degraded`: then whatever L1 still holds is served.
+    #[tracing::instrument(name = "l1.lookup", level = "debug", skip_all)]
+    fn l1_lookup(&self, ns: &Namespace, key: &str, now: Instant, degraded: bool) -> Option<Found> {
+        let l1 = ns.l1.as_ref()?;
+        let two_tier = self.inner.store.redis().is_some();
+        if two_tier && !degraded && !self.inner.bus_up.load(Ordering::Acquire) {
+            return None;
+        }
+        let e = l1.get(key)?;
+        if now >= e.stale_until || now >= e.l1_until {
+            l1.invalidate(key);
+            return None;
+        }
+        let visible = {
+            let sync = ns.sync.read();
+            if degraded {
+                Some(sync.visible(&e.data).unwrap_or(true))
+            } else {
+                // Not synced since the last reset: the marks cannot be trusted.
+                sync.last_seq?;
+                sync.visible(&e.data)
+            }
+        };
+        match visible {
+            Some(true) => Some(Found::of(&e, now, Tier::L1)),
+            Some(false) => {
+                l1.invalidate(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Makes sure the replica knows the namespace's sequence and flush mark. Returns the epoch
+    /// an L1 fill must still see, or `None` when L1 must not be filled (subscription down).
+    pub(crate) async fn ensure_synced(&self, ns: &Namespace) -> Result<Option<u64>, CoreError> {
+        let Some(l2) = self.inner.store.redis() else {
+            return Ok(Some(ns.sync.read().epoch));
+        };
+        if !self.inner.bus_up.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        {
+            let s = ns.sync.read();
+            if s.last_seq.is_some() {
+                return Ok(Some(s.epoch));
+            }
+        }
+        let generation = self.inner.bus_generation.load(Ordering::Acquire);
+        let (seq, flush) = l2.namespace_marks(&ns.keys).await?;
+        let mut s = ns.sync.write();
+        if s.last_seq.is_none() {
+            if generation != self.inner.bus_generation.load(Ordering::Acquire)
+                || !self.inner.bus_up.load(Ordering::Acquire)
+            {
+                return Ok(None);
+            }
+            s.last_seq = Some(seq);
+            s.flush_mark = s.flush_mark.max(flush);
+            s.epoch += 1;
+        }
+        Ok(Some(s.epoch))
+    }
+
+    /// Decides visibility of an entry read from L2, asking Redis for marks this replica does
+    /// not know.
+    pub(crate) async fn check_visible(
+        &self,
+        ns: &Namespace,
+        data: &EntryData,
+        synced: bool,
+    ) -> Result<bool, CoreError> {
+        if synced {
+            if let Some(v) = ns.sync.read().visible(data) {
+                return Ok(v);
+            }
+        }
+        let Some(l2) = self.inner.store.redis() else {
+            return Ok(ns.sync.read().visible(data).unwrap_or(true));
+        };
+        let tags: Vec<&str> = data.tags.iter().map(String::as_str).collect();
+        let ((_, flush), marks) =
+            futures::try_join!(l2.namespace_marks(&ns.keys), l2.tag_marks(&ns.keys, &tags))?;
+        if synced {
+            let mut s = ns.sync.write();
+            for (t, m) in tags.iter().zip(&marks) {
+                s.learn_tag(t, *m);
+            }
+        }
+        Ok(data.born >= flush && marks.iter().all(|&m| data.born >= m))
+    }
+
+    fn l1_fill(&self, ns: &Namespace, key: &str, e: L1Entry, epoch: u64) {
+        let Some(l1) = &ns.l1 else { return };
+        let s = ns.sync.write();
+        if s.epoch == epoch && s.last_seq.is_some() {
+            l1.insert(key.into(), Arc::new(e));
+        }
+    }
+}
+
+fn count_lookup(ns: &Namespace, l: &Lookup) {
+    let s = &ns.stats;
+    match l {
+        Lookup::Miss => bump(&s.misses),
+        Lookup::Hit(f) => bump(match (f.tier, f.stale) {
+            (Tier::L1, false) => &s.hits_l1,
+            (Tier::L1, true) => &s.stale_hits_l1,
+            (Tier::L2, false) => &s.hits_l2,
+            (Tier::L2, true) => &s.stale_hits_l2,
+        }),
+    }
+}

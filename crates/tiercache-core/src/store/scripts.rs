@@ -1,0 +1,270 @@
+//! The Lua scripts of the Redis store. Every write is one script, so the condition check, the
+//! version bump, lease revocation, the namespace sequence and the event are one atomic step.
+
+use redis::Script;
+
+/// Lua helpers shared by the scripts: big-endian u64 read/write at the codec's offsets, key
+/// escaping as in `keys::escape`, and the visibility rule (born >= flush mark and >= every tag mark).
+pub(super) const LUA_PRELUDE: &str = r#"
+local function u64(s, i)
+  local v = 0
+  for j = i, i + 7 do v = v * 256 + string.byte(s, j) end
+  return v
+end
+local function be64(v)
+  local t = {}
+  for j = 8, 1, -1 do t[j] = string.char(v % 256); v = math.floor(v / 256) end
+  return table.concat(t)
+end
+local function esc(s)
+  return (string.gsub(s, '[%%{}]', function(c) return string.format('%%%02X', string.byte(c)) end))
+end
+local function num(s) return string.format('%.0f', s) end
+-- Revokes the lease on a key: the holder's later Fill answers LEASE_REVOKED. The tombstone
+-- `|0|<token>` keeps the revoked token until the lease would have expired.
+local function revoke(lease_key)
+  local l = redis.call('GET', lease_key)
+  if not l then return end
+  local tok = string.match(l, '^([^|]*)|')
+  if tok and tok ~= '' then
+    local ttl = redis.call('PTTL', lease_key)
+    if ttl > 0 then redis.call('SET', lease_key, '|0|' .. tok, 'PX', ttl) end
+  end
+end
+local function visible(blob, prefix)
+  if not blob then return false end
+  local born = u64(blob, 11)
+  local flush = tonumber(redis.call('GET', prefix .. 'flush') or '0')
+  if born < flush then return false end
+  local n = string.byte(blob, 27) * 256 + string.byte(blob, 28)
+  local pos = 29
+  for _ = 1, n do
+    local len = string.byte(blob, pos) * 256 + string.byte(blob, pos + 1)
+    local tag = string.sub(blob, pos + 2, pos + 1 + len)
+    pos = pos + 2 + len
+    local m = redis.call('GET', prefix .. 'tag:' .. esc(tag))
+    if m and born < tonumber(m) then return false end
+  end
+  return true
+end
+"#;
+
+/// KEYS: entry…; returns value, pttl pairs.
+pub(super) const READ: &str = r#"
+local out = {}
+for i, k in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('GET', k)
+  out[2 * i] = redis.call('PTTL', k)
+end
+return out
+"#;
+
+/// KEYS: entry, lease, seq. ARGV: meta prefix, channel, blob, px, condition ('' | 'absent' |
+/// 'version'), expected version, key.
+/// Returns {0, version, seq} stored, {1, current} version mismatch, {2, current} exists.
+pub(super) const SET: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+local vis = visible(cur, ARGV[1])
+local curv = 0
+if vis then curv = u64(cur, 3) end
+if ARGV[5] == 'absent' and vis then return {2, curv} end
+if ARGV[5] == 'version' and num(curv) ~= ARGV[6] then return {1, curv} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local prev = 0
+if cur then prev = u64(cur, 3) end
+local ver = math.max(prev + 1, now)
+local seq = redis.call('INCR', KEYS[3])
+local blob = string.sub(ARGV[3], 1, 2) .. be64(ver) .. be64(seq) .. string.sub(ARGV[3], 19)
+redis.call('SET', KEYS[1], blob, 'PX', ARGV[4])
+revoke(KEYS[2])
+redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[7])
+return {0, ver, seq}
+"#;
+
+/// KEYS: entry, lease, seq. ARGV: meta prefix, channel, expected version ('' for none), key.
+/// Returns {0, old version, seq} deleted, {1, current} mismatch, {2, 0, seq} nothing visible.
+pub(super) const DELETE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+local vis = visible(cur, ARGV[1])
+local curv = 0
+if vis then curv = u64(cur, 3) end
+if ARGV[3] ~= '' and num(curv) ~= ARGV[3] then return {1, curv} end
+redis.call('DEL', KEYS[1])
+revoke(KEYS[2])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n0\n' .. ARGV[4])
+if vis then return {0, curv, seq} end
+return {2, 0, seq}
+"#;
+
+/// KEYS: entry, lease, seq. ARGV: meta prefix, token, lease ttl ms.
+/// Returns {0, born} granted, {1} a fresh visible entry exists, {2, lease pttl} held by another.
+pub(super) const ACQUIRE_LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and visible(cur, ARGV[1]) then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > u64(cur, 19) then return {1} end
+end
+local l = redis.call('GET', KEYS[2])
+local revoked = ''
+if l then
+  local tok, _, rev = string.match(l, '^([^|]*)|([^|]*)|(.*)$')
+  if tok and tok ~= '' then return {2, redis.call('PTTL', KEYS[2])} end
+  revoked = rev or ''
+end
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('SET', KEYS[2], ARGV[2] .. '|' .. num(seq) .. '|' .. revoked, 'PX', ARGV[3])
+return {0, seq}
+"#;
+
+/// KEYS: entry, lease, seq. ARGV: meta prefix, channel, token, blob, px, key.
+/// Returns {0, version, seq, born} stored, {1} revoked, {2} expired.
+pub(super) const FILL: &str = r#"
+local l = redis.call('GET', KEYS[2])
+if not l then return {2} end
+local tok, born, rev = string.match(l, '^([^|]*)|([^|]*)|(.*)$')
+if tok ~= ARGV[3] then
+  if rev == ARGV[3] then return {1} end
+  return {2}
+end
+born = tonumber(born)
+local probe = string.sub(ARGV[4], 1, 10) .. be64(born) .. string.sub(ARGV[4], 19)
+if not visible(probe, ARGV[1]) then
+  redis.call('DEL', KEYS[2])
+  return {1}
+end
+local cur = redis.call('GET', KEYS[1])
+local prev = 0
+if cur then prev = u64(cur, 3) end
+local t = redis.call('TIME')
+local ver = math.max(prev + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local blob = string.sub(ARGV[4], 1, 2) .. be64(ver) .. be64(born) .. string.sub(ARGV[4], 19)
+redis.call('SET', KEYS[1], blob, 'PX', ARGV[5])
+redis.call('DEL', KEYS[2])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[6])
+return {0, ver, seq, born}
+"#;
+
+/// KEYS: lease. ARGV: token, lease channel, key. Returns 1 released, 0 not held.
+pub(super) const RELEASE_LEASE: &str = r#"
+local l = redis.call('GET', KEYS[1])
+if not l then return 0 end
+if string.match(l, '^([^|]*)|') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// KEYS: lock, fence. ARGV: token, ttl ms. Returns {1, fence} acquired, {0, pttl} held.
+pub(super) const ACQUIRE_LOCK: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('INCR', KEYS[2])}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+"#;
+
+/// KEYS: lock. ARGV: token, ttl ms. Returns 1 renewed, 0 not held.
+pub(super) const RENEW_LOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: lock. ARGV: token, lock channel, name. Returns 1 released, 0 not held.
+pub(super) const RELEASE_LOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: seq, tag marks…. ARGV: channel, mark ttl ms, raw tags… (same order as KEYS[2..]).
+pub(super) const INVALIDATE_TAGS: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+for i = 2, #KEYS do redis.call('SET', KEYS[i], seq, 'PX', ARGV[2]) end
+local tags = {}
+for i = 3, #ARGV do tags[#tags + 1] = ARGV[i] end
+redis.call('PUBLISH', ARGV[1], num(seq) .. '\nT\n' .. table.concat(tags, '\n'))
+return seq
+"#;
+
+/// KEYS: seq, flush. ARGV: channel.
+pub(super) const FLUSH: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], seq)
+redis.call('PUBLISH', ARGV[1], num(seq) .. '\nF')
+return seq
+"#;
+
+/// KEYS: entry, seq, flush. ARGV: meta prefix, extra tags… (the tags of the replica's L1 copy).
+/// Returns {blob or nil, pttl, seq, flush, {marks of the entry's tags}, {marks of extra tags}}.
+/// Reads the tags at the codec's offsets, like `visible` in the prelude.
+pub(super) const INSPECT: &str = r#"
+local blob = redis.call('GET', KEYS[1])
+local pttl = redis.call('PTTL', KEYS[1])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local flush = tonumber(redis.call('GET', KEYS[3]) or '0')
+local function mark(tag)
+  return tonumber(redis.call('GET', ARGV[1] .. 'tag:' .. esc(tag)) or '0')
+end
+local marks = {}
+if blob and string.len(blob) >= 28 and string.byte(blob, 1) == 1 then
+  local n = string.byte(blob, 27) * 256 + string.byte(blob, 28)
+  local pos = 29
+  for i = 1, n do
+    if pos + 1 > string.len(blob) then break end
+    local len = string.byte(blob, pos) * 256 + string.byte(blob, pos + 1)
+    marks[i] = mark(string.sub(blob, pos + 2, pos + 1 + len))
+    pos = pos + 2 + len
+  end
+end
+local extra = {}
+for i = 2, #ARGV do extra[i - 1] = mark(ARGV[i]) end
+return {blob, pttl, seq, flush, marks, extra}
+"#;
+
+/// The scripts, built once per store (their SHA1 is computed here).
+pub(super) struct Scripts {
+    pub acquire_lease: Script,
+    pub fill: Script,
+    pub release_lease: Script,
+    pub acquire_lock: Script,
+    pub renew_lock: Script,
+    pub release_lock: Script,
+    pub read: Script,
+    pub set: Script,
+    pub delete: Script,
+    pub invalidate_tags: Script,
+    pub flush: Script,
+    pub inspect: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            acquire_lease: with_prelude(ACQUIRE_LEASE),
+            fill: with_prelude(FILL),
+            release_lease: Script::new(RELEASE_LEASE),
+            acquire_lock: Script::new(ACQUIRE_LOCK),
+            renew_lock: Script::new(RENEW_LOCK),
+            release_lock: Script::new(RELEASE_LOCK),
+            read: Script::new(READ),
+            set: with_prelude(SET),
+            delete: with_prelude(DELETE),
+            invalidate_tags: with_prelude(INVALIDATE_TAGS),
+            flush: with_prelude(FLUSH),
+            inspect: with_prelude(INSPECT),
+        }
+    }
+}
+
+/// Builds a script with the shared Lua helpers (`u64`, `be64`, `esc`, `num`, `visible`) in front.
+fn with_prelude(body: &str) -> Script {
+    Script::new(&format!("{LUA_PRELUDE}\n{body}"))
+}
