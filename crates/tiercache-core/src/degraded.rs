@@ -39,6 +39,8 @@ impl Cache {
 
     /// Passes the Redis result of a mutation of `key` on. A failed mutation may or may not have
     /// reached Redis, so this replica drops its L1 copy; an unreachable Redis trips degraded mode.
+    /// In memory-only mode L1 is the store itself: a failed write changed nothing, and dropping
+    /// the key would delete what the last acknowledged write stored.
     pub(crate) fn written<T>(
         &self,
         ns: &Namespace,
@@ -46,7 +48,9 @@ impl Cache {
         r: Result<T, CoreError>,
     ) -> Result<T, CoreError> {
         if let Err(e) = &r {
-            self.forget(ns, &[key]);
+            if self.inner.store.redis().is_some() {
+                self.forget(ns, &[key]);
+            }
             self.trip(e);
         }
         r
