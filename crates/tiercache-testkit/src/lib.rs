@@ -20,6 +20,8 @@
 //!   test goes on with.
 //! - [`otlp`]: [`OtlpReceiver`], an OTLP/gRPC trace and metrics receiver on `127.0.0.1:0` that
 //!   keeps what it is sent, for telemetry tests.
+//! - [`soak`]: a soak of the real `tiercache serve` binary: a mixed workload for minutes with
+//!   the server's RSS sampled, rendered as a table, a verdict, JSON and markdown (`make soak`).
 //! - [`wait`]: [`wait_for`], a bounded poll for conditions that become true eventually (no
 //!   fixed sleeps in tests).
 
@@ -32,6 +34,7 @@ pub mod redis;
 pub mod req;
 pub mod rpc;
 pub mod server;
+pub mod soak;
 pub mod wait;
 
 pub use crate::fleet::{Fleet, FleetBuilder};
