@@ -399,6 +399,9 @@ fn config() -> CacheConfig {
         namespaces: vec![],
         dynamic_namespaces: true,
         default_policy: NamespacePolicy::default(),
+        // Every case runs in a namespace of its own.
+        max_namespaces: usize::MAX,
+        ..CacheConfig::default()
     }
 }
 

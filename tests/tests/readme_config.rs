@@ -46,6 +46,8 @@ fn readme_config_example_shows_the_defaults() {
         config.limits.pipeline_max_in_flight,
         builtin.limits.pipeline_max_in_flight
     );
+    assert_eq!(config.limits.max_namespaces, builtin.limits.max_namespaces);
+    assert_eq!(config.l1.max_bytes, builtin.l1.max_bytes);
     assert_eq!(config.telemetry, builtin.telemetry);
     let redis = config.redis.unwrap();
     let redis_defaults = tiercache_server::config::RedisConfig::new(redis.url.clone());

@@ -17,6 +17,7 @@ fn config() -> CacheConfig {
         namespaces: vec![("default".into(), NamespacePolicy::default())],
         dynamic_namespaces: true,
         default_policy: NamespacePolicy::default(),
+        ..CacheConfig::default()
     }
 }
 
@@ -381,8 +382,13 @@ async fn l1_stays_within_its_byte_budget(budget_store: Store) {
     );
 }
 
+/// A namespace with a small L1 cap, on a server whose shared L1 budget is as small (memory-only
+/// mode applies only the shared budget).
 fn small_budget() -> CacheConfig {
-    let mut c = config();
+    let mut c = CacheConfig {
+        l1_max_bytes: 64 * 1024,
+        ..config()
+    };
     c.namespaces.push((
         "small".into(),
         NamespacePolicy {

@@ -7,7 +7,7 @@
 //! [`crate::store::Store`]; whether Redis may be used is decided once, in `degraded.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +15,16 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::error::CoreError;
+use crate::l1::SharedL1;
 use crate::namespace::{Namespace, NamespaceStats, SyncState};
 use crate::store::redis::RedisOptions;
 use crate::store::{LocalStore, RedisStore, Store};
+use crate::policy::NamespacePolicy;
 use crate::types::{CacheConfig, Found, Mode};
 
-/// The most namespaces one server creates dynamically; past it, unknown names are refused.
-pub const MAX_NAMESPACES: usize = 10_000;
+/// The default of `limits.max_namespaces`: the most namespaces one server creates on first use;
+/// past it, unknown names are refused with RESOURCE_EXHAUSTED.
+pub const DEFAULT_MAX_NAMESPACES: usize = 64;
 
 /// The cache engine. Cheap to clone; every clone shares the same state.
 #[derive(Clone)]
@@ -38,6 +41,10 @@ impl std::fmt::Debug for Cache {
 pub(crate) struct Inner {
     pub(crate) config: CacheConfig,
     pub(crate) namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// How many namespaces were created on first use (bounded by `config.max_namespaces`).
+    pub(crate) dynamic_count: AtomicUsize,
+    /// The one L1 every namespace shares, bounded by `config.l1_max_bytes`.
+    pub(crate) l1: SharedL1,
     /// The authoritative tier: the local store (memory-only mode) or Redis.
     pub(crate) store: Store,
     /// True while the event subscription is live. L1 is neither read nor filled without it
@@ -109,6 +116,7 @@ impl Cache {
             .redis()
             .map(|r| r.key_space().clone())
             .unwrap_or_default();
+        let l1 = SharedL1::new(config.l1_max_bytes);
         let namespaces = config
             .namespaces
             .iter()
@@ -121,6 +129,7 @@ impl Cache {
                         false,
                         memory_only,
                         &key_space,
+                        &l1,
                     )),
                 )
             })
@@ -129,6 +138,8 @@ impl Cache {
             inner: Arc::new(Inner {
                 config,
                 namespaces: RwLock::new(namespaces),
+                dynamic_count: AtomicUsize::new(0),
+                l1,
                 store,
                 bus_up: AtomicBool::new(false),
                 redis_down: AtomicBool::new(false),
@@ -178,7 +189,9 @@ impl Cache {
         self.inner.store.redis()?.maxmemory_policy().await
     }
 
-    /// Returns the namespace, creating it if dynamic namespaces are on.
+    /// Returns the namespace, creating it if dynamic namespaces are on (at most
+    /// `max_namespaces` of them). Call it only for a request that is otherwise valid: use
+    /// [`Cache::existing_namespace`] and [`Cache::policy_for`] before that.
     pub fn namespace(&self, name: &str) -> Result<Arc<Namespace>, CoreError> {
         if let Some(ns) = self.inner.namespaces.read().get(name) {
             return Ok(ns.clone());
@@ -190,18 +203,56 @@ impl Cache {
         if let Some(ns) = map.get(name) {
             return Ok(ns.clone());
         }
-        if map.len() >= MAX_NAMESPACES {
-            return Err(CoreError::TooManyNamespaces(MAX_NAMESPACES));
+        let max = self.inner.config.max_namespaces;
+        if self.inner.dynamic_count.load(Ordering::Relaxed) >= max {
+            return Err(CoreError::TooManyNamespaces(max));
         }
+        self.inner.dynamic_count.fetch_add(1, Ordering::Relaxed);
         let ns = Arc::new(Namespace::new(
             name,
             self.inner.config.default_policy.clone(),
             true,
             self.inner.store.redis().is_none(),
             &self.inner.key_space,
+            &self.inner.l1,
         ));
         map.insert(name.to_string(), ns.clone());
         Ok(ns)
+    }
+
+    /// Returns the namespace if this server has it, never creating one (NOT_FOUND otherwise).
+    pub fn existing_namespace(&self, name: &str) -> Result<Arc<Namespace>, CoreError> {
+        self.inner
+            .namespaces
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CoreError::NamespaceNotFound(name.to_string()))
+    }
+
+    /// The namespace if it exists, else the policy it would be created with (to validate a
+    /// request before [`Cache::namespace`] creates it); NOT_FOUND when it could not be created.
+    pub fn policy_for(&self, name: &str) -> Result<Result<Arc<Namespace>, NamespacePolicy>, CoreError> {
+        if let Some(ns) = self.inner.namespaces.read().get(name) {
+            return Ok(Ok(ns.clone()));
+        }
+        if !self.inner.config.dynamic_namespaces {
+            return Err(CoreError::NamespaceNotFound(name.to_string()));
+        }
+        Ok(Err(self.inner.config.default_policy.clone()))
+    }
+
+    /// How many namespaces were created on first use, and the most allowed.
+    pub fn dynamic_namespaces(&self) -> (usize, usize) {
+        (
+            self.inner.dynamic_count.load(Ordering::Relaxed),
+            self.inner.config.max_namespaces,
+        )
+    }
+
+    /// The shared L1: its budget and what it holds.
+    pub fn l1(&self) -> &SharedL1 {
+        &self.inner.l1
     }
 
     /// Returns every namespace this server knows, sorted by name.

@@ -8,7 +8,7 @@ pub enum CoreError {
     #[error("namespace {0} not found")]
     NamespaceNotFound(String),
     /// Dynamic namespace creation hit the server's ceiling.
-    #[error("too many namespaces (at most {0})")]
+    #[error("too many dynamic namespaces (limits.max_namespaces is {0})")]
     TooManyNamespaces(usize),
     /// Redis could not be reached: connection refused or reset, an I/O error, a dropped
     /// connection, or no answer within the response timeout. The only error that trips degraded

@@ -218,6 +218,11 @@ impl NamespaceKeys {
         format!("{}:{}}}:fence", self.key_start, escape(name))
     }
 
+    /// `tc:{<ns>}:life`: the longest entry lifetime (ms) written in the namespace.
+    pub fn lifetime(&self) -> String {
+        format!("{}life", self.meta_prefix)
+    }
+
     /// `tc:{<ns>}:tag:<tag>`
     pub fn tag(&self, tag: &str) -> String {
         format!("{}tag:{}", self.meta_prefix, escape(tag))

@@ -109,8 +109,8 @@ impl Cache {
         key: &str,
         opts: GetOrSetOptions,
     ) -> Result<GetOrSetResult, CoreError> {
-        let deadline = Instant::now() + opts.wait;
-        let lease_ttl = opts.lease_ttl.unwrap_or(ns.policy.lease_ttl);
+        let deadline = Instant::now() + opts.wait.min(ns.policy.max_wait_max);
+        let lease_ttl = ns.policy.effective_lease_ttl(opts.lease_ttl);
         if let Lookup::Hit(found) = self.get(ns, key, ReadOptions::default()).await? {
             if !found.stale {
                 return Ok(GetOrSetResult::Hit {

@@ -19,7 +19,7 @@ use crate::config::LimitsConfig;
 use crate::convert;
 use crate::error::ApiError;
 use crate::pipeline;
-use crate::request::{self, grpc_timeout, within_deadline};
+use crate::request::{self, grpc_timeout, within_deadline, Resolved};
 use crate::telemetry;
 use crate::validate::{self, Violations};
 
@@ -38,7 +38,8 @@ impl CacheApi {
         }
     }
 
-    fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ApiError> {
+    /// Resolves the namespace a request names; `open` it once the request is valid.
+    fn namespace(&self, name: &str) -> Result<Resolved, ApiError> {
         request::namespace(&self.cache, name)
     }
 
@@ -47,6 +48,7 @@ impl CacheApi {
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;
+        let ns = ns.open()?;
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
         };
@@ -60,7 +62,7 @@ impl CacheApi {
         req: pb::SetRequest,
         prefix: &str,
     ) -> Result<pb::SetResponse, ApiError> {
-        let checked = self.check_set(&req, prefix)?;
+        let checked = self.check_set(&req, prefix)?.open()?;
         self.apply_set(checked, req).await
     }
 
@@ -89,7 +91,7 @@ impl CacheApi {
 
     async fn apply_set(
         &self,
-        CheckedSet { ns, ttl, stale_ttl }: CheckedSet,
+        (ns, ttl, stale_ttl): (Arc<Namespace>, Option<Duration>, Option<Duration>),
         req: pb::SetRequest,
     ) -> Result<pb::SetResponse, ApiError> {
         let outcome = self
@@ -114,6 +116,7 @@ impl CacheApi {
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;
+        let ns = ns.open()?;
         let outcome = self.cache.delete(&ns, &req.key, req.if_version).await?;
         Ok(convert::delete_response(outcome))
     }
@@ -135,9 +138,16 @@ impl pipeline::Operations for CacheApi {
 
 /// A Set that passed validation.
 struct CheckedSet {
-    ns: Arc<Namespace>,
+    ns: Resolved,
     ttl: Option<Duration>,
     stale_ttl: Option<Duration>,
+}
+
+impl CheckedSet {
+    /// Opens (maybe creates) the namespace of a valid Set.
+    fn open(self) -> Result<(Arc<Namespace>, Option<Duration>, Option<Duration>), ApiError> {
+        Ok((self.ns.open()?, self.ttl, self.stale_ttl))
+    }
 }
 
 /// Returns the value in an allocation of its own. A decoded request's `bytes` field is a slice
@@ -161,15 +171,6 @@ fn prefixed(e: ApiError, prefix: &str) -> ApiError {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// How long a GetOrSet may wait: its own bound (or the namespace's), capped by the deadline.
-fn wait_bound(
-    requested: Option<Duration>,
-    policy_wait: Duration,
-    deadline: Option<Duration>,
-) -> Duration {
-    within_deadline(requested.unwrap_or(policy_wait), deadline)
-}
 
 struct GetOrSetParams {
     wait: Option<Duration>,
@@ -206,7 +207,7 @@ impl CacheApi {
         p: &GetOrSetParams,
         deadline: Option<Duration>,
     ) -> Result<pb::GetOrSetResponse, ApiError> {
-        let wait = wait_bound(p.wait, ns.policy.max_wait, deadline);
+        let wait = within_deadline(ns.policy.effective_max_wait(p.wait), deadline);
         let opts = GetOrSetOptions {
             wait,
             allow_stale: p.allow_stale,
@@ -221,7 +222,9 @@ impl CacheApi {
                 retry_after: Duration::from_millis(100),
             });
         }
-        Ok(convert::get_or_set_response(key, result))
+        let mut reply = convert::get_or_set_response(key, result);
+        reply.max_wait = Some(tiercache_proto::duration::to_proto(wait));
+        Ok(reply)
     }
 
     async fn fill_one(
@@ -246,6 +249,7 @@ impl CacheApi {
         let ttl = validate::duration(&mut v, &f("ttl"), req.ttl.as_ref(), true);
         let stale_ttl = validate::duration(&mut v, &f("stale_ttl"), req.stale_ttl.as_ref(), false);
         v.finish()?;
+        let ns = ns.open()?;
         let outcome = self
             .cache
             .fill(
@@ -283,6 +287,7 @@ impl CacheService for CacheApi {
             validate::key(&mut v, &format!("keys[{i}]"), k, &ns.policy);
         }
         v.finish()?;
+        let ns = ns.open()?;
         let keys: Vec<&str> = req.keys.iter().map(String::as_str).collect();
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
@@ -319,6 +324,9 @@ impl CacheService for CacheApi {
             .iter()
             .enumerate()
             .map(|(i, item)| self.check_set(item, &format!("requests[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(CheckedSet::open)
             .collect::<Result<Vec<_>, _>>()?;
         let responses = futures::future::try_join_all(
             checked
@@ -354,6 +362,7 @@ impl CacheService for CacheApi {
             req.on_wait_timeout(),
         );
         v.finish()?;
+        let ns = ns.open()?;
         Ok(Response::new(
             self.get_or_set_one(&ns, req.key, &params, deadline).await?,
         ))
@@ -385,6 +394,7 @@ impl CacheService for CacheApi {
                 return Err(ApiError::field(format!("keys[{i}]"), "duplicate key").into());
             }
         }
+        let ns = ns.open()?;
         // Every key at once: hits answer at once, misses get a lease or wait concurrently.
         let results = futures::future::try_join_all(
             req.keys
@@ -428,6 +438,7 @@ impl CacheService for CacheApi {
             v.add("lease_token", "must not be empty");
         }
         v.finish()?;
+        let ns = ns.open()?;
         let released = self
             .cache
             .release_lease(&ns, &req.key, &req.lease_token)
@@ -452,6 +463,7 @@ impl CacheService for CacheApi {
             validate::tags(&mut v, "tags", &req.tags, &policy);
         }
         v.finish()?;
+        let ns = ns.open()?;
         let sequence = self
             .cache
             .invalidate_tags(&ns, &req.tags)
@@ -465,7 +477,7 @@ impl CacheService for CacheApi {
         r: Request<pb::FlushNamespaceRequest>,
     ) -> Result<Response<pb::FlushNamespaceResponse>, Status> {
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&req.namespace)?.open()?;
         let sequence = self.cache.flush(&ns).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::FlushNamespaceResponse { sequence }))
     }
@@ -488,7 +500,7 @@ impl CacheService for CacheApi {
         r: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&req.namespace)?.open()?;
         let mut watch = self.cache.watch(&ns).await.map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(256);
         let started = convert::watch_started(watch.start_sequence());

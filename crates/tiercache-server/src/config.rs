@@ -28,6 +28,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, PolicyConfig>,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// The L1 tier every namespace shares.
+    pub l1: L1Config,
     /// How long in-flight RPCs may run after SIGTERM before the server exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -44,6 +46,7 @@ impl Default for Config {
             defaults: PolicyConfig::default(),
             namespaces: BTreeMap::from([("default".to_string(), PolicyConfig::default())]),
             limits: LimitsConfig::default(),
+            l1: L1Config::default(),
             shutdown_grace: Duration::from_secs(10),
             telemetry: TelemetryConfig::default(),
         }
@@ -310,6 +313,9 @@ pub struct LimitsConfig {
     pub max_batch: usize,
     /// The most requests one Pipeline stream may have in flight before it stops reading.
     pub pipeline_max_in_flight: usize,
+    /// The most namespaces created on first use (dynamic namespaces); past it a request naming
+    /// a new one gets RESOURCE_EXHAUSTED (`TOO_MANY_NAMESPACES`). Listed namespaces do not count.
+    pub max_namespaces: usize,
 }
 
 impl Default for LimitsConfig {
@@ -317,6 +323,24 @@ impl Default for LimitsConfig {
         Self {
             max_batch: 1000,
             pipeline_max_in_flight: 1024,
+            max_namespaces: tiercache_core::engine::DEFAULT_MAX_NAMESPACES,
+        }
+    }
+}
+
+/// The L1 tier: one in-process cache that every namespace shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L1Config {
+    /// The server-wide L1 budget in bytes (keys, values and per-entry bookkeeping), shared by
+    /// every namespace; past it the least useful entries are evicted.
+    pub max_bytes: u64,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        Self {
+            max_bytes: tiercache_core::l1::DEFAULT_L1_MAX_BYTES,
         }
     }
 }
@@ -346,6 +370,12 @@ pub struct PolicyConfig {
     pub lease_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub lock_ttl_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait_max: Option<Duration>,
 }
 
 impl PolicyConfig {
@@ -369,7 +399,10 @@ impl PolicyConfig {
             max_tags,
             max_tag_bytes,
             lease_ttl,
-            max_wait
+            max_wait,
+            lease_ttl_max,
+            lock_ttl_max,
+            max_wait_max
         );
         p
     }
@@ -449,6 +482,18 @@ impl Config {
             return Err(invalid(
                 "limits.max_batch".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_namespaces > 100_000 {
+            return Err(invalid(
+                "limits.max_namespaces".into(),
+                "must be at most 100000".into(),
+            ));
+        }
+        if self.l1.max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "l1.max_bytes".into(),
+                "must be at least 65536".into(),
             ));
         }
         if self.limits.pipeline_max_in_flight == 0 {

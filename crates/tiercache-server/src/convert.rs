@@ -197,6 +197,7 @@ pub fn acquire_lock_response(got: LockAcquire, ttl: Duration) -> pb::AcquireLock
             owner_token,
             fencing_token,
             ttl: Some(duration(ttl)),
+            max_wait: None,
         },
         LockAcquire::Timeout => pb::AcquireLockResponse {
             outcome: pb::AcquireLockOutcome::Timeout as i32,
@@ -264,7 +265,7 @@ pub fn namespace_stats(ns: &Namespace) -> pb::NamespaceStats {
         l1_evictions: get(&s.l1_evictions),
         l1_entries: entries,
         l1_bytes: bytes,
-        l1_budget_bytes: ns.policy.l1_max_bytes,
+        l1_budget_bytes: ns.l1_budget(),
         l1_clears: get(&s.l1_clears),
     }
 }

@@ -67,12 +67,19 @@ impl From<ApiError> for Status {
                 CoreError::NamespaceNotFound(_) => {
                     status(Code::NotFound, message, "NAMESPACE_NOT_FOUND", |_| {})
                 }
-                CoreError::TooManyNamespaces(_) => status(
-                    Code::ResourceExhausted,
-                    message,
-                    "TOO_MANY_NAMESPACES",
-                    |_| {},
-                ),
+                CoreError::TooManyNamespaces(max) => {
+                    // ErrorInfo names the field and the limit (`limits.max_namespaces`).
+                    let mut details = ErrorDetails::new();
+                    details.set_error_info(
+                        "TOO_MANY_NAMESPACES",
+                        ERROR_DOMAIN,
+                        HashMap::from([
+                            ("field".to_string(), "namespace".to_string()),
+                            ("limit".to_string(), max.to_string()),
+                        ]),
+                    );
+                    Status::with_error_details(Code::ResourceExhausted, message, details)
+                }
                 CoreError::Unavailable(_) => {
                     status(Code::Unavailable, message, "REDIS_UNAVAILABLE", |d| {
                         d.set_retry_info(Some(REDIS_RETRY_AFTER));

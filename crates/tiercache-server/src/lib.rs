@@ -79,6 +79,8 @@ pub async fn build_cache(config: &Config) -> Result<Cache, ServerError> {
         namespaces: config.namespace_policies(),
         dynamic_namespaces: config.dynamic_namespaces,
         default_policy: config.default_policy(),
+        max_namespaces: config.limits.max_namespaces,
+        l1_max_bytes: config.l1.max_bytes,
     };
     Ok(match &config.redis {
         None => Cache::memory(cache_config),

@@ -381,23 +381,28 @@ impl RedisStore {
         Ok(marks.into_iter().map(|m| m.unwrap_or(0)).collect())
     }
 
-    /// Takes a new sequence and marks every tag with it; returns the sequence.
+    /// Takes a new sequence and marks every tag with it; returns the sequence. Each mark lives
+    /// `mark_ttl`, or longer if an entry of the namespace was ever written with a longer
+    /// lifetime (plus `lease_allowance`), whichever replica wrote it.
     pub async fn invalidate_tags(
         &self,
         keys: &NamespaceKeys,
         tags: &[String],
         mark_ttl: Duration,
+        lease_allowance: Duration,
     ) -> Result<u64, CoreError> {
         let mut inv = self.scripts.invalidate_tags.prepare_invoke();
         inv.key(&keys.seq).key(&keys.run);
         for t in tags {
             inv.key(keys.tag(t));
         }
+        inv.key(keys.lifetime());
         inv.arg(&keys.channel)
             .arg(mark_ttl.as_millis().max(1) as u64);
         for t in tags {
             inv.arg(t);
         }
+        inv.arg(lease_allowance.as_millis() as u64);
         let seq: u64 = self.invoke(RedisOp::INVALIDATE_TAGS, &inv).await?;
         Ok(seq)
     }

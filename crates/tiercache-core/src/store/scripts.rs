@@ -68,6 +68,12 @@ local function visible(blob, prefix)
   end
   return true
 end
+-- Records the longest entry lifetime (ms) ever written in the namespace, so InvalidateTags keeps
+-- its marks at least that long whichever replica (and policy) wrote the entry.
+local function note_life(prefix, px)
+  local k = prefix .. 'life'
+  if tonumber(redis.call('GET', k) or '0') < tonumber(px) then redis.call('SET', k, px) end
+end
 "#;
 
 /// KEYS: entry…; returns value, pttl pairs.
@@ -98,6 +104,7 @@ local ver = math.max(prev + 1, now)
 local seq, run = next_seq(KEYS[3], KEYS[4])
 local blob = string.sub(ARGV[3], 1, 2) .. be64(ver) .. be64(seq) .. string.sub(ARGV[3], 19)
 redis.call('SET', KEYS[1], blob, 'PX', ARGV[4])
+note_life(ARGV[1], ARGV[4])
 revoke(KEYS[2])
 redis.call('PUBLISH', ARGV[2], run .. '\n' .. num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[7])
 return {0, ver, seq}
@@ -162,6 +169,7 @@ local t = redis.call('TIME')
 local ver = math.max(prev + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
 local blob = string.sub(ARGV[4], 1, 2) .. be64(ver) .. be64(born) .. string.sub(ARGV[4], 19)
 redis.call('SET', KEYS[1], blob, 'PX', ARGV[5])
+note_life(ARGV[1], ARGV[5])
 redis.call('DEL', KEYS[2])
 local seq, run = next_seq(KEYS[3], KEYS[4])
 redis.call('PUBLISH', ARGV[2], run .. '\n' .. num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[6])
@@ -205,12 +213,16 @@ end
 return 0
 "#;
 
-/// KEYS: seq, run, tag marks…. ARGV: channel, mark ttl ms, raw tags… (same order as KEYS[3..]).
+/// KEYS: seq, run, tag marks…, longest lifetime. ARGV: channel, mark ttl ms, raw tags… (same
+/// order as KEYS[3..]), lease allowance ms. A mark lives for the caller's mark ttl or for the
+/// longest lifetime any replica wrote plus the lease allowance, whichever is longer.
 pub(super) const INVALIDATE_TAGS: &str = r#"
 local seq, run = next_seq(KEYS[1], KEYS[2])
-for i = 3, #KEYS do redis.call('SET', KEYS[i], num(seq), 'PX', ARGV[2]) end
+local life = tonumber(redis.call('GET', KEYS[#KEYS]) or '0') + tonumber(ARGV[#ARGV])
+local ttl = num(math.max(tonumber(ARGV[2]), life))
+for i = 3, #KEYS - 1 do redis.call('SET', KEYS[i], num(seq), 'PX', ttl) end
 local tags = {}
-for i = 3, #ARGV do tags[#tags + 1] = ARGV[i] end
+for i = 3, #ARGV - 1 do tags[#tags + 1] = ARGV[i] end
 redis.call('PUBLISH', ARGV[1], run .. '\n' .. num(seq) .. '\nT\n' .. table.concat(tags, '\n'))
 return seq
 "#;

@@ -525,6 +525,7 @@ class GetOrSetResponse(_message.Message):
     ENTRY_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
     outcome: Global___GetOrSetOutcome.ValueType
     key: _builtins.str
     """The key this result is for (useful in GetOrSetMany)."""
@@ -534,6 +535,12 @@ class GetOrSetResponse(_message.Message):
     def lease(self) -> _common_pb2.Lease:
         """Set for LEASE, and for a stale HIT that carries a refresh lease."""
 
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """The wait bound this call used: the requested max_wait (or the namespace's default), capped by
+        the namespace's max_wait_max and the deadline. The lease's ttl is likewise the effective one.
+        """
+
     def __init__(
         self,
         *,
@@ -541,10 +548,11 @@ class GetOrSetResponse(_message.Message):
         entry: _common_pb2.Entry | None = ...,
         lease: _common_pb2.Lease | None = ...,
         key: _builtins.str = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "lease", b"lease", "max_wait", b"max_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "key", b"key", "lease", b"lease", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "key", b"key", "lease", b"lease", "max_wait", b"max_wait", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
