@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::services::lock_service_server::LockService;
 use tiercache_core::{Cache, Namespace};
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::lock_service_server::LockService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
