@@ -438,6 +438,7 @@ async fn engine(redis: &RedisServer) -> tiercache_core::Cache {
             namespaces: vec![("default".into(), tiercache_core::NamespacePolicy::default())],
             dynamic_namespaces: true,
             default_policy: tiercache_core::NamespacePolicy::default(),
+            ..tiercache_core::CacheConfig::default()
         },
         tiercache_core::RedisOptions {
             url: redis.url(),

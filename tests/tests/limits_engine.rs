@@ -74,6 +74,7 @@ async fn l1_across_many_namespaces_stays_within_the_shared_budget_two_tier() {
             url: redis.url(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            key_prefix: "tc".into(),
         },
     )
     .await

@@ -53,6 +53,7 @@ impl Cache {
             match &r {
                 Ok(LockAcquire::Acquired { .. }) => "acquired",
                 Ok(LockAcquire::Timeout) => "timeout",
+                Err(CoreError::Draining) => "draining",
                 Err(_) => "error",
             },
         );
@@ -98,6 +99,9 @@ impl Cache {
             };
             if Instant::now() >= deadline {
                 return Ok(LockAcquire::Timeout);
+            }
+            if self.inner.lock_flights.is_draining() {
+                return Err(CoreError::Draining);
             }
             let poll = LOCK_POLL.min(remaining.max(Duration::from_millis(1)));
             tokio::select! {

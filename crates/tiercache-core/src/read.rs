@@ -36,17 +36,32 @@ impl Cache {
         keys: &[&str],
         opts: ReadOptions,
     ) -> Result<Vec<Lookup>, CoreError> {
-        self.lookup_many(ns, keys, opts, true).await
+        self.lookup_many(ns, keys, opts, true, None).await
+    }
+
+    /// [`Cache::get_many`] that refuses ([`CoreError::ReplyTooLarge`]) to return more than
+    /// `max_bytes` of values. The Redis read checks the sizes (`STRLEN`) before it reads any
+    /// value, so a refused batch costs Redis no large reply.
+    pub async fn get_many_within(
+        &self,
+        ns: &Namespace,
+        keys: &[&str],
+        opts: ReadOptions,
+        max_bytes: u64,
+    ) -> Result<Vec<Lookup>, CoreError> {
+        self.lookup_many(ns, keys, opts, true, Some(max_bytes))
+            .await
     }
 
     /// Reads keys; `count` says whether the lookups count in the namespace statistics (waiters'
-    /// re-checks do not).
+    /// re-checks do not); `limit` bounds the value bytes returned.
     pub(crate) async fn lookup_many(
         &self,
         ns: &Namespace,
         keys: &[&str],
         opts: ReadOptions,
         count: bool,
+        limit: Option<u64>,
     ) -> Result<Vec<Lookup>, CoreError> {
         let now = Instant::now();
         let degraded = self.redis_down();
@@ -54,11 +69,37 @@ impl Cache {
             .iter()
             .map(|k| self.l1_lookup(ns, k, now, degraded).map(Lookup::Hit))
             .collect();
+        // What L1 answered counts against the limit; Redis may return the rest.
+        let l2_limit = match limit {
+            Some(limit) => {
+                let l1_bytes: u64 = out
+                    .iter()
+                    .flatten()
+                    .map(|l| match l {
+                        Lookup::Hit(f) => f.data.value.len() as u64,
+                        Lookup::Miss => 0,
+                    })
+                    .sum();
+                if l1_bytes > limit {
+                    return Err(CoreError::ReplyTooLarge { limit });
+                }
+                Some(limit - l1_bytes)
+            }
+            None => None,
+        };
         if let Some(l2) = self.healthy_l2() {
             let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
             if !missing.is_empty() {
-                match self.read_l2(ns, l2, keys, &missing, &mut out).await {
+                match self
+                    .read_l2(ns, l2, keys, &missing, &mut out, l2_limit)
+                    .await
+                {
                     Ok(()) => {}
+                    Err(CoreError::ReplyTooLarge { .. }) => {
+                        return Err(CoreError::ReplyTooLarge {
+                            limit: limit.unwrap_or(0),
+                        })
+                    }
                     Err(e @ CoreError::Unavailable(_)) => {
                         // Reads keep serving from L1 (fresh, then stale) while Redis is down.
                         self.trip(&e);
@@ -94,10 +135,11 @@ impl Cache {
         keys: &[&str],
         missing: &[usize],
         out: &mut [Option<Lookup>],
+        limit: Option<u64>,
     ) -> Result<(), CoreError> {
         let epoch = self.ensure_synced(ns).await?;
         let miss_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
-        let read = l2.read(&ns.keys, &miss_keys).await?;
+        let read = l2.read(&ns.keys, &miss_keys, limit).await?;
         let now = Instant::now();
         for (&i, entry) in missing.iter().zip(read) {
             let Some(entry) = entry else { continue };

@@ -1,8 +1,8 @@
 //! `AdminService`: ListNamespaces, GetStats and Inspect.
 
+use crate::services::admin_service_server::AdminService;
 use tiercache_core::Cache;
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;

@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::services::cache_service_server::CacheService;
 use futures::Stream;
 use tiercache_core::{
-    Cache, FillArgs, GetOrSetOptions, GetOrSetResult, Namespace, ReadOptions, WriteArgs,
+    Cache, CoreError, FillArgs, GetOrSetOptions, GetOrSetResult, Namespace, ReadOptions, WriteArgs,
 };
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::cache_service_server::CacheService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::pipeline;
 use crate::request::{self, grpc_timeout, within_deadline, Resolved};
 use crate::telemetry;
+use crate::telemetry::metrics::{StreamKind, Streams};
 use crate::validate::{self, Violations};
 
 /// The CacheService implementation.
@@ -28,6 +29,7 @@ use crate::validate::{self, Violations};
 pub struct CacheApi {
     cache: Cache,
     limits: Arc<LimitsConfig>,
+    streams: Arc<Streams>,
 }
 
 impl CacheApi {
@@ -35,7 +37,14 @@ impl CacheApi {
         Self {
             cache,
             limits: Arc::new(limits),
+            streams: Arc::default(),
         }
+    }
+
+    /// Counts this service's open Watch and Pipeline streams in `streams`.
+    pub fn with_streams(mut self, streams: Arc<Streams>) -> Self {
+        self.streams = streams;
+        self
     }
 
     /// Resolves the namespace a request names; `open` it once the request is valid.
@@ -124,7 +133,10 @@ impl CacheApi {
 
 impl pipeline::Operations for CacheApi {
     async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
-        self.get_one(req).await
+        let r = self.get_one(req).await?;
+        ReplyBudget::new(self.limits.max_reply_bytes, "key")
+            .spend(r.entry.as_ref().map_or(0, |e| e.value.len()))?;
+        Ok(r)
     }
 
     async fn set(&self, req: pb::SetRequest) -> Result<pb::SetResponse, ApiError> {
@@ -157,6 +169,49 @@ impl CheckedSet {
 /// (`tiercache bench --scenarios memory`).
 fn owned(value: bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(&value)
+}
+
+/// Names the request field whose size a refused reply came from.
+fn reply_error(e: CoreError, field: &str) -> ApiError {
+    match e {
+        CoreError::ReplyTooLarge { limit } => ApiError::ReplyTooLarge {
+            field: field.into(),
+            limit,
+        },
+        e => e.into(),
+    }
+}
+
+/// The value bytes a reply may still carry, spent by answers as they complete.
+struct ReplyBudget {
+    limit: u64,
+    field: &'static str,
+    spent: std::sync::atomic::AtomicU64,
+}
+
+impl ReplyBudget {
+    fn new(limit: u64, field: &'static str) -> Self {
+        Self {
+            limit,
+            field,
+            spent: Default::default(),
+        }
+    }
+
+    /// Spends `bytes`; refuses once the reply would exceed the limit.
+    fn spend(&self, bytes: usize) -> Result<(), ApiError> {
+        let bytes = bytes as u64;
+        let before = self
+            .spent
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        if before + bytes > self.limit {
+            return Err(ApiError::ReplyTooLarge {
+                field: self.field.into(),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn prefixed(e: ApiError, prefix: &str) -> ApiError {
@@ -232,6 +287,12 @@ impl CacheApi {
         req: pb::FillRequest,
         prefix: &str,
     ) -> Result<pb::FillResponse, ApiError> {
+        let checked = self.check_fill(&req, prefix)?.open()?;
+        self.apply_fill(checked, req).await
+    }
+
+    /// Validates a Fill, naming fields with `prefix` (`requests[2].` in a batch).
+    fn check_fill(&self, req: &pb::FillRequest, prefix: &str) -> Result<CheckedSet, ApiError> {
         let ns = self
             .namespace(&req.namespace)
             .map_err(|e| prefixed(e, prefix))?;
@@ -249,7 +310,14 @@ impl CacheApi {
         let ttl = validate::duration(&mut v, &f("ttl"), req.ttl.as_ref(), true);
         let stale_ttl = validate::duration(&mut v, &f("stale_ttl"), req.stale_ttl.as_ref(), false);
         v.finish()?;
-        let ns = ns.open()?;
+        Ok(CheckedSet { ns, ttl, stale_ttl })
+    }
+
+    async fn apply_fill(
+        &self,
+        (ns, ttl, stale_ttl): (Arc<Namespace>, Option<Duration>, Option<Duration>),
+        req: pb::FillRequest,
+    ) -> Result<pb::FillResponse, ApiError> {
         let outcome = self
             .cache
             .fill(
@@ -294,9 +362,9 @@ impl CacheService for CacheApi {
         };
         let results = self
             .cache
-            .get_many(&ns, &keys, opts)
+            .get_many_within(&ns, &keys, opts, self.limits.max_reply_bytes)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(|e| reply_error(e, "keys"))?;
         Ok(Response::new(pb::GetManyResponse {
             results: results
                 .into_iter()
@@ -395,12 +463,20 @@ impl CacheService for CacheApi {
             }
         }
         let ns = ns.open()?;
-        // Every key at once: hits answer at once, misses get a lease or wait concurrently.
-        let results = futures::future::try_join_all(
-            req.keys
-                .into_iter()
-                .map(|k| self.get_or_set_one(&ns, k, &params, deadline)),
-        )
+        // Every key at once: hits answer at once, misses get a lease or wait concurrently. Each
+        // answer counts its value against the reply limit as it completes, so an oversized
+        // batch stops at the limit rather than after every value was read.
+        let budget = ReplyBudget::new(self.limits.max_reply_bytes, "keys");
+        let results = futures::future::try_join_all(req.keys.into_iter().map(|k| {
+            let budget = &budget;
+            let ns = &ns;
+            let params = &params;
+            async move {
+                let r = self.get_or_set_one(ns, k, params, deadline).await?;
+                budget.spend(r.entry.as_ref().map_or(0, |e| e.value.len()))?;
+                Ok::<_, ApiError>(r)
+            }
+        }))
         .await?;
         Ok(Response::new(pb::GetOrSetManyResponse { results }))
     }
@@ -418,11 +494,26 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::FillManyResponse>, Status> {
         let req = r.into_inner();
         self.check_batch("requests", req.requests.len())?;
-        let responses =
-            futures::future::try_join_all(req.requests.into_iter().enumerate().map(
-                |(i, item)| async move { self.fill_one(item, &format!("requests[{i}].")).await },
-            ))
-            .await?;
+        // Validate every item before filling any, so a bad batch stores nothing and consumes
+        // no lease.
+        let checked = req
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.check_fill(item, &format!("requests[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Then open (maybe create) the namespaces, all before the first fill.
+        let checked = checked
+            .into_iter()
+            .map(CheckedSet::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let responses = futures::future::try_join_all(
+            checked
+                .into_iter()
+                .zip(req.requests)
+                .map(|(checked, item)| self.apply_fill(checked, item)),
+        )
+        .await?;
         Ok(Response::new(pb::FillManyResponse { responses }))
     }
 
@@ -486,10 +577,18 @@ impl CacheService for CacheApi {
 
     async fn pipeline(
         &self,
-        r: Request<Streaming<pb::PipelineRequest>>,
+        r: Request<Streaming<pipeline::RawPipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let ops = self.clone();
-        let stream = pipeline::serve(ops, r.into_inner(), self.limits.pipeline_max_in_flight);
+        let cache = self.cache.clone();
+        let open = self.streams.open(StreamKind::Pipeline);
+        let stream = pipeline::serve(
+            ops,
+            r.into_inner(),
+            self.limits.pipeline_max_in_flight,
+            async move { cache.drained().await },
+            open,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -502,20 +601,35 @@ impl CacheService for CacheApi {
         let req = r.into_inner();
         let ns = self.namespace(&req.namespace)?.open()?;
         let mut watch = self.cache.watch(&ns).await.map_err(ApiError::from)?;
-        let (tx, rx) = mpsc::channel(256);
+        // One slot more than the buffer, kept for the status that ends an overflowing stream.
+        let buffer = self.limits.watch_buffer;
+        let (tx, rx) = mpsc::channel(buffer + 1);
         let started = convert::watch_started(watch.start_sequence());
+        let cache = self.cache.clone();
+        let open = self.streams.open(StreamKind::Watch);
         tokio::spawn(async move {
+            let _open = open;
             if tx.send(Ok(started)).await.is_err() {
                 return;
             }
             loop {
-                // End with the client, even while no event comes.
+                // End with the client, even while no event comes, and at shutdown.
                 let event = tokio::select! {
                     e = watch.next() => e,
                     () = tx.closed() => return,
+                    () = cache.drained() => {
+                        let _ = tx.try_send(Err(ApiError::from(CoreError::Draining).into()));
+                        return;
+                    }
                 };
                 let Some(event) = event else { return };
-                if tx.send(Ok(convert::watch_event(event))).await.is_err() {
+                // A consumer that does not keep up is told so and its stream ends: the server
+                // never buffers more than `limits.watch_buffer` events for it.
+                if tx.capacity() <= 1 {
+                    let _ = tx.try_send(Err(ApiError::WatchOverflow { buffered: buffer }.into()));
+                    return;
+                }
+                if tx.try_send(Ok(convert::watch_event(event))).is_err() {
                     return;
                 }
             }

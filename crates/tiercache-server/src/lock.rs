@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::services::lock_service_server::LockService;
 use tiercache_core::Cache;
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::lock_service_server::LockService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;

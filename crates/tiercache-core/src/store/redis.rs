@@ -207,19 +207,30 @@ impl RedisStore {
         &self.key_space
     }
 
-    /// Reads entries with their remaining lifetime, in key order.
+    /// Reads entries with their remaining lifetime, in key order; refuses
+    /// ([`CoreError::ReplyTooLarge`]) when their stored size exceeds `max_bytes`, before reading
+    /// any value.
     pub async fn read(
         &self,
         keys: &NamespaceKeys,
         user_keys: &[&str],
+        max_bytes: Option<u64>,
     ) -> Result<Vec<Option<StoredEntry>>, CoreError> {
         let mut inv = self.scripts.read.prepare_invoke();
         for k in user_keys {
             inv.key(keys.entry(k));
         }
+        // 0 means no limit to the script; a limit of 0 bytes still refuses any entry.
+        inv.arg(max_bytes.map_or(0, |b| b.max(1)));
         let reply: Value = self.invoke(RedisOp::READ, &inv).await?;
-        let Value::Array(items) = reply else {
-            return Err(CoreError::unexpected_reply(reply));
+        let items = match reply {
+            Value::Array(items) => items,
+            Value::Int(_) => {
+                return Err(CoreError::ReplyTooLarge {
+                    limit: max_bytes.unwrap_or(0),
+                })
+            }
+            other => return Err(CoreError::unexpected_reply(other)),
         };
         let mut out = Vec::with_capacity(user_keys.len());
         let mut it = items.into_iter();

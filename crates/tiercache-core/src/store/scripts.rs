@@ -76,8 +76,18 @@ local function note_life(prefix, px)
 end
 "#;
 
-/// KEYS: entry…; returns value, pttl pairs.
+/// KEYS: entry…; ARGV[1]: the most bytes to return (0: no limit). Returns value, pttl pairs, or
+/// only the total size (an integer) when the entries together exceed the limit: sizes are
+/// checked with `STRLEN` before any value is read, so a refused batch builds no large reply.
 pub(super) const READ: &str = r#"
+local limit = tonumber(ARGV[1] or '0')
+if limit > 0 then
+  local total = 0
+  for _, k in ipairs(KEYS) do
+    total = total + redis.call('STRLEN', k)
+    if total > limit then return total end
+  end
+end
 local out = {}
 for i, k in ipairs(KEYS) do
   out[2 * i - 1] = redis.call('GET', k)
