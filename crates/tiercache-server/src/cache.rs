@@ -50,9 +50,11 @@ impl CacheApi {
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
         };
+        // Sampled before the lookup, so the answer is at least as new as it.
+        let applied = self.cache.applied_sequence(&ns);
         let lookup = self.cache.get(&ns, &req.key, opts).await?;
         telemetry::note_lookup(&lookup);
-        Ok(convert::get_response(lookup, req.if_version_not))
+        Ok(convert::get_response(lookup, req.if_version_not, applied))
     }
 
     async fn set_one(
@@ -213,6 +215,7 @@ impl CacheApi {
             refresh_stale: p.refresh_stale,
             lease_ttl: p.lease_ttl,
         };
+        let applied = self.cache.applied_sequence(ns);
         let result = self.cache.get_or_set(ns, &key, opts).await?;
         if matches!(result, GetOrSetResult::WaitTimedOut)
             && p.on_timeout == pb::WaitTimeoutAction::Unavailable
@@ -221,7 +224,7 @@ impl CacheApi {
                 retry_after: Duration::from_millis(100),
             });
         }
-        Ok(convert::get_or_set_response(key, result))
+        Ok(convert::get_or_set_response(key, result, applied))
     }
 
     async fn fill_one(
@@ -287,6 +290,7 @@ impl CacheService for CacheApi {
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
         };
+        let applied = self.cache.applied_sequence(&ns);
         let results = self
             .cache
             .get_many(&ns, &keys, opts)
@@ -297,7 +301,7 @@ impl CacheService for CacheApi {
                 .into_iter()
                 .map(|l| {
                     telemetry::note_lookup(&l);
-                    convert::get_response(l, None)
+                    convert::get_response(l, None, applied)
                 })
                 .collect(),
         }))
