@@ -280,8 +280,10 @@ pub(crate) struct Calls {
 
 impl Calls {
     pub(crate) fn cache(&mut self) -> CacheServiceClient<Svc> {
-        self.sizes
-            .cache(CacheServiceClient::with_interceptor(self.channel.clone(), self.meta.clone()))
+        self.sizes.cache(CacheServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.meta.clone(),
+        ))
     }
 
     pub(crate) fn locks(&mut self) -> LockServiceClient<Svc> {

@@ -173,7 +173,11 @@ async fn renew_loop(
             _ = tokio::time::sleep(every) => {}
         }
         if !hold.is_held() {
-            tracing::warn!(namespace, lock = name, "tiercache lock ttl passed without a renewal");
+            tracing::warn!(
+                namespace,
+                lock = name,
+                "tiercache lock ttl passed without a renewal"
+            );
             return;
         }
         let sent = Instant::now();

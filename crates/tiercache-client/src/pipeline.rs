@@ -84,7 +84,12 @@ impl Pipeline {
         timeout: Option<Duration>,
     ) -> Result<pipeline_response::Result> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let conn = within(deadline, self.conn(), "opening the pipeline stream timed out").await??;
+        let conn = within(
+            deadline,
+            self.conn(),
+            "opening the pipeline stream timed out",
+        )
+        .await??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.shared.pending.lock().insert(id, tx);

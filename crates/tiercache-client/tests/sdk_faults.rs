@@ -443,7 +443,11 @@ async fn lock_guard_is_not_held_once_the_lock_is_deleted_in_redis() {
         .await
         .unwrap()
         .expect("a free lock");
-    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*default:job*:lock")
         .query_async(&mut conn)
