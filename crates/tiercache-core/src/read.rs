@@ -15,6 +15,19 @@ use crate::store::RedisStore;
 use crate::types::{Found, Lookup, ReadOptions, Tier};
 
 impl Cache {
+    /// Returns the namespace sequence this replica has applied, for a read reply to carry: a
+    /// lookup (`get`, `get_many`, `get_or_set`) that starts after this call reflects every
+    /// event up to it. Applying an event drops its L1 copies under the lock this reads, and L1
+    /// fills and L2 reads check the marks and epoch that lock guards, so nothing older than the
+    /// returned sequence can be served after it. 0 while the replica is not synced (subscription
+    /// down, after a gap, degraded): then nothing is promised.
+    ///
+    /// A client-side near cache compares it with its Watch position, so that a replica that
+    /// lags behind the one it watches cannot refill it with a value already invalidated.
+    pub fn applied_sequence(&self, ns: &Namespace) -> u64 {
+        ns.last_sequence()
+    }
+
     /// Reads one key: L1, then L2.
     pub async fn get(
         &self,

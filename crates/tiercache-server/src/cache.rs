@@ -61,9 +61,11 @@ impl CacheApi {
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
         };
+        // Sampled before the lookup, so the answer is at least as new as it.
+        let applied = self.cache.applied_sequence(&ns);
         let lookup = self.cache.get(&ns, &req.key, opts).await?;
         telemetry::note_lookup(&lookup);
-        Ok(convert::get_response(lookup, req.if_version_not))
+        Ok(convert::get_response(lookup, req.if_version_not, applied))
     }
 
     async fn set_one(
@@ -269,6 +271,7 @@ impl CacheApi {
             refresh_stale: p.refresh_stale,
             lease_ttl: p.lease_ttl,
         };
+        let applied = self.cache.applied_sequence(ns);
         let result = self.cache.get_or_set(ns, &key, opts).await?;
         if matches!(result, GetOrSetResult::WaitTimedOut)
             && p.on_timeout == pb::WaitTimeoutAction::Unavailable
@@ -277,7 +280,7 @@ impl CacheApi {
                 retry_after: Duration::from_millis(100),
             });
         }
-        let mut reply = convert::get_or_set_response(key, result);
+        let mut reply = convert::get_or_set_response(key, result, applied);
         reply.max_wait = Some(tiercache_proto::duration::to_proto(wait));
         Ok(reply)
     }
@@ -360,6 +363,7 @@ impl CacheService for CacheApi {
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
         };
+        let applied = self.cache.applied_sequence(&ns);
         let results = self
             .cache
             .get_many_within(&ns, &keys, opts, self.limits.max_reply_bytes)
@@ -370,7 +374,7 @@ impl CacheService for CacheApi {
                 .into_iter()
                 .map(|l| {
                     telemetry::note_lookup(&l);
-                    convert::get_response(l, None)
+                    convert::get_response(l, None, applied)
                 })
                 .collect(),
         }))
