@@ -400,16 +400,28 @@ async fn batch_reply_over_the_limit_is_refused_before_redis_builds_it() {
         sent < 256 * 1024,
         "redis sent {sent} bytes for a refused batch"
     );
-    // GetOrSetMany too; and from L1 (the writer's own copies).
+    // GetOrSetMany too, and the lease it took for a missing key is given back.
+    let mut with_miss = vec!["absent".to_string()];
+    with_miss.extend(keys.iter().cloned());
     let err = cold
         .get_or_set_many(pb::GetOrSetManyRequest {
             namespace: "default".into(),
-            keys: keys.clone(),
+            keys: with_miss,
             ..Default::default()
         })
         .await
         .unwrap_err();
     reply_too_large(&err, "keys");
+    let after = cold
+        .get_or_set(pb::GetOrSetRequest {
+            max_wait: req::duration(Duration::from_millis(100)),
+            ..req::get_or_set("absent")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.outcome(), pb::GetOrSetOutcome::Lease, "{after:?}");
+    // And from L1 (the writer's own copies).
     let err = c
         .get_many(pb::GetManyRequest {
             namespace: "default".into(),
