@@ -670,3 +670,63 @@ async fn fill_many_with_a_bad_item_stores_nothing_and_consumes_no_lease() {
         .iter()
         .all(|r| r.outcome() == pb::FillOutcome::Stored));
 }
+
+#[tokio::test]
+async fn closed_client_connection_ends_its_watch_and_waiters() {
+    let server = TestServer::memory().await;
+    let admin = server.admin_addr().unwrap();
+    let channel = Endpoint::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = CacheServiceClient::new(channel);
+    let lease = c
+        .get_or_set(req::get_or_set("k"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lease.outcome(), pb::GetOrSetOutcome::Lease);
+    let waiter = tokio::spawn({
+        let mut c = c.clone();
+        async move {
+            c.get_or_set(pb::GetOrSetRequest {
+                max_wait: req::duration(Duration::from_secs(60)),
+                ..req::get_or_set("k")
+            })
+            .await
+        }
+    });
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            namespace: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.next().await.unwrap().unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            metric(admin, "tiercache_waiters", "lease").await == Some(1.0)
+                && metric(admin, "tiercache_streams", "watch").await == Some(1.0)
+        },
+    )
+    .await
+    .expect("the waiter and the watch are open");
+    // Every clone of the channel goes: the connection closes.
+    waiter.abort();
+    let _ = waiter.await;
+    drop((c, watch));
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            metric(admin, "tiercache_waiters", "lease").await == Some(0.0)
+                && metric(admin, "tiercache_streams", "watch").await == Some(0.0)
+        },
+    )
+    .await
+    .expect("the server ends the RPCs of a closed connection");
+}
