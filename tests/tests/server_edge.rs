@@ -465,7 +465,11 @@ async fn message_size_limit_is_16_mib_both_ways() {
         .set(req::set("k", &"x".repeat(17 * 1024 * 1024)))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        err.get_details_error_info().unwrap().reason,
+        "MESSAGE_TOO_LARGE"
+    );
     assert!(err.message().contains("too large"), "{err:?}");
     tiercache_testkit::rpc::set(&mut c, req::set("k", "small")).await;
 }
