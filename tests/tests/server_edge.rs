@@ -282,6 +282,21 @@ async fn shutdown_answers_every_waiter_and_stream_with_draining_at_once() {
         .unwrap()
         .into_inner();
     watch.next().await.unwrap().unwrap();
+    // And a Pipeline whose client keeps its side open.
+    let (pipe_tx, pipe_rx) = tokio::sync::mpsc::channel(4);
+    let mut pipe = c
+        .pipeline(tokio_stream::wrappers::ReceiverStream::new(pipe_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    pipe_tx
+        .send(pb::PipelineRequest {
+            id: 7,
+            operation: Some(pb::pipeline_request::Operation::Get(req::get("p"))),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pipe.next().await.unwrap().unwrap().id, 7);
     let admin = AdminServiceClient::new(server.channel());
     wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
         let mut admin = admin.clone();
@@ -314,6 +329,9 @@ async fn shutdown_answers_every_waiter_and_stream_with_draining_at_once() {
     assert!(draining(&err), "{err:?}");
     let end = watch.next().await.expect("the watch ends with a status");
     assert!(draining(end.as_ref().unwrap_err()), "{end:?}");
+    let end = pipe.next().await.expect("the pipeline ends with a status");
+    assert!(draining(end.as_ref().unwrap_err()), "{end:?}");
+    drop(pipe_tx);
     stopped.await.unwrap().unwrap();
     assert!(
         start.elapsed() < Duration::from_secs(3),
