@@ -282,6 +282,21 @@ async fn shutdown_answers_every_waiter_and_stream_with_draining_at_once() {
         .unwrap()
         .into_inner();
     watch.next().await.unwrap().unwrap();
+    // And a Pipeline whose client keeps its side open.
+    let (pipe_tx, pipe_rx) = tokio::sync::mpsc::channel(4);
+    let mut pipe = c
+        .pipeline(tokio_stream::wrappers::ReceiverStream::new(pipe_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    pipe_tx
+        .send(pb::PipelineRequest {
+            id: 7,
+            operation: Some(pb::pipeline_request::Operation::Get(req::get("p"))),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pipe.next().await.unwrap().unwrap().id, 7);
     let admin = AdminServiceClient::new(server.channel());
     wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
         let mut admin = admin.clone();
@@ -314,6 +329,9 @@ async fn shutdown_answers_every_waiter_and_stream_with_draining_at_once() {
     assert!(draining(&err), "{err:?}");
     let end = watch.next().await.expect("the watch ends with a status");
     assert!(draining(end.as_ref().unwrap_err()), "{end:?}");
+    let end = pipe.next().await.expect("the pipeline ends with a status");
+    assert!(draining(end.as_ref().unwrap_err()), "{end:?}");
+    drop(pipe_tx);
     stopped.await.unwrap().unwrap();
     assert!(
         start.elapsed() < Duration::from_secs(3),
@@ -400,16 +418,28 @@ async fn batch_reply_over_the_limit_is_refused_before_redis_builds_it() {
         sent < 256 * 1024,
         "redis sent {sent} bytes for a refused batch"
     );
-    // GetOrSetMany too; and from L1 (the writer's own copies).
+    // GetOrSetMany too, and the lease it took for a missing key is given back.
+    let mut with_miss = vec!["absent".to_string()];
+    with_miss.extend(keys.iter().cloned());
     let err = cold
         .get_or_set_many(pb::GetOrSetManyRequest {
             namespace: "default".into(),
-            keys: keys.clone(),
+            keys: with_miss,
             ..Default::default()
         })
         .await
         .unwrap_err();
     reply_too_large(&err, "keys");
+    let after = cold
+        .get_or_set(pb::GetOrSetRequest {
+            max_wait: req::duration(Duration::from_millis(100)),
+            ..req::get_or_set("absent")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.outcome(), pb::GetOrSetOutcome::Lease, "{after:?}");
+    // And from L1 (the writer's own copies).
     let err = c
         .get_many(pb::GetManyRequest {
             namespace: "default".into(),
@@ -453,7 +483,11 @@ async fn message_size_limit_is_16_mib_both_ways() {
         .set(req::set("k", &"x".repeat(17 * 1024 * 1024)))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        err.get_details_error_info().unwrap().reason,
+        "MESSAGE_TOO_LARGE"
+    );
     assert!(err.message().contains("too large"), "{err:?}");
     tiercache_testkit::rpc::set(&mut c, req::set("k", "small")).await;
 }
@@ -657,4 +691,64 @@ async fn fill_many_with_a_bad_item_stores_nothing_and_consumes_no_lease() {
         .responses
         .iter()
         .all(|r| r.outcome() == pb::FillOutcome::Stored));
+}
+
+#[tokio::test]
+async fn closed_client_connection_ends_its_watch_and_waiters() {
+    let server = TestServer::memory().await;
+    let admin = server.admin_addr().unwrap();
+    let channel = Endpoint::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = CacheServiceClient::new(channel);
+    let lease = c
+        .get_or_set(req::get_or_set("k"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lease.outcome(), pb::GetOrSetOutcome::Lease);
+    let waiter = tokio::spawn({
+        let mut c = c.clone();
+        async move {
+            c.get_or_set(pb::GetOrSetRequest {
+                max_wait: req::duration(Duration::from_secs(60)),
+                ..req::get_or_set("k")
+            })
+            .await
+        }
+    });
+    let mut watch = c
+        .watch(pb::WatchRequest {
+            namespace: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.next().await.unwrap().unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            metric(admin, "tiercache_waiters", "lease").await == Some(1.0)
+                && metric(admin, "tiercache_streams", "watch").await == Some(1.0)
+        },
+    )
+    .await
+    .expect("the waiter and the watch are open");
+    // Every clone of the channel goes: the connection closes.
+    waiter.abort();
+    let _ = waiter.await;
+    drop((c, watch));
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async move {
+            metric(admin, "tiercache_waiters", "lease").await == Some(0.0)
+                && metric(admin, "tiercache_streams", "watch").await == Some(0.0)
+        },
+    )
+    .await
+    .expect("the server ends the RPCs of a closed connection");
 }

@@ -471,18 +471,32 @@ impl CacheService for CacheApi {
         // answer counts its value against the reply limit as it completes, so an oversized
         // batch stops at the limit rather than after every value was read.
         let budget = ReplyBudget::new(self.limits.max_reply_bytes, "keys");
+        // Leases granted to a call that then fails are given back: its caller never saw them,
+        // and every other caller of those keys would wait for a fill that never comes.
+        let granted = parking_lot::Mutex::new(Vec::new());
         let results = futures::future::try_join_all(req.keys.into_iter().map(|k| {
-            let budget = &budget;
-            let ns = &ns;
-            let params = &params;
+            let (budget, granted, ns, params) = (&budget, &granted, &ns, &params);
             async move {
                 let r = self.get_or_set_one(ns, k, params, deadline).await?;
+                if let Some(lease) = &r.lease {
+                    granted.lock().push((r.key.clone(), lease.token.clone()));
+                }
                 budget.spend(r.entry.as_ref().map_or(0, |e| e.value.len()))?;
                 Ok::<_, ApiError>(r)
             }
         }))
-        .await?;
-        Ok(Response::new(pb::GetOrSetManyResponse { results }))
+        .await;
+        match results {
+            Ok(results) => Ok(Response::new(pb::GetOrSetManyResponse { results })),
+            Err(e) => {
+                for (key, token) in granted.into_inner() {
+                    if let Err(release) = self.cache.release_lease(&ns, &key, &token).await {
+                        tracing::debug!(error = %release, "cannot release the lease of a failed batch");
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn fill(

@@ -168,6 +168,35 @@ impl From<ApiError> for Status {
     }
 }
 
+/// Maps a refusal tonic made before any service code ran, found in the headers of a
+/// trailers-only response: a request message over `limits.max_message_bytes` (tonic says
+/// `OUT_OF_RANGE`) becomes `RESOURCE_EXHAUSTED` with `ErrorInfo` `MESSAGE_TOO_LARGE`, like every
+/// other limit. Called by the RPC layer on every response.
+pub fn remap_transport_refusal(headers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != Code::OutOfRange
+        || !status
+            .message()
+            .contains("decoded message length too large")
+    {
+        return;
+    }
+    let remapped = self::status(
+        Code::ResourceExhausted,
+        format!(
+            "{} (limits.max_message_bytes)",
+            status.message().trim_start_matches("Error, ")
+        ),
+        "MESSAGE_TOO_LARGE",
+        |_| {},
+    );
+    if remapped.add_header(headers).is_err() {
+        tracing::debug!("cannot write the remapped status");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
