@@ -45,12 +45,18 @@ async fn ten_thousand_gets_on_new_namespaces_create_only_max_namespaces() {
         .collect()
         .await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(ok, 64, "64 dynamic namespaces are created (the default max)");
+    assert_eq!(
+        ok, 64,
+        "64 dynamic namespaces are created (the default max)"
+    );
     for r in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(r.code(), Code::ResourceExhausted, "{r:?}");
         let info = r.get_details_error_info().expect("ErrorInfo");
         assert_eq!(info.reason, "TOO_MANY_NAMESPACES");
-        assert_eq!(info.metadata.get("field").map(String::as_str), Some("namespace"));
+        assert_eq!(
+            info.metadata.get("field").map(String::as_str),
+            Some("namespace")
+        );
     }
     // 64 dynamic ones plus the configured `default`.
     assert_eq!(namespace_names(&server).await.len(), 65);
@@ -192,7 +198,7 @@ async fn script_calls(redis: &RedisServer) -> u64 {
     info.lines()
         .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
         .filter_map(|l| {
-            l.split(|c| c == ':' || c == ',')
+            l.split([':', ','])
                 .find_map(|f| f.strip_prefix("calls="))
                 .and_then(|n| n.parse::<u64>().ok())
         })

@@ -156,10 +156,14 @@ async fn memory_only_maps_shrink_back_once_nothing_is_held() {
     assert_eq!(f.locks, 500, "a released lock leaves no slot");
     // Leases and locks expire after 100 ms; marks once no entry born before them can be alive
     // (200 ms max TTL + 200 ms stale window + 200 ms longest lease).
-    wait_for(Duration::from_secs(5), Duration::from_millis(50), || async {
-        let f = ns.footprint();
-        f.tag_marks == 0 && f.leases == 0 && f.locks == 0
-    })
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            let f = ns.footprint();
+            f.tag_marks == 0 && f.leases == 0 && f.locks == 0
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}: {:?}", ns.footprint()));
     // Fencing tokens keep increasing per lock although its slot was dropped.
@@ -170,7 +174,11 @@ async fn memory_only_maps_shrink_back_once_nothing_is_held() {
     else {
         panic!("free lock not acquired")
     };
-    assert!(fencing_token > fences[0], "{fencing_token} after {}", fences[0]);
+    assert!(
+        fencing_token > fences[0],
+        "{fencing_token} after {}",
+        fences[0]
+    );
     assert!(fences.windows(2).all(|w| w[0] < w[1]));
 }
 

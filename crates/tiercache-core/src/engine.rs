@@ -17,9 +17,9 @@ use tokio::time::Instant;
 use crate::error::CoreError;
 use crate::l1::SharedL1;
 use crate::namespace::{Namespace, NamespaceStats, SyncState};
+use crate::policy::NamespacePolicy;
 use crate::store::redis::RedisOptions;
 use crate::store::{LocalStore, RedisStore, Store};
-use crate::policy::NamespacePolicy;
 use crate::types::{CacheConfig, Found, Mode};
 
 /// The default of `limits.max_namespaces`: the most namespaces one server creates on first use;
@@ -232,7 +232,10 @@ impl Cache {
 
     /// The namespace if it exists, else the policy it would be created with (to validate a
     /// request before [`Cache::namespace`] creates it); NOT_FOUND when it could not be created.
-    pub fn policy_for(&self, name: &str) -> Result<Result<Arc<Namespace>, NamespacePolicy>, CoreError> {
+    pub fn policy_for(
+        &self,
+        name: &str,
+    ) -> Result<Result<Arc<Namespace>, NamespacePolicy>, CoreError> {
         if let Some(ns) = self.inner.namespaces.read().get(name) {
             return Ok(Ok(ns.clone()));
         }

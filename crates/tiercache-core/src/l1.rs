@@ -179,8 +179,8 @@ impl L1 {
     }
 
     /// The entry of `key`, unless it was cleared.
-    pub fn get(&self, key: &str) -> Option<Arc<L1Entry>> {
-        let slot = self.shared.cache.get(&self.key(key))?;
+    pub fn get<Q: AsRef<str> + ?Sized>(&self, key: &Q) -> Option<Arc<L1Entry>> {
+        let slot = self.shared.cache.get(&self.key(key.as_ref()))?;
         (slot.generation == self.generation.load(Ordering::Acquire)).then_some(slot.entry)
     }
 
@@ -214,8 +214,8 @@ impl L1 {
     }
 
     /// Drops the entry of `key`.
-    pub fn invalidate(&self, key: &str) {
-        self.shared.cache.invalidate(&self.key(key));
+    pub fn invalidate<Q: AsRef<str> + ?Sized>(&self, key: &Q) {
+        self.shared.cache.invalidate(&self.key(key.as_ref()));
     }
 
     /// Drops every entry of the namespace: at once for readers, in the background for memory.
@@ -231,9 +231,7 @@ impl L1 {
     /// The most bytes the namespace's entries may take: its own cap (two-tier mode) or the
     /// shared budget, whichever is smaller.
     pub fn budget(&self) -> u64 {
-        self.cap
-            .unwrap_or(u64::MAX)
-            .min(self.shared.max_bytes)
+        self.cap.unwrap_or(u64::MAX).min(self.shared.max_bytes)
     }
 
     /// Entries and weighted bytes the namespace holds in L1 now (cleared entries count until

@@ -117,7 +117,12 @@ impl NamespacePolicy {
             return Err("lease_ttl must be greater than zero".into());
         }
         for (name, d, cap, cap_name) in [
-            ("lease_ttl", self.lease_ttl, self.lease_ttl_max, "lease_ttl_max"),
+            (
+                "lease_ttl",
+                self.lease_ttl,
+                self.lease_ttl_max,
+                "lease_ttl_max",
+            ),
             ("max_wait", self.max_wait, self.max_wait_max, "max_wait_max"),
         ] {
             if d > cap {

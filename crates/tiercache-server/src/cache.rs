@@ -102,7 +102,7 @@ impl CacheApi {
 
     async fn apply_set(
         &self,
-        (ns, ttl, stale_ttl): (Arc<Namespace>, Option<Duration>, Option<Duration>),
+        (ns, ttl, stale_ttl): OpenSet,
         req: pb::SetRequest,
     ) -> Result<pb::SetResponse, ApiError> {
         let outcome = self
@@ -150,6 +150,9 @@ impl pipeline::Operations for CacheApi {
     }
 }
 
+/// A valid Set with its namespace opened: the namespace, the TTL and the stale TTL.
+type OpenSet = (Arc<Namespace>, Option<Duration>, Option<Duration>);
+
 /// A Set that passed validation.
 struct CheckedSet {
     ns: Resolved,
@@ -159,7 +162,7 @@ struct CheckedSet {
 
 impl CheckedSet {
     /// Opens (maybe creates) the namespace of a valid Set.
-    fn open(self) -> Result<(Arc<Namespace>, Option<Duration>, Option<Duration>), ApiError> {
+    fn open(self) -> Result<OpenSet, ApiError> {
         Ok((self.ns.open()?, self.ttl, self.stale_ttl))
     }
 }

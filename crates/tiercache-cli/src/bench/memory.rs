@@ -148,7 +148,9 @@ pub async fn run(entries: usize, value_size: usize) -> anyhow::Result<MemoryResu
     let evict_budget = (weight * entries as u64 / 2).max(1 << 16);
     let mut evict_config = config.clone();
     evict_config.l1.max_bytes = evict_budget;
-    evict_config.namespaces.insert(NS_EVICT.to_string(), PolicyConfig::default());
+    evict_config
+        .namespaces
+        .insert(NS_EVICT.to_string(), PolicyConfig::default());
     config.l1.max_bytes = 1 << 36;
     config.namespaces.insert(
         NS_UNARY.to_string(),

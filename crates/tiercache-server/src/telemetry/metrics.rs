@@ -271,7 +271,9 @@ fn register_cache_instruments(meter: &Meter, cache: &Cache) {
     let c = cache.clone();
     meter
         .u64_observable_gauge("tiercache.l1.budget")
-        .with_description("The namespace's L1 byte budget (l1_max_bytes, within the shared l1.max_bytes)")
+        .with_description(
+            "The namespace's L1 byte budget (l1_max_bytes, within the shared l1.max_bytes)",
+        )
         .with_unit("By")
         .with_callback(move |o| {
             for ns in c.namespaces() {
