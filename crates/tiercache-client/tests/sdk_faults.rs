@@ -463,3 +463,45 @@ async fn lock_guard_is_not_held_once_the_lock_is_deleted_in_redis() {
         .await
         .expect("is_held() false once a renewal found the lock gone");
 }
+
+// ---- what the server puts in read replies ----
+
+#[tokio::test]
+async fn read_replies_carry_the_sequence_the_replica_applied_before_the_lookup() {
+    use tiercache_testkit::{pb, req};
+    let server = TestServer::start(config(None)).await;
+    let mut c = pb::cache_service_client::CacheServiceClient::new(server.channel());
+    c.set(req::set("k", "v")).await.unwrap();
+    let seq = c
+        .flush_namespace(req::flush())
+        .await
+        .unwrap()
+        .into_inner()
+        .sequence;
+    c.set(req::set("k", "v")).await.unwrap();
+    let applied = seq + 1;
+    let get = c.get(req::get("k")).await.unwrap().into_inner();
+    assert_eq!(
+        (get.outcome(), get.applied_sequence),
+        (pb::GetOutcome::Hit, applied)
+    );
+    let many = c
+        .get_many(pb::GetManyRequest {
+            namespace: "default".into(),
+            keys: vec!["k".into(), "absent".into()],
+            fresh_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(many.results.iter().all(|r| r.applied_sequence == applied));
+    let gos = c
+        .get_or_set(req::get_or_set("k"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (gos.outcome(), gos.applied_sequence),
+        (pb::GetOrSetOutcome::Hit, applied)
+    );
+}

@@ -20,7 +20,7 @@ impl Cache {
     /// event up to it. Applying an event drops its L1 copies under the lock this reads, and L1
     /// fills and L2 reads check the marks and epoch that lock guards, so nothing older than the
     /// returned sequence can be served after it. 0 while the replica is not synced (subscription
-    /// down, after a gap, degraded): then nothing is promised.
+    /// down, after a gap until resynced): then nothing is promised.
     ///
     /// A client-side near cache compares it with its Watch position, so that a replica that
     /// lags behind the one it watches cannot refill it with a value already invalidated.
