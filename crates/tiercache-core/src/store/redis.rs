@@ -643,3 +643,17 @@ impl RedisStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_has_tcp_keepalive_and_keeps_the_database() {
+        let client = redis::Client::open("redis://127.0.0.1:1/3").unwrap();
+        let client = with_keepalive(client).unwrap();
+        let info = client.get_connection_info();
+        assert!(info.tcp_settings().keepalive().is_some());
+        assert_eq!(info.redis_settings().db(), 3);
+    }
+}
