@@ -347,7 +347,7 @@ impl RedisStore {
         for k in namespaces {
             cmd.arg(&k.seq).arg(&k.run);
         }
-        let values: Vec<Option<u64>> = self.query(RedisOp::NAMESPACE_MARKS, &cmd).await?;
+        let values: Vec<Option<u64>> = self.query(RedisOp::SEQUENCE_CHECK, &cmd).await?;
         Ok(values
             .chunks(2)
             .map(|c| (c[0].unwrap_or(0), c.get(1).copied().flatten().unwrap_or(0)))
