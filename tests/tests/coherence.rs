@@ -511,3 +511,46 @@ async fn flush_arriving_between_a_sync_read_and_its_lock_is_not_lost() {
         .unwrap();
     assert!(matches!(again, Lookup::Miss), "{again:?}");
 }
+
+/// Log lines written by the test process's subscriber.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn server_warns_at_start_when_redis_may_evict_any_key() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .try_init()
+        .expect("this test process has no other subscriber");
+    let redis = RedisServer::start();
+    let mut conn = redis_conn(&redis).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _server = server_on(&redis.url(), None).await;
+    let text = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("maxmemory-policy"))
+        .unwrap_or_else(|| panic!("no maxmemory-policy warning in:\n{text}"));
+    assert!(warning.contains("allkeys-lru"), "{warning}");
+    assert!(warning.contains("noeviction"), "{warning}");
+}

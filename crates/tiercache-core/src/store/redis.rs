@@ -358,7 +358,7 @@ impl RedisStore {
         for k in namespaces {
             cmd.arg(&k.seq).arg(&k.run);
         }
-        let values: Vec<Option<u64>> = self.query(RedisOp::NAMESPACE_MARKS, &cmd).await?;
+        let values: Vec<Option<u64>> = self.query(RedisOp::SEQUENCE_CHECK, &cmd).await?;
         Ok(values
             .chunks(2)
             .map(|c| (c[0].unwrap_or(0), c.get(1).copied().flatten().unwrap_or(0)))
@@ -657,5 +657,19 @@ impl RedisStore {
             entry_marks: ints(&marks)?,
             extra_marks: ints(&extra)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_has_tcp_keepalive_and_keeps_the_database() {
+        let client = redis::Client::open("redis://127.0.0.1:1/3").unwrap();
+        let client = with_keepalive(client).unwrap();
+        let info = client.get_connection_info();
+        assert!(info.tcp_settings().keepalive().is_some());
+        assert_eq!(info.redis_settings().db(), 3);
     }
 }
