@@ -437,6 +437,7 @@ fn invalidation_matches_the_model_redis() {
                 url: redis.url(),
                 connect_timeout: Duration::from_secs(2),
                 response_timeout: Duration::from_secs(2),
+                key_prefix: "tc".into(),
             },
         ))
         .expect("two-tier cache starts")

@@ -51,4 +51,5 @@ fn readme_config_example_shows_the_defaults() {
     let redis_defaults = tiercache_server::config::RedisConfig::new(redis.url.clone());
     assert_eq!(redis.connect_timeout, redis_defaults.connect_timeout);
     assert_eq!(redis.response_timeout, redis_defaults.response_timeout);
+    assert_eq!(redis.key_prefix, redis_defaults.key_prefix);
 }

@@ -41,6 +41,7 @@ async fn two_tier() -> Store {
             url: redis.url(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            key_prefix: "tc".into(),
         },
     )
     .await
@@ -338,6 +339,7 @@ async fn l2_hit_after_l1_is_bypassed() {
             url: s._redis.as_ref().unwrap().url(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            key_prefix: "tc".into(),
         },
     )
     .await
@@ -409,6 +411,7 @@ async fn l1_budget_two_tier() {
             url: redis.url(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            key_prefix: "tc".into(),
         },
     )
     .await

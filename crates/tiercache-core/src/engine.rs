@@ -51,6 +51,14 @@ pub(crate) struct Inner {
     /// Bumped on every (re)subscription, so a namespace sync that raced a reset is discarded.
     pub(crate) bus_generation: AtomicU64,
     pub(crate) bus_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The periodic comparison of applied sequences with Redis's (`bus.rs`).
+    pub(crate) check_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The deployment's Redis names (prefix and database).
+    pub(crate) key_space: crate::keys::KeySpace,
+    /// Test hook: a sync read of the namespace waits here between reading Redis and taking the
+    /// namespace lock, so tests can deliver an event in that window.
+    #[doc(hidden)]
+    pub(crate) sync_pause: parking_lot::Mutex<Option<SyncPause>>,
     /// GetOrSet waiters, by namespace and key.
     pub(crate) flights: crate::coalesce::Flights<Found>,
     /// Lock waiters, by namespace and lock name.
@@ -60,6 +68,9 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(t) = self.bus_task.lock().take() {
+            t.abort();
+        }
+        if let Some(t) = self.check_task.lock().take() {
             t.abort();
         }
     }
@@ -79,6 +90,7 @@ impl Cache {
         let client = redis.client().clone();
         let cache = Self::build(config, Store::Redis(redis));
         cache.start_bus(client);
+        cache.start_sequence_check();
         let deadline = Instant::now() + connect_timeout;
         while !cache.inner.bus_up.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -93,13 +105,23 @@ impl Cache {
 
     fn build(config: CacheConfig, store: Store) -> Cache {
         let memory_only = store.redis().is_none();
+        let key_space = store
+            .redis()
+            .map(|r| r.key_space().clone())
+            .unwrap_or_default();
         let namespaces = config
             .namespaces
             .iter()
             .map(|(name, policy)| {
                 (
                     name.clone(),
-                    Arc::new(Namespace::new(name, policy.clone(), false, memory_only)),
+                    Arc::new(Namespace::new(
+                        name,
+                        policy.clone(),
+                        false,
+                        memory_only,
+                        &key_space,
+                    )),
                 )
             })
             .collect();
@@ -113,6 +135,9 @@ impl Cache {
                 compute_claims: Default::default(),
                 bus_generation: AtomicU64::new(0),
                 bus_task: parking_lot::Mutex::new(None),
+                check_task: parking_lot::Mutex::new(None),
+                key_space,
+                sync_pause: parking_lot::Mutex::new(None),
                 flights: Default::default(),
                 lock_flights: Default::default(),
             }),
@@ -147,6 +172,12 @@ impl Cache {
         }
     }
 
+    /// Reads Redis's `maxmemory-policy` (two-tier mode); `None` in memory-only mode or when
+    /// Redis refuses `CONFIG GET`.
+    pub async fn redis_maxmemory_policy(&self) -> Option<String> {
+        self.inner.store.redis()?.maxmemory_policy().await
+    }
+
     /// Returns the namespace, creating it if dynamic namespaces are on.
     pub fn namespace(&self, name: &str) -> Result<Arc<Namespace>, CoreError> {
         if let Some(ns) = self.inner.namespaces.read().get(name) {
@@ -167,6 +198,7 @@ impl Cache {
             self.inner.config.default_policy.clone(),
             true,
             self.inner.store.redis().is_none(),
+            &self.inner.key_space,
         ));
         map.insert(name.to_string(), ns.clone());
         Ok(ns)
@@ -190,6 +222,46 @@ impl Cache {
     /// Returns a namespace's counters.
     pub fn stats(&self, ns: &Namespace) -> Arc<NamespaceStats> {
         ns.stats.clone()
+    }
+}
+
+/// A one-shot test hook for the sync read (see [`Cache::pause_sync_for_tests`]): the read says
+/// it got its answer on `reached`, then waits for `resume`.
+#[doc(hidden)]
+pub struct SyncPause {
+    pub reached: tokio::sync::mpsc::UnboundedSender<()>,
+    pub resume: Arc<tokio::sync::Semaphore>,
+}
+
+impl Cache {
+    /// Test hook: the next namespace sync read, after Redis answered and before it takes the
+    /// namespace lock, sends on the returned receiver and waits for a permit of the returned
+    /// semaphore. Lets tests deliver an event exactly in that window.
+    #[doc(hidden)]
+    pub fn pause_sync_for_tests(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+        Arc<tokio::sync::Semaphore>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let resume = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.inner.sync_pause.lock() = Some(SyncPause {
+            reached: tx,
+            resume: resume.clone(),
+        });
+        (rx, resume)
+    }
+
+    /// Waits at the test hook, once, when one is set.
+    pub(crate) async fn sync_paused(&self) {
+        let pause = self.inner.sync_pause.lock().take();
+        if let Some(p) = pause {
+            let _ = p.reached.send(());
+            if let Ok(permit) = p.resume.acquire().await {
+                permit.forget();
+            }
+        }
     }
 }
 

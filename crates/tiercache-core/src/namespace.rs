@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::codec::EntryData;
 use crate::event::Event;
-use crate::keys::NamespaceKeys;
+use crate::keys::{KeySpace, NamespaceKeys};
 use crate::policy::NamespacePolicy;
 
 /// Bytes charged per L1 entry beyond its key, value and tags: what the process really pays per
@@ -110,7 +110,20 @@ pub(crate) struct SyncState {
     /// True in memory-only mode: the marks here are the truth, and an unknown tag was never
     /// invalidated.
     pub authoritative: bool,
+    /// The run of the namespace sequence that `last_seq` belongs to (`tc:{ns}:run`; 0 when the
+    /// namespace had no sequence yet). A different run means Redis lost the namespace's state
+    /// (FLUSHALL, a restart without persistence, an evicted `seq` key): the sequence started
+    /// over, so everything cached is dropped and the namespace resynced.
+    pub run: u64,
+    /// Events that arrived while a sync read was under way (`last_seq` is `None`): replayed on
+    /// top of what the read saw, so none is lost between the read and taking this lock. `None`
+    /// when no sync is under way (events are then dropped: the next sync reads their effect).
+    pub pending: Option<Vec<(u64, Event)>>,
 }
+
+/// The most events buffered for one namespace while its sync read is under way; past it the
+/// buffer is dropped and that sync does not enable L1 (the next one starts over).
+pub(crate) const MAX_PENDING_EVENTS: usize = 4096;
 
 impl SyncState {
     /// Returns whether an entry born at `born` with `tags` is visible, or `None` when a tag mark
@@ -197,6 +210,7 @@ impl Namespace {
         policy: NamespacePolicy,
         dynamic: bool,
         memory_only: bool,
+        space: &KeySpace,
     ) -> Self {
         let stats = Arc::new(NamespaceStats::default());
         // Memory-only mode has no other tier, so L1 is always on there.
@@ -216,7 +230,7 @@ impl Namespace {
         let (events, _) = broadcast::channel(4096);
         Self {
             name: name.into(),
-            keys: NamespaceKeys::new(name),
+            keys: space.namespace(name),
             policy,
             dynamic,
             stats,
@@ -251,13 +265,17 @@ impl Namespace {
         }
     }
 
-    /// Drops everything this replica cached for the namespace: L1 and the known marks.
+    /// Drops everything this replica cached for the namespace: L1 and the known marks (the
+    /// flush mark too: after a reset of Redis state the next sync must take Redis's, which may
+    /// be lower; a mark kept from before would hide every new entry).
     pub(crate) fn clear_locked(&self, sync: &mut SyncState) {
         if let Some(l1) = &self.l1 {
             l1.invalidate_all();
         }
         if !sync.authoritative {
             sync.tag_marks.clear();
+            sync.flush_mark = 0;
+            sync.pending = None;
         }
         sync.epoch += 1;
         bump(&self.stats.l1_clears);

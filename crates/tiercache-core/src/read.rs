@@ -170,7 +170,19 @@ impl Cache {
             }
         }
         let generation = self.inner.bus_generation.load(Ordering::Acquire);
-        let (seq, flush) = l2.namespace_marks(&ns.keys).await?;
+        {
+            // Events from now until the read's answer is applied are buffered, then replayed
+            // on top of it: none can slip between the read and the lock.
+            let mut s = ns.sync.write();
+            if s.last_seq.is_some() {
+                return Ok(Some(s.epoch));
+            }
+            if s.pending.is_none() {
+                s.pending = Some(Vec::new());
+            }
+        }
+        let (seq, flush, run) = l2.namespace_sync(&ns.keys).await?;
+        self.sync_paused().await;
         let mut s = ns.sync.write();
         if s.last_seq.is_none() {
             if generation != self.inner.bus_generation.load(Ordering::Acquire)
@@ -178,9 +190,24 @@ impl Cache {
             {
                 return Ok(None);
             }
+            // No buffer: it overflowed or a reset dropped it; the next read starts over.
+            let Some(pending) = s.pending.take() else {
+                return Ok(None);
+            };
             s.last_seq = Some(seq);
+            s.run = run;
             s.flush_mark = s.flush_mark.max(flush);
             s.epoch += 1;
+            for (event_run, event) in pending {
+                if event_run == run && event.sequence <= seq {
+                    // Already reflected in what the read saw.
+                    continue;
+                }
+                crate::bus::apply_locked(ns, &mut s, event_run, event);
+            }
+            if s.last_seq.is_none() {
+                return Ok(None);
+            }
         }
         Ok(Some(s.epoch))
     }

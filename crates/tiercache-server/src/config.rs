@@ -62,6 +62,10 @@ pub struct RedisConfig {
     /// Timeout for one Redis command; past it the call fails and counts toward degraded mode.
     #[serde(with = "humantime_serde", default = "default_response_timeout")]
     pub response_timeout: Duration,
+    /// The prefix of every Redis key and pub/sub channel name, so several deployments can share
+    /// one Redis (channel names also carry the database number, since pub/sub ignores it).
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
 }
 
 impl RedisConfig {
@@ -71,8 +75,13 @@ impl RedisConfig {
             url: url.into(),
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
+            key_prefix: default_key_prefix(),
         }
     }
+}
+
+fn default_key_prefix() -> String {
+    tiercache_core::keys::DEFAULT_KEY_PREFIX.to_string()
 }
 
 fn default_connect_timeout() -> Duration {
@@ -458,6 +467,9 @@ impl Config {
                     "must start with redis://, rediss:// or unix://".into(),
                 ));
             }
+            if let Err(why) = tiercache_core::keys::validate_key_prefix(&redis.key_prefix) {
+                return Err(invalid("redis.key_prefix".into(), why));
+            }
         }
         self.telemetry.validate()?;
         Ok(())
@@ -571,5 +583,12 @@ mod tests {
         assert!(e.to_string().contains("jitter"), "{e}");
         let e = Config::from_toml("[redis]\nurl = \"http://x\"\n").unwrap_err();
         assert!(e.to_string().contains("redis.url"), "{e}");
+        for bad in ["", "a{b}", "tc*"] {
+            let toml = format!("[redis]\nurl = \"redis://x\"\nkey_prefix = \"{bad}\"\n");
+            let e = Config::from_toml(&toml).unwrap_err();
+            assert!(e.to_string().contains("redis.key_prefix"), "{e}");
+        }
+        let c = Config::from_toml("[redis]\nurl = \"redis://x\"\nkey_prefix = \"app1\"\n").unwrap();
+        assert_eq!(c.redis.unwrap().key_prefix, "app1");
     }
 }

@@ -83,17 +83,35 @@ pub async fn build_cache(config: &Config) -> Result<Cache, ServerError> {
     Ok(match &config.redis {
         None => Cache::memory(cache_config),
         Some(r) => {
-            Cache::two_tier(
+            let cache = Cache::two_tier(
                 cache_config,
                 RedisOptions {
                     url: r.url.clone(),
                     connect_timeout: r.connect_timeout,
                     response_timeout: r.response_timeout,
+                    key_prefix: r.key_prefix.clone(),
                 },
             )
-            .await?
+            .await?;
+            warn_on_eviction_policy(&cache).await;
+            cache
         }
     })
+}
+
+/// Warns when Redis may evict any key: an evicted sequence, flush mark, tag mark, lease or lock
+/// silently undoes invalidations and mutual exclusion (see docs/deploy.md, "What tiercache needs
+/// from Redis"). A Redis that refuses `CONFIG GET` is not checked.
+async fn warn_on_eviction_policy(cache: &Cache) {
+    match cache.redis_maxmemory_policy().await {
+        Some(policy) if policy.starts_with("allkeys-") => tracing::warn!(
+            maxmemory_policy = %policy,
+            "redis maxmemory-policy lets redis evict tiercache's sequences and invalidation marks; \
+             set maxmemory-policy to noeviction (or volatile-*, see docs/deploy.md)"
+        ),
+        Some(policy) => tracing::debug!(maxmemory_policy = %policy, "redis eviction policy"),
+        None => tracing::info!("cannot read redis maxmemory-policy (CONFIG GET refused)"),
+    }
 }
 
 /// Binds the admin HTTP port the config asks for (`telemetry.metrics`), or returns `None`.
