@@ -457,8 +457,8 @@ impl Harness {
             if problems.is_empty() {
                 let first = *since.get_or_insert_with(Instant::now);
                 if first.elapsed() >= HOLD {
-                    for k in 0..KEYS {
-                        self.model.exact(k, served[0][k].clone());
+                    for (k, value) in served[0].iter().enumerate() {
+                        self.model.exact(k, value.clone());
                     }
                     let took = first - started;
                     eprintln!("{phase}: converged in {took:?}");
