@@ -276,8 +276,14 @@ impl Cache {
         synced: bool,
     ) -> Result<bool, CoreError> {
         if synced {
-            if let Some(v) = ns.sync.read().visible(data) {
-                return Ok(v);
+            // Only while still synced: a gap or reset since the sync cleared the cached marks
+            // (the flush mark too), and marks that no longer cover what Redis holds would let a
+            // flushed or invalidated entry through. Then the marks are read from Redis.
+            let s = ns.sync.read();
+            if s.last_seq.is_some() || s.authoritative {
+                if let Some(v) = s.visible(data) {
+                    return Ok(v);
+                }
             }
         }
         let Some(l2) = self.inner.store.redis() else {
