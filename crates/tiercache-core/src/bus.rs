@@ -44,6 +44,7 @@ impl Cache {
             let mut s = ns.sync.write();
             s.epoch += 1;
             s.pending = None;
+            s.resets += 1;
             if let Some(last) = s.last_seq.take() {
                 let _ = ns.events.send(Event {
                     sequence: last,

@@ -85,6 +85,11 @@ pub(crate) struct SyncState {
     /// top of what the read saw, so none is lost between the read and taking this lock. `None`
     /// when no sync is under way (events are then dropped: the next sync reads their effect).
     pub pending: Option<Vec<(u64, Event)>>,
+    /// Bumped whenever what this replica knew of the namespace is dropped (a gap, a reset, a
+    /// dropped subscription). A sync read started before a bump must not complete after it: its
+    /// answer may predate events that were dropped meanwhile, and the buffer it would take is a
+    /// later sync's.
+    pub resets: u64,
     /// Memory-only mode: how long a tag mark is kept (the longest an entry born before it can
     /// live, see [`NamespacePolicy::mark_lifetime`]).
     pub mark_ttl: Duration,
@@ -367,6 +372,7 @@ impl Namespace {
             sync.flush_mark = 0;
             sync.pending = None;
         }
+        sync.resets += 1;
         sync.epoch += 1;
         bump(&self.stats.l1_clears);
     }

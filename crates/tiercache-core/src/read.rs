@@ -225,7 +225,7 @@ impl Cache {
             }
         }
         let generation = self.inner.bus_generation.load(Ordering::Acquire);
-        {
+        let resets = {
             // Events from now until the read's answer is applied are buffered, then replayed
             // on top of it: none can slip between the read and the lock.
             let mut s = ns.sync.write();
@@ -235,14 +235,18 @@ impl Cache {
             if s.pending.is_none() {
                 s.pending = Some(Vec::new());
             }
-        }
+            s.resets
+        };
         let (seq, flush, run) = l2.namespace_sync(&ns.keys).await?;
         self.sync_paused().await;
         let mut s = ns.sync.write();
         if s.last_seq.is_none() {
             if generation != self.inner.bus_generation.load(Ordering::Acquire)
                 || !self.inner.bus_up.load(Ordering::Acquire)
+                || resets != s.resets
             {
+                // Something was dropped since this read was sent (its answer may predate it,
+                // and the buffer now belongs to a later sync): leave it to that one.
                 return Ok(None);
             }
             // No buffer: it overflowed or a reset dropped it; the next read starts over.
