@@ -69,7 +69,7 @@ async fn race(a: Client, b: Client, ns: &str, how: Invalidation) {
             panic!("round {round}: {how:?} at {mark} but B serves an entry born at {born}");
         }
         // The filling replica stops showing it as soon as the invalidation event arrives.
-        let mut a = a.clone();
+        let a = a.clone();
         wait_for(Duration::from_secs(2), Duration::from_millis(1), || {
             let mut a = a.clone();
             let key = key.clone();
