@@ -6,6 +6,8 @@
 #   make lint    rustfmt check, clippy, buf lint and buf format check
 #   make fmt     format Rust and proto files in place
 #   make nextest / make deny   single steps of `make test`
+#   make faults  the long fault suite (tests/tests/faults.rs, FAULTS_ROUNDS rounds per scenario)
+#   make soak    the soak of docs/performance.md (SOAK_MINUTES, default 20; release build)
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes;
 #                the bench is a cargo feature of tiercache-cli, off in the shipped binary)
 #   make image   the OCI image from the stripped release binary, no Docker (dist/image, docs/deploy.md)
@@ -37,7 +39,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench image deploy-check
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench image deploy-check faults soak
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -56,6 +58,22 @@ setup:
 # `make test` runs a seconds-long smoke of the same command (crates/tiercache-cli/tests/bench.rs).
 bench:
 	cargo run -p tiercache-cli --release --features bench -- bench $(BENCH_ARGS)
+
+# The fault suite's long version: each scenario injects its fault FAULTS_ROUNDS times in one
+# fleet (`make nextest` runs one round). TIERCACHE_FAULTS_SEED replays an operation sequence.
+FAULTS_ROUNDS ?= 5
+faults:
+	TIERCACHE_FAULTS_ROUNDS=$(FAULTS_ROUNDS) cargo nextest run -p tiercache-e2e $(LOCKED) --test faults --profile $(NEXTEST_PROFILE) --no-fail-fast
+
+# The soak: the release binary under a mixed workload for SOAK_MINUTES, RSS sampled; prints the
+# table and verdict and writes $(SOAK_OUT).json and .md. `make nextest` runs a 30-second version
+# (crates/tiercache-cli/tests/soak.rs).
+SOAK_MINUTES ?= 20
+SOAK_OUT ?= $(CARGO_TARGET_DIR)/soak
+soak:
+	cargo build --release -p tiercache-cli $(LOCKED)
+	cargo run --release -p tiercache-e2e $(LOCKED) --example soak -- \
+		--minutes $(SOAK_MINUTES) --binary $(CARGO_TARGET_DIR)/release/tiercache --out $(SOAK_OUT) $(SOAK_ARGS)
 
 lint: fmt-check clippy buf-lint
 

@@ -4,8 +4,10 @@ kubernetes-validate bundles, and values.schema.json checked and shown to reject 
 
 import copy
 import json
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import helm_python as helm
@@ -13,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness import CHART, find, render, value_sets
+from harness import CHART, ROOT, find, render, value_sets
 
 SETS = value_sets()
 SCHEMA = CHART / "values.schema.json"
@@ -175,10 +177,15 @@ BAD_VALUES = [
     ("memory limit without unit", {"resources": {"limits": {"memory": "512"}}}, True),
     ("port out of range", {"server": {"grpcPort": 70000}}, True),
     ("bad sampler", {"config": {"telemetry": {"tracesSampler": "sometimes"}}}, True),
-    ("L1 budget above the memory limit", {"config": {"defaults": {"l1_max_bytes": 1073741824}}}, False),
+    ("L1 budget below the server's minimum", {"config": {"l1": {"maxBytes": 65535}}}, True),
+    ("negative namespace cap", {"config": {"limits": {"maxNamespaces": -1}}}, True),
+    ("namespace cap above the server's maximum", {"config": {"limits": {"maxNamespaces": 100001}}}, True),
+    # Gone: the L1 budget no longer grows with namespaces, so an old values file saying it
+    # fails loudly instead of being ignored.
+    ("removed sizing.dynamicNamespaces", {"sizing": {"dynamicNamespaces": 4}}, True),
+    ("L1 budget above the memory limit", {"config": {"l1": {"maxBytes": 1073741824}}}, False),
     ("L1 budget without headroom",
-     {"resources": {"limits": {"memory": "128Mi"}}, "sizing": {"dynamicNamespaces": 0},
-      "config": {"namespaces": {"default": {"l1_max_bytes": 104857600}}}}, False),
+     {"resources": {"limits": {"memory": "128Mi"}}, "config": {"l1": {"maxBytes": 104857600}}}, False),
     ("grace below the drain", {"server": {"terminationGracePeriodSeconds": 12}}, False),
     ("memory-only with replicas", {"redis": {"dev": {"enabled": False}}, "replicaCount": 3}, False),
     ("hpa without a metric", {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, False),
@@ -224,8 +231,8 @@ def test_bad_values_are_rejected(index, schema_verdicts):
 
 # What the template check says for the cases the schema cannot catch.
 TEMPLATE_CHECKS = {
-    "L1 budget above the memory limit": "the L1 budget (2048 MiB",
-    "L1 budget without headroom": "the L1 budget (100 MiB",
+    "L1 budget above the memory limit": "the L1 budget (config.l1.maxBytes, 1024 MiB",
+    "L1 budget without headroom": "the L1 budget (config.l1.maxBytes, 100 MiB",
     "grace below the drain": "server.terminationGracePeriodSeconds (12) must be above",
     "memory-only with replicas": "memory-only",
     "hpa without a metric": "autoscaling needs",
@@ -235,3 +242,129 @@ TEMPLATE_CHECKS = {
 @pytest.mark.parametrize("name", sorted(SETS))
 def test_good_values_pass_the_schema(name, schema_verdicts):
     assert schema_verdicts[f"good-{name}"] == []
+
+
+# --- the rendered TOML against the server's config (crates/tiercache-server/src/config.rs) ----------
+
+CONFIG_RS = ROOT / "crates" / "tiercache-server" / "src" / "config.rs"
+
+
+def server_structs() -> dict[str, dict[str, str]]:
+    """Every struct of config.rs: name -> {field: Rust type}. They all deny unknown fields."""
+    text = CONFIG_RS.read_text()
+    structs = {}
+    for m in re.finditer(r"^pub struct (\w+) \{\n(.*?)^\}", text, re.S | re.M):
+        structs[m.group(1)] = dict(re.findall(r"^    pub (\w+): (.+),$", m.group(2), re.M))
+    return structs
+
+
+def server_rejects(table: dict, struct: str, structs: dict, where: str = "") -> list[str]:
+    """What serde would refuse in `table` read as `struct`: unknown fields (deny_unknown_fields)
+    and values of the wrong TOML type."""
+    problems = []
+    fields = structs[struct]
+    for key, value in table.items():
+        path = f"{where}{key}"
+        if key not in fields:
+            problems.append(f"{path}: no such field in {struct}")
+            continue
+        ty = re.sub(r"^Option<(.+)>$", r"\1", fields[key])
+        if m := re.fullmatch(r"BTreeMap<String, (\w+)>", ty):
+            if not isinstance(value, dict):
+                problems.append(f"{path}: a table expected")
+            elif m.group(1) in structs:
+                for name, sub in value.items():
+                    problems += server_rejects(sub, m.group(1), structs, f"{path}.{name}.")
+            else:
+                problems += [f"{path}.{k}: a string expected" for k, v in value.items() if not isinstance(v, str)]
+        elif ty in structs:
+            problems += server_rejects(value, ty, structs, f"{path}.") if isinstance(value, dict) \
+                else [f"{path}: a table expected"]
+        elif ty in ("u64", "usize", "u32"):
+            if type(value) is not int or value < 0 or (ty == "u32" and value >= 2**32):
+                problems.append(f"{path}: an unsigned integer ({ty}) expected, got {value!r}")
+        elif ty == "bool":
+            if type(value) is not bool:
+                problems.append(f"{path}: a boolean expected, got {value!r}")
+        elif ty == "f64":
+            if type(value) not in (int, float):
+                problems.append(f"{path}: a number expected, got {value!r}")
+        elif ty in ("String", "Duration", "SocketAddr"):
+            if not isinstance(value, str):
+                problems.append(f"{path}: a string expected, got {value!r}")
+        else:
+            problems.append(f"{path}: the test does not know the Rust type {ty}")
+    return problems
+
+
+def rendered_toml(values: dict | None = None) -> tuple[str, dict]:
+    text = find(render(values), "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"]
+    return text, tomllib.loads(text)
+
+
+def validate_bound(expr: str) -> int:
+    """The bound of one Config::validate comparison, like `self.l1.max_bytes < 64 * 1024`."""
+    m = re.search(re.escape(expr) + r" ([0-9_* ]+)\{", CONFIG_RS.read_text())
+    assert m, f"config.rs no longer checks `{expr}`: update the chart's schema and this test"
+    return eval(m.group(1).replace("_", ""))  # digits, underscores and * only
+
+
+def test_default_toml_carries_the_l1_budget_and_the_namespace_cap():
+    text, config = rendered_toml()
+    assert config["l1"] == {"max_bytes": 268435456}, text
+    assert config["limits"]["max_namespaces"] == 64, text
+    # Written as TOML integers, never floats or exponents (a float would not deserialize as u64).
+    assert re.search(r"^max_bytes = 268435456$", text, re.M), text
+    assert re.search(r"^max_namespaces = 64$", text, re.M), text
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_rendered_toml_is_what_the_server_parses(name):
+    _, config = rendered_toml(SETS[name])
+    structs = server_structs()
+    assert {"Config", "L1Config", "LimitsConfig"} <= set(structs)
+    assert server_rejects(config, "Config", structs) == []
+    # Config::validate's rules for the new settings hold.
+    assert config["l1"]["max_bytes"] >= validate_bound("self.l1.max_bytes <")
+    assert config["limits"]["max_namespaces"] <= validate_bound("self.limits.max_namespaces >")
+
+
+def test_the_checker_catches_what_the_server_rejects():
+    structs = server_structs()
+    assert server_rejects({"l1": {"max_byte": 1}}, "Config", structs) == ["l1.max_byte: no such field in L1Config"]
+    assert server_rejects({"l1": {"max_bytes": 2.5e8}}, "Config", structs)
+    assert server_rejects({"limits": {"max_namespaces": -1}}, "Config", structs)
+    assert server_rejects({"namespaces": {"a": {"l1_max_byte": 1}}}, "Config", structs)
+
+
+def test_schema_bounds_match_the_server():
+    props = json.loads(SCHEMA.read_text())["properties"]["config"]["properties"]
+    assert props["l1"]["properties"]["maxBytes"]["minimum"] == validate_bound("self.l1.max_bytes <")
+    namespaces = props["limits"]["properties"]["maxNamespaces"]
+    assert namespaces["minimum"] == 0
+    assert namespaces["maximum"] == validate_bound("self.limits.max_namespaces >")
+
+
+def test_values_override_the_l1_budget_and_the_namespace_cap():
+    _, config = rendered_toml({"config": {"l1": {"maxBytes": 134217728}, "limits": {"maxNamespaces": 0}}})
+    assert config["l1"]["max_bytes"] == 134217728
+    assert config["limits"]["max_namespaces"] == 0
+
+
+def test_l1_budget_may_take_exactly_the_allowed_share():
+    # 75 % of 512Mi is 384 MiB: that renders, one byte more does not.
+    allowed = 512 * 1024 * 1024 * 75 // 100
+    render({"config": {"l1": {"maxBytes": allowed}}})
+    with pytest.raises(Exception) as e:
+        render({"config": {"l1": {"maxBytes": allowed + 1}}})
+    assert "config.l1.maxBytes" in str(e.value) and "resources.limits.memory (512Mi)" in str(e.value)
+
+
+def test_namespace_caps_do_not_add_to_the_budget():
+    # Every namespace shares the one L1: per-namespace l1_max_bytes caps, however many and however
+    # large, and the number of dynamic namespaces do not change what L1 may take.
+    many = {f"ns{i}": {"l1_max_bytes": 268435456} for i in range(8)}
+    _, config = rendered_toml({"config": {"namespaces": many, "defaults": {"l1_max_bytes": 268435456},
+                                          "limits": {"maxNamespaces": 100000}}})
+    assert config["l1"]["max_bytes"] == 268435456
+    assert config["namespaces"]["ns7"]["l1_max_bytes"] == 268435456

@@ -440,6 +440,10 @@ async fn inspect_explains_visibility(server: &TestServer, two_tier: bool) {
     let mut c = CacheServiceClient::new(server.channel());
     let mut admin = AdminServiceClient::new(server.channel());
     let ns = "insp";
+    // Inspect never creates a namespace: a data-plane call does.
+    assert!(rpc::get(&mut c, req::get("nothing").in_namespace(ns))
+        .await
+        .is_none());
 
     // Absent.
     let r = inspect(&mut admin, ns, "nothing").await;

@@ -399,6 +399,9 @@ fn config() -> CacheConfig {
         namespaces: vec![],
         dynamic_namespaces: true,
         default_policy: NamespacePolicy::default(),
+        // Every case runs in a namespace of its own.
+        max_namespaces: usize::MAX,
+        ..CacheConfig::default()
     }
 }
 
@@ -437,6 +440,7 @@ fn invalidation_matches_the_model_redis() {
                 url: redis.url(),
                 connect_timeout: Duration::from_secs(2),
                 response_timeout: Duration::from_secs(2),
+                key_prefix: "tc".into(),
             },
         ))
         .expect("two-tier cache starts")

@@ -46,9 +46,34 @@ fn readme_config_example_shows_the_defaults() {
         config.limits.pipeline_max_in_flight,
         builtin.limits.pipeline_max_in_flight
     );
+    assert_eq!(config.limits.max_namespaces, builtin.limits.max_namespaces);
+    assert_eq!(config.l1.max_bytes, builtin.l1.max_bytes);
+    assert_eq!(
+        config.limits.max_reply_bytes,
+        builtin.limits.max_reply_bytes
+    );
+    assert_eq!(
+        config.limits.max_message_bytes,
+        builtin.limits.max_message_bytes
+    );
+    assert_eq!(config.limits.watch_buffer, builtin.limits.watch_buffer);
+    assert_eq!(
+        config.server.http2_max_concurrent_streams,
+        builtin.server.http2_max_concurrent_streams
+    );
+    assert_eq!(
+        config.server.http2_keepalive_interval,
+        builtin.server.http2_keepalive_interval
+    );
+    assert_eq!(
+        config.server.http2_keepalive_timeout,
+        builtin.server.http2_keepalive_timeout
+    );
+    assert_eq!(config.server.tcp_keepalive, builtin.server.tcp_keepalive);
     assert_eq!(config.telemetry, builtin.telemetry);
     let redis = config.redis.unwrap();
     let redis_defaults = tiercache_server::config::RedisConfig::new(redis.url.clone());
     assert_eq!(redis.connect_timeout, redis_defaults.connect_timeout);
     assert_eq!(redis.response_timeout, redis_defaults.response_timeout);
+    assert_eq!(redis.key_prefix, redis_defaults.key_prefix);
 }

@@ -17,6 +17,7 @@ fn config() -> CacheConfig {
         namespaces: vec![("default".into(), NamespacePolicy::default())],
         dynamic_namespaces: true,
         default_policy: NamespacePolicy::default(),
+        ..CacheConfig::default()
     }
 }
 
@@ -41,6 +42,7 @@ async fn two_tier() -> Store {
             url: redis.url(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            key_prefix: "tc".into(),
         },
     )
     .await
@@ -338,6 +340,7 @@ async fn l2_hit_after_l1_is_bypassed() {
             url: s._redis.as_ref().unwrap().url(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            key_prefix: "tc".into(),
         },
     )
     .await
@@ -379,8 +382,13 @@ async fn l1_stays_within_its_byte_budget(budget_store: Store) {
     );
 }
 
+/// A namespace with a small L1 cap, on a server whose shared L1 budget is as small (memory-only
+/// mode applies only the shared budget).
 fn small_budget() -> CacheConfig {
-    let mut c = config();
+    let mut c = CacheConfig {
+        l1_max_bytes: 64 * 1024,
+        ..config()
+    };
     c.namespaces.push((
         "small".into(),
         NamespacePolicy {
@@ -409,6 +417,7 @@ async fn l1_budget_two_tier() {
             url: redis.url(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            key_prefix: "tc".into(),
         },
     )
     .await

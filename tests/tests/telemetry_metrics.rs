@@ -186,7 +186,8 @@ async fn metrics_endpoint_is_valid_and_counts_known_traffic() {
             && l.get("le").map(String::as_str) == Some("0.0001")));
     assert_eq!(sum(&s, "tiercache_l1_entries", &[ns]), 1.0);
     assert!(sum(&s, "tiercache_l1_size_bytes", &[ns]) > 0.0);
-    assert_eq!(sum(&s, "tiercache_l1_budget_bytes", &[ns]), 67108864.0);
+    // Memory-only mode: the namespace's budget is the shared l1.max_bytes.
+    assert_eq!(sum(&s, "tiercache_l1_budget_bytes", &[ns]), 268435456.0);
     assert_eq!(sum(&s, "tiercache_degraded", &[]), 0.0);
 
     server.shutdown().await.unwrap();

@@ -22,16 +22,12 @@ use crate::args::{
 };
 use crate::exit::{Exit, Failure};
 
+/// Connects with `--timeout` bounding each call; calls that wait on purpose (lock acquisition,
+/// get-or-set waiting for another caller's fill) get their wait on top, from the SDK.
 async fn connect(conn: &ConnArgs) -> Result<Client, Failure> {
-    connect_with(conn, conn.timeout).await
-}
-
-/// Connects with `request_timeout` bounding each call (longer than `--timeout` for calls that
-/// wait on purpose: lock acquisition, get-or-set waiting for another caller's fill).
-async fn connect_with(conn: &ConnArgs, request_timeout: Duration) -> Result<Client, Failure> {
     ClientBuilder::new(conn.addr.clone())
         .connect_timeout(Some(conn.timeout))
-        .request_timeout(Some(request_timeout))
+        .request_timeout(Some(conn.timeout))
         // One call per process: a stream would only add a round trip.
         .pipeline(false)
         .connect()
@@ -221,8 +217,7 @@ pub async fn health(args: HealthArgs) -> Result<Exit, Failure> {
 /// `tiercache get-or-set KEY -- CMD…`: exit 0 with the value (cached or computed), 1 for a
 /// negative entry, 3 when CMD fails (its lease is released, nothing is cached).
 pub async fn get_or_set(args: GetOrSetArgs) -> Result<Exit, Failure> {
-    let wait = args.max_wait.unwrap_or(Duration::from_secs(5));
-    let client = connect_with(&args.conn, args.conn.timeout + wait).await?;
+    let client = connect(&args.conn).await?;
     let opts = GetOrSetOptions {
         ttl: args.ttl,
         stale_ttl: args.stale_ttl,
@@ -429,7 +424,7 @@ pub async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
 /// `tiercache lock NAME -- CMD…`: exit 0 when CMD succeeded under the lock, 1 when the lock
 /// could not be taken within `--wait`, 3 when CMD failed.
 pub async fn lock(args: LockArgs) -> Result<Exit, Failure> {
-    let client = connect_with(&args.conn, args.conn.timeout + args.wait).await?;
+    let client = connect(&args.conn).await?;
     let ns = client.namespace(&args.namespace);
     let Some(guard) = ns.lock_with(&args.name, args.ttl, args.wait).await? else {
         report(
@@ -466,7 +461,7 @@ pub async fn lock(args: LockArgs) -> Result<Exit, Failure> {
     }
     if !held {
         return Err(Failure::server(anyhow::anyhow!(
-            "the lock was lost while {prog} ran (a renewal found it held by another owner)"
+            "the lock was lost while {prog} ran (a renewal failed or found it held by another owner, or its ttl passed without one)"
         )));
     }
     released?;

@@ -22,6 +22,16 @@ use crate::retry::RetryPolicy;
 use crate::transport::{self, Meta, Svc};
 use crate::types::{HealthStatus, NamespaceInfo, Stats};
 
+/// The default of [`ClientBuilder::request_timeout`]: a cache call that takes longer has
+/// failed for the caller, and no call may hang forever on a server that stopped answering.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default of [`ClientBuilder::max_receive_message_size`] and
+/// [`ClientBuilder::max_send_message_size`]: 16 MiB, the server's default
+/// `limits.max_message_bytes`, so a reply the server is willing to send is one this client
+/// accepts (tonic's own receive default is 4 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+
 /// A connection to a tiercache server.
 ///
 /// Cloning is cheap and clones share everything: one HTTP/2 connection (a
@@ -36,6 +46,7 @@ pub struct Client {
 struct Inner {
     channel: Channel,
     meta: Meta,
+    sizes: MessageSizes,
     request_timeout: Option<Duration>,
     retry: RetryPolicy,
     /// `None` when the pipeline is turned off: reads and writes go as unary calls.
@@ -107,6 +118,8 @@ impl Client {
         let resp = self
             .call(Idempotent::Yes, req, |c, r| async move {
                 HealthClient::with_interceptor(c.channel.clone(), c.meta.clone())
+                    .max_decoding_message_size(c.sizes.receive)
+                    .max_encoding_message_size(c.sizes.send)
                     .check(r)
                     .await
             })
@@ -119,7 +132,24 @@ impl Client {
     }
 
     pub(crate) fn cache(&self) -> CacheServiceClient<Svc> {
-        CacheServiceClient::with_interceptor(self.inner.channel.clone(), self.inner.meta.clone())
+        self.calls().cache()
+    }
+
+    /// Opens a Watch stream, waiting at most the request timeout for the server to answer (a
+    /// deadline on the stream itself would end it).
+    pub(crate) async fn open_watch(
+        &self,
+        req: v1::WatchRequest,
+    ) -> Result<tonic::Streaming<v1::WatchResponse>> {
+        let mut cache = self.cache();
+        let open = cache.watch(req);
+        let resp = match self.inner.request_timeout {
+            Some(t) => tokio::time::timeout(t, open)
+                .await
+                .map_err(|_| Error::deadline("opening the watch stream timed out"))?,
+            None => open.await,
+        }?;
+        Ok(resp.into_inner())
     }
 
     pub(crate) fn pipeline(&self) -> Option<&Pipeline> {
@@ -137,6 +167,25 @@ impl Client {
         &self,
         idempotent: Idempotent,
         req: Req,
+        f: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: FnMut(Calls, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+    {
+        self.call_waiting(idempotent, None, req, f).await
+    }
+
+    /// Like [`call`](Self::call) for a call that may wait up to `wait` on the server (a
+    /// GetOrSet waiting for another caller's fill, a lock waiting for its holder): the deadline
+    /// is the request timeout plus `wait`, so the wait is never cut short by the timeout meant
+    /// for the call's own work. The server still ends the wait at `wait`.
+    pub(crate) async fn call_waiting<Req, Resp, F, Fut>(
+        &self,
+        idempotent: Idempotent,
+        wait: Option<Duration>,
+        req: Req,
         mut f: F,
     ) -> Result<Resp>
     where
@@ -144,7 +193,10 @@ impl Client {
         F: FnMut(Calls, Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
     {
-        let deadline = self.inner.request_timeout.map(|t| Instant::now() + t);
+        let deadline = self
+            .inner
+            .request_timeout
+            .map(|t| Instant::now() + t.saturating_add(wait.unwrap_or_default()));
         self.with_retries(idempotent, deadline, |remaining| {
             let mut r = Request::new(req.clone());
             if let Some(t) = remaining {
@@ -213,27 +265,53 @@ impl Client {
         Calls {
             channel: self.inner.channel.clone(),
             meta: self.inner.meta.clone(),
+            sizes: self.inner.sizes,
         }
     }
 }
 
-/// What one attempt of a unary call needs: the channel and the metadata interceptor.
+/// What one attempt of a unary call needs: the channel, the metadata interceptor and the
+/// message size limits.
 pub(crate) struct Calls {
     channel: Channel,
     meta: Meta,
+    sizes: MessageSizes,
 }
 
 impl Calls {
     pub(crate) fn cache(&mut self) -> CacheServiceClient<Svc> {
-        CacheServiceClient::with_interceptor(self.channel.clone(), self.meta.clone())
+        self.sizes.cache(CacheServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.meta.clone(),
+        ))
     }
 
     pub(crate) fn locks(&mut self) -> LockServiceClient<Svc> {
         LockServiceClient::with_interceptor(self.channel.clone(), self.meta.clone())
+            .max_decoding_message_size(self.sizes.receive)
+            .max_encoding_message_size(self.sizes.send)
     }
 
     pub(crate) fn admin(&mut self) -> AdminServiceClient<Svc> {
         AdminServiceClient::with_interceptor(self.channel.clone(), self.meta.clone())
+            .max_decoding_message_size(self.sizes.receive)
+            .max_encoding_message_size(self.sizes.send)
+    }
+}
+
+/// The largest messages this client accepts and sends; see
+/// [`ClientBuilder::max_receive_message_size`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageSizes {
+    pub(crate) receive: usize,
+    pub(crate) send: usize,
+}
+
+impl MessageSizes {
+    /// Applies the limits to a `CacheService` client (the unary calls, Watch and Pipeline).
+    pub(crate) fn cache(self, c: CacheServiceClient<Svc>) -> CacheServiceClient<Svc> {
+        c.max_decoding_message_size(self.receive)
+            .max_encoding_message_size(self.send)
     }
 }
 
@@ -264,14 +342,17 @@ impl std::fmt::Debug for TlsConfig {
 
 /// Settings for a [`Client`] connection.
 ///
-/// Defaults: connect timeout 5 s, no request timeout, [`RetryPolicy::default`] for reads,
-/// the `Pipeline` stream on, no concurrency limit, `TCP_NODELAY` on (cache calls are small and
-/// latency-bound, so Nagle's delay only hurts), no HTTP/2 keepalive pings, no TLS, no token.
+/// Defaults: connect timeout 5 s, request timeout 5 s ([`DEFAULT_REQUEST_TIMEOUT`]; waits add
+/// their `max_wait`), messages up to 16 MiB each way ([`DEFAULT_MAX_MESSAGE_SIZE`]),
+/// [`RetryPolicy::default`] for reads, the `Pipeline` stream on, no concurrency limit,
+/// `TCP_NODELAY` on (cache calls are small and latency-bound, so Nagle's delay only hurts), no
+/// HTTP/2 keepalive pings, no TLS, no token.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     addr: String,
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
+    sizes: MessageSizes,
     retry: RetryPolicy,
     pipeline: bool,
     concurrency_limit: Option<usize>,
@@ -289,7 +370,11 @@ impl ClientBuilder {
         Self {
             addr: addr.into(),
             connect_timeout: Some(Duration::from_secs(5)),
-            request_timeout: None,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            sizes: MessageSizes {
+                receive: DEFAULT_MAX_MESSAGE_SIZE,
+                send: DEFAULT_MAX_MESSAGE_SIZE,
+            },
             retry: RetryPolicy::default(),
             pipeline: true,
             concurrency_limit: None,
@@ -308,12 +393,35 @@ impl ClientBuilder {
         self
     }
 
-    /// Bounds every call, retries included; each attempt sends the time left to the server
-    /// (`grpc-timeout`). A call past it fails with [`Error::DeadlineExceeded`]. A `get_or_set`
-    /// waiting for another caller's fill is bounded by it too. Streams (`watch`, the pipeline
-    /// stream itself) are not bounded, but each pipelined request is.
+    /// Bounds every call, retries included (default [`DEFAULT_REQUEST_TIMEOUT`], 5 s; `None`
+    /// for no bound); each attempt sends the time left to the server (`grpc-timeout`). A call
+    /// past it fails with [`Error::DeadlineExceeded`].
+    ///
+    /// Calls that wait on the server get their wait on top: `get_or_set` and
+    /// `get_or_set_many` are bounded by the timeout plus
+    /// [`GetOrSetOptions::max_wait`](crate::GetOrSetOptions::max_wait) (5 s, the server's
+    /// default, when unset), `lock` and `lock_with` by the timeout plus their `max_wait`.
+    /// Streams (`watch`, the pipeline stream itself) are bounded only while they open; each
+    /// pipelined request is bounded.
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest reply message this client decodes (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`], 16 MiB, the server's default `limits.max_message_bytes`).
+    /// A larger reply fails the call with `OUT_OF_RANGE` ([`Error::Other`]). Keep it at least
+    /// the server's limit, or a batch the server built fails here after the work was done.
+    pub fn max_receive_message_size(mut self, bytes: usize) -> Self {
+        self.sizes.receive = bytes;
+        self
+    }
+
+    /// Sets the largest request message this client sends (default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`], 16 MiB); a larger request fails (tonic resets the stream
+    /// while encoding it: [`Error::Other`] with `INTERNAL`) without reaching the server.
+    pub fn max_send_message_size(mut self, bytes: usize) -> Self {
+        self.sizes.send = bytes;
         self
     }
 
@@ -390,11 +498,12 @@ impl ClientBuilder {
         let meta = Meta::new(self.bearer_token.as_deref());
         let pipeline = self
             .pipeline
-            .then(|| Pipeline::new(channel.clone(), meta.clone()));
+            .then(|| Pipeline::new(channel.clone(), meta.clone(), self.sizes));
         Client {
             inner: Arc::new(Inner {
                 channel,
                 meta,
+                sizes: self.sizes,
                 request_timeout: self.request_timeout,
                 retry: self.retry,
                 pipeline,

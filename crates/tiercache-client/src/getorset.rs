@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tiercache_proto::duration::to_proto;
@@ -16,6 +17,15 @@ use tiercache_proto::v1;
 
 use crate::client::Idempotent;
 use crate::{Client, Entry, Error, GetOrSetOptions, Namespace, OnWaitTimeout};
+
+/// The server's default `max_wait`: how long a `get_or_set` without one may wait on the
+/// server, added to its deadline (the namespace's own bound is not known here).
+const SERVER_DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a call with these options may wait on the server, on top of the request timeout.
+fn wait_of(opts: &GetOrSetOptions) -> Option<Duration> {
+    Some(opts.max_wait.unwrap_or(SERVER_DEFAULT_MAX_WAIT))
+}
 
 /// A lease this caller holds; released by a spawned task if dropped while still armed.
 struct LeaseGuard {
@@ -179,7 +189,7 @@ impl Namespace {
         let req = request(self, &key, &opts);
         let r = self
             .client
-            .call(Idempotent::No, req, |mut c, r| async move {
+            .call_waiting(Idempotent::No, wait_of(&opts), req, |mut c, r| async move {
                 c.cache().get_or_set(r).await
             })
             .await?;
@@ -187,7 +197,7 @@ impl Namespace {
             v1::GetOrSetOutcome::Hit | v1::GetOrSetOutcome::Filled => {
                 let entry = entry_of(&r)?;
                 if let (Some(n), Some(t)) = (&self.near, ticket) {
-                    n.insert(&key, &entry, t);
+                    n.insert(&key, &entry, t, r.applied_sequence);
                 }
                 if let Some(lease) = r.lease {
                     // A stale hit with the refresh lease: refresh in the background.
@@ -280,7 +290,7 @@ impl Namespace {
         };
         let resp = self
             .client
-            .call(Idempotent::No, req, |mut c, r| async move {
+            .call_waiting(Idempotent::No, wait_of(&opts), req, |mut c, r| async move {
                 c.cache().get_or_set_many(r).await
             })
             .await?;

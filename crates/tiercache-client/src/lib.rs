@@ -45,6 +45,24 @@
 //! Expected outcomes (a miss, a failed condition) are values; [`Error`] is for calls that could
 //! not do their job, with the server's `google.rpc` details already decoded.
 //!
+//! # Bounds and guarantees
+//!
+//! - **Every call has a deadline**: [`DEFAULT_REQUEST_TIMEOUT`] (5 s, as in the Python SDK)
+//!   unless [`ClientBuilder::request_timeout`] says otherwise, retries included; past it the
+//!   call fails with [`Error::DeadlineExceeded`], even against a server that accepted the
+//!   connection and never answers. Calls that wait on the server on purpose get the wait on
+//!   top: `get_or_set` its `max_wait` (the server's default 5 s when unset), `lock_with` its
+//!   `max_wait`.
+//! - **Messages up to 16 MiB** ([`DEFAULT_MAX_MESSAGE_SIZE`]) are received and sent, the
+//!   server's default `limits.max_message_bytes`; see
+//!   [`ClientBuilder::max_receive_message_size`].
+//! - **The near cache keeps nothing older than its Watch stream**: every read reply carries the
+//!   sequence the answering replica had applied before its lookup, and a reply from a replica
+//!   behind the stream's position is returned but not kept, so a per-request balancer that
+//!   sends Watch and reads to different replicas cannot refill it with an invalidated value.
+//! - **[`LockGuard::is_held`]** turns false for good once a renewal is refused or fails, or the
+//!   TTL passes without a successful renewal.
+//!
 //! # Layout
 //!
 //! - `client`: [`Client`] (one shared HTTP/2 channel) and [`ClientBuilder`] (timeouts, retry
@@ -87,7 +105,9 @@ mod retry;
 mod transport;
 mod types;
 
-pub use client::{Client, ClientBuilder, TlsConfig};
+pub use client::{
+    Client, ClientBuilder, TlsConfig, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT,
+};
 pub use error::{Error, FieldViolation, Result};
 pub use lock::{LockGuard, DEFAULT_LOCK_WAIT};
 pub use namespace::{Namespace, WatchStream};

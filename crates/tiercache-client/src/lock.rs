@@ -4,9 +4,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tiercache_proto::duration::{from_proto_saturating, to_proto};
 use tiercache_proto::v1;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::client::Idempotent;
 use crate::{Client, Namespace, Result};
@@ -21,6 +23,11 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// the lock expires after `ttl`. Release it with [`release`](Self::release), or drop the guard:
 /// a spawned task releases it then. Pass [`fencing_token`](Self::fencing_token) to the resource
 /// the lock protects so it can refuse a holder whose lock has since been granted to another.
+///
+/// [`is_held`](Self::is_held) turns false, for good, as soon as the guard can no longer vouch
+/// for the lock: a renewal was refused or failed (the server or the network is gone), or the
+/// TTL passed since the lock was last confirmed (a renewal that hangs). Renewals stop then; a
+/// holder that still needs the lock takes it again.
 #[derive(Debug)]
 pub struct LockGuard {
     client: Client,
@@ -29,7 +36,7 @@ pub struct LockGuard {
     owner_token: String,
     fencing_token: u64,
     ttl: Duration,
-    lost: Arc<AtomicBool>,
+    hold: Arc<Hold>,
     /// Dropping it stops the renewal task.
     stop: Option<oneshot::Sender<()>>,
     released: bool,
@@ -56,10 +63,12 @@ impl LockGuard {
         self.ttl
     }
 
-    /// Returns `false` once a renewal found the lock no longer held (it expired, for example
-    /// after a long pause, and may belong to someone else now).
+    /// Returns `false` once the lock may no longer be held, and from then on: a renewal found
+    /// it taken or expired (for example after a long pause), a renewal failed (the server could
+    /// not be reached or did not answer), or the TTL passed since the grant arrived or the last
+    /// successful renewal was sent. Another owner may hold it now.
     pub fn is_held(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst)
+        self.hold.is_held()
     }
 
     /// Releases the lock now; returns whether this guard still held it.
@@ -107,13 +116,54 @@ async fn release(client: &Client, namespace: &str, name: &str, owner: &str) -> R
     Ok(r.outcome() == v1::LockOwnershipOutcome::Ok)
 }
 
+/// What the guard knows of its lock, shared with the renewal task.
+#[derive(Debug)]
+struct Hold {
+    /// Set once the lock may be lost; never cleared.
+    lost: AtomicBool,
+    /// The lock is held at least until then: the grant's arrival, or the sending of the last
+    /// successful renewal, plus the TTL.
+    until: Mutex<Instant>,
+}
+
+impl Hold {
+    fn new(until: Instant) -> Self {
+        Self {
+            lost: AtomicBool::new(false),
+            until: Mutex::new(until),
+        }
+    }
+
+    fn is_held(&self) -> bool {
+        if self.lost.load(Ordering::SeqCst) {
+            return false;
+        }
+        if Instant::now() >= *self.until.lock() {
+            // Sticky: a renewal that lands later cannot make it true again.
+            self.lost.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    fn renewed(&self, sent: Instant, ttl: Duration) {
+        let mut until = self.until.lock();
+        *until = (*until).max(sent + ttl);
+    }
+
+    fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+    }
+}
+
 async fn renew_loop(
     client: Client,
     namespace: String,
     name: String,
     owner: String,
     ttl: Duration,
-    lost: Arc<AtomicBool>,
+    hold: Arc<Hold>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(1));
@@ -122,6 +172,15 @@ async fn renew_loop(
             _ = &mut stop => return,
             _ = tokio::time::sleep(every) => {}
         }
+        if !hold.is_held() {
+            tracing::warn!(
+                namespace,
+                lock = name,
+                "tiercache lock ttl passed without a renewal"
+            );
+            return;
+        }
+        let sent = Instant::now();
         let req = v1::RenewLockRequest {
             namespace: namespace.clone(),
             name: name.clone(),
@@ -134,14 +193,20 @@ async fn renew_loop(
             })
             .await;
         match r {
-            Ok(r) if r.outcome() == v1::LockOwnershipOutcome::Ok => {}
+            Ok(r) if r.outcome() == v1::LockOwnershipOutcome::Ok => hold.renewed(sent, ttl),
             Ok(_) => {
                 tracing::warn!(namespace, lock = name, "tiercache lock lost before release");
-                lost.store(true, Ordering::SeqCst);
+                hold.lose();
                 return;
             }
-            // Try again at the next tick; two more chances before the TTL ends.
-            Err(e) => tracing::warn!(namespace, lock = name, error = %e, "cannot renew lock"),
+            // The guard cannot vouch for the lock any more: report it lost rather than keep
+            // a holder working on the hope that the next renewal gets through in time.
+            Err(e) => {
+                tracing::warn!(namespace, lock = name, error = %e,
+                    "cannot renew tiercache lock; reporting it lost");
+                hold.lose();
+                return;
+            }
         }
     }
 }
@@ -153,8 +218,8 @@ impl Namespace {
         self.lock_with(name, ttl, DEFAULT_LOCK_WAIT).await
     }
 
-    /// Like [`lock`](Self::lock), waiting up to `max_wait` (zero tries once). The client's
-    /// request timeout bounds the wait too.
+    /// Like [`lock`](Self::lock), waiting up to `max_wait` (zero tries once). The call's
+    /// deadline is the client's request timeout plus `max_wait`.
     pub async fn lock_with(
         &self,
         name: impl Into<String>,
@@ -170,10 +235,12 @@ impl Namespace {
         };
         let r = self
             .client
-            .call(Idempotent::No, req, |mut c, r| async move {
+            .call_waiting(Idempotent::No, Some(max_wait), req, |mut c, r| async move {
                 c.locks().acquire_lock(r).await
             })
             .await?;
+        // The grant happened just before its reply left the server.
+        let granted_at = Instant::now();
         if r.outcome() != v1::AcquireLockOutcome::Acquired {
             return Ok(None);
         }
@@ -183,7 +250,7 @@ impl Namespace {
             .map(from_proto_saturating)
             .unwrap_or_default();
         let ttl = if granted.is_zero() { ttl } else { granted };
-        let lost = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(Hold::new(granted_at + ttl));
         let (stop_tx, stop_rx) = oneshot::channel();
         tokio::spawn(renew_loop(
             self.client.clone(),
@@ -191,7 +258,7 @@ impl Namespace {
             name.clone(),
             r.owner_token.clone(),
             ttl,
-            Arc::clone(&lost),
+            Arc::clone(&hold),
             stop_rx,
         ));
         Ok(Some(LockGuard {
@@ -201,7 +268,7 @@ impl Namespace {
             owner_token: r.owner_token,
             fencing_token: r.fencing_token,
             ttl,
-            lost,
+            hold,
             stop: Some(stop_tx),
             released: false,
         }))

@@ -54,7 +54,10 @@ impl Namespace {
     /// Coherence: a write or invalidation by any client reaches L0 as soon as its event arrives
     /// on the Watch stream (about a millisecond on a local network; see the tests); entries never
     /// outlive their fresh period on the server, stale entries are never served from L0, and L0
-    /// is cleared whenever an event may have been lost (gap, sequence jump, broken stream).
+    /// is cleared whenever an event may have been lost (gap, sequence jump, broken stream). A
+    /// reply is kept only if the replica that answered had applied at least the sequence the
+    /// Watch stream has reached, so the stream and the reads may reach different replicas
+    /// (a per-request balancer): a lagging replica's answer is returned but not kept.
     /// Must be called inside a tokio runtime. Each call starts its own near cache and stream:
     /// call it once and clone the handle.
     pub fn with_near_cache(mut self, config: NearCacheConfig) -> Self {
@@ -97,9 +100,11 @@ impl Namespace {
             if_version_not: opts.if_version_not,
             fresh_only: opts.fresh_only,
         };
-        let result = get_result(self.raw_get(req).await?)?;
+        let resp = self.raw_get(req).await?;
+        let applied = resp.applied_sequence;
+        let result = get_result(resp)?;
         if let (Some(n), Some(t), GetResult::Hit(e)) = (near, ticket, &result) {
-            n.insert(&key, e, t);
+            n.insert(&key, e, t, applied);
         }
         Ok(result)
     }
@@ -147,9 +152,10 @@ impl Namespace {
             )));
         }
         for ((i, ticket), r) in ask.into_iter().zip(tickets).zip(resp.results) {
+            let applied = r.applied_sequence;
             let hit = get_result(r)?.into_hit();
             if let (Some(n), Some(t), Some(e)) = (&self.near, ticket, &hit) {
-                n.insert(&keys[i], e, t);
+                n.insert(&keys[i], e, t, applied);
             }
             out[i] = hit;
         }
@@ -318,11 +324,12 @@ impl Namespace {
 
     /// Opens the namespace's invalidation event stream. The first event is
     /// [`WatchEventKind::Started`](crate::WatchEventKind::Started) with the current sequence.
+    /// Opening is bounded by the request timeout; the stream itself is not.
     pub async fn watch(&self) -> Result<WatchStream> {
         let req = v1::WatchRequest {
             namespace: self.name.clone(),
         };
-        let stream = self.client.cache().watch(req).await?.into_inner();
+        let stream = self.client.open_watch(req).await?;
         Ok(WatchStream { inner: stream })
     }
 
@@ -424,6 +431,7 @@ mod tests {
                 version: 3,
                 ..Default::default()
             }),
+            applied_sequence: 0,
         };
         match get_result(hit).unwrap() {
             GetResult::Hit(e) => {
@@ -435,6 +443,7 @@ mod tests {
         let miss = v1::GetResponse {
             outcome: v1::GetOutcome::Miss as i32,
             entry: None,
+            applied_sequence: 0,
         };
         assert_eq!(get_result(miss).unwrap(), GetResult::Miss);
     }
@@ -444,6 +453,7 @@ mod tests {
         let hit_without_entry = v1::GetResponse {
             outcome: v1::GetOutcome::Hit as i32,
             entry: None,
+            applied_sequence: 0,
         };
         assert!(matches!(
             get_result(hit_without_entry),
@@ -452,6 +462,7 @@ mod tests {
         let unknown = v1::GetResponse {
             outcome: 99,
             entry: None,
+            applied_sequence: 0,
         };
         assert!(matches!(
             get_result(unknown),

@@ -13,6 +13,12 @@
 //! - A read that raced with an event must not store what it read: every event bumps an epoch
 //!   (one per key stripe, one global), a read snapshots them before asking the server, stores,
 //!   then re-checks and drops its own insert if an event came in between.
+//! - A reply is kept only if the answering replica had applied at least the sequence this
+//!   cache's Watch stream has reached (`applied_sequence` of the reply, sampled by the replica
+//!   before its lookup). Behind a per-request balancer the Watch stream and the reads reach
+//!   different replicas, and one that lags would otherwise hand back a value whose
+//!   invalidation L0 has already applied, to be served from L0 until `max_ttl`. Such a reply
+//!   is returned to the caller (it is what a read without L0 gets) but not stored.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,6 +116,11 @@ pub struct NearCacheStats {
     pub clears: u64,
     /// Whether the Watch stream is up and L0 is in use.
     pub live: bool,
+    /// Replies not stored because the replica that answered had applied less than the Watch
+    /// stream had delivered (a lagging replica behind a balancer).
+    pub lagging_replies: u64,
+    /// The namespace sequence the Watch stream has reached.
+    pub sequence: u64,
 }
 
 pub(crate) struct NearCache {
@@ -117,10 +128,16 @@ pub(crate) struct NearCache {
     max_ttl: Duration,
     /// True while the Watch stream is up; L0 is bypassed otherwise.
     live: AtomicBool,
+    /// The sequence the Watch stream has reached: set by `Started` and gaps, raised by events,
+    /// always before the event is applied (so a read that stored its reply and then sees the
+    /// old position is undone by the event itself).
+    position: AtomicU64,
     global: AtomicU64,
     stripes: [AtomicU64; STRIPES],
     hits: AtomicU64,
     clears: AtomicU64,
+    /// Replies not stored because their replica lagged behind the Watch stream.
+    lagging: AtomicU64,
     /// Dropping it stops the Watch task.
     _stop: oneshot::Sender<()>,
 }
@@ -148,10 +165,12 @@ impl NearCache {
             cache,
             max_ttl: config.max_ttl,
             live: AtomicBool::new(false),
+            position: AtomicU64::new(0),
             global: AtomicU64::new(0),
             stripes: std::array::from_fn(|_| AtomicU64::new(0)),
             hits: AtomicU64::new(0),
             clears: AtomicU64::new(0),
+            lagging: AtomicU64::new(0),
             _stop: stop_tx,
         });
         tokio::spawn(follow(Arc::downgrade(&near), client, namespace, stop_rx));
@@ -200,9 +219,15 @@ impl NearCache {
         })
     }
 
-    /// Stores a fresh entry the server returned, unless an event came in since `ticket`.
-    pub(crate) fn insert(&self, key: &str, e: &Entry, ticket: Ticket) {
+    /// Stores a fresh entry the server returned, unless an event came in since `ticket` or the
+    /// answering replica had applied less (`applied_sequence`) than the Watch stream has
+    /// delivered.
+    pub(crate) fn insert(&self, key: &str, e: &Entry, ticket: Ticket, applied_sequence: u64) {
         if e.stale || e.fresh_remaining.is_zero() || e.tier == Tier::Near {
+            return;
+        }
+        if applied_sequence < self.position.load(Ordering::SeqCst) {
+            self.lagging.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let now = Instant::now();
@@ -221,6 +246,7 @@ impl NearCache {
         if !self.is_live()
             || self.global.load(Ordering::SeqCst) != ticket.global
             || self.stripe(key).load(Ordering::SeqCst) != ticket.stripe
+            || applied_sequence < self.position.load(Ordering::SeqCst)
         {
             self.cache.invalidate(key);
         }
@@ -239,6 +265,8 @@ impl NearCache {
             entries: self.cache.entry_count(),
             clears: self.clears.load(Ordering::Relaxed),
             live: self.is_live(),
+            lagging_replies: self.lagging.load(Ordering::Relaxed),
+            sequence: self.position.load(Ordering::SeqCst),
         }
     }
 
@@ -304,14 +332,12 @@ async fn follow(
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
     let mut backoff = MIN_BACKOFF;
     loop {
-        let mut cache = client.cache();
         let opened = tokio::select! {
             _ = &mut stop => return,
-            r = cache.watch(v1::WatchRequest { namespace: namespace.clone() }) => r,
+            r = client.open_watch(v1::WatchRequest { namespace: namespace.clone() }) => r,
         };
         match opened {
-            Ok(resp) => {
-                let mut stream = resp.into_inner();
+            Ok(mut stream) => {
                 // The sequence of the last event applied; `None` until known (the server
                 // reports 0 when it has not synced the namespace yet, and after a gap).
                 let mut last: Option<u64> = None;
@@ -338,12 +364,16 @@ async fn follow(
                     };
                     match &event.kind {
                         WatchEventKind::Started => {
+                            near.position.store(event.sequence, Ordering::SeqCst);
                             near.clear();
                             last = (event.sequence > 0).then_some(event.sequence);
                             near.live.store(true, Ordering::SeqCst);
                             backoff = MIN_BACKOFF;
                         }
                         WatchEventKind::Gap { .. } => {
+                            // Where the stream resumes; it may be lower than before when
+                            // Redis's sequence was reset, and L0 is cleared anyway.
+                            near.position.store(event.sequence, Ordering::SeqCst);
                             near.apply(&event.kind);
                             last = None;
                         }
@@ -363,14 +393,15 @@ async fn follow(
                                 }
                                 _ => {}
                             }
+                            near.position.fetch_max(event.sequence, Ordering::SeqCst);
                             near.apply(kind);
                             last = Some(last.map_or(event.sequence, |l| l.max(event.sequence)));
                         }
                     }
                 }
             }
-            Err(status) => {
-                tracing::debug!(namespace, error = %status, "near cache cannot open watch");
+            Err(e) => {
+                tracing::debug!(namespace, error = %e, "near cache cannot open watch");
                 match near.upgrade() {
                     Some(n) => n.go_down(),
                     None => return,

@@ -9,6 +9,7 @@
 //! would have returned, so they map to the same [`Error`].
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +17,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tiercache_proto::v1::{self, pipeline_request::Operation, pipeline_response};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::client::MessageSizes;
 use crate::error::{Error, Result};
 use crate::transport::{Meta, Svc};
 
@@ -32,6 +35,7 @@ const QUEUE: usize = 1024;
 pub(crate) struct Pipeline {
     channel: Channel,
     meta: Meta,
+    sizes: MessageSizes,
     next_id: AtomicU64,
     /// The open stream, if any. An async mutex so that concurrent first requests open one
     /// stream, not one each.
@@ -62,22 +66,30 @@ impl Shared {
 }
 
 impl Pipeline {
-    pub(crate) fn new(channel: Channel, meta: Meta) -> Self {
+    pub(crate) fn new(channel: Channel, meta: Meta, sizes: MessageSizes) -> Self {
         Self {
             channel,
             meta,
+            sizes,
             next_id: AtomicU64::new(1),
             conn: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Sends one operation and waits (up to `timeout`) for its answer.
+    /// Sends one operation and waits for its answer, all of it (waiting for another caller
+    /// to open the stream, opening it, queueing, the answer) within `timeout`.
     pub(crate) async fn call(
         &self,
         op: Operation,
         timeout: Option<Duration>,
     ) -> Result<pipeline_response::Result> {
-        let conn = self.conn(timeout).await?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let conn = within(
+            deadline,
+            self.conn(),
+            "opening the pipeline stream timed out",
+        )
+        .await??;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.shared.pending.lock().insert(id, tx);
@@ -91,19 +103,19 @@ impl Pipeline {
             id,
             operation: Some(op),
         };
-        if conn.tx.send(req).await.is_err() {
+        let sent = within(deadline, conn.tx.send(req), "request timeout elapsed").await;
+        if !matches!(sent, Ok(Ok(()))) {
             conn.shared.pending.lock().remove(&id);
-            return Err(Error::unavailable("pipeline stream closed"));
+            return Err(sent
+                .err()
+                .unwrap_or_else(|| Error::unavailable("pipeline stream closed")));
         }
-        let reply = match timeout {
-            Some(t) => match tokio::time::timeout(t, rx).await {
-                Ok(r) => r,
-                Err(_) => {
-                    conn.shared.pending.lock().remove(&id);
-                    return Err(Error::deadline("request timeout elapsed"));
-                }
-            },
-            None => rx.await,
+        let reply = match within(deadline, rx, "request timeout elapsed").await {
+            Ok(r) => r,
+            Err(e) => {
+                conn.shared.pending.lock().remove(&id);
+                return Err(e);
+            }
         };
         match reply {
             Ok(Ok(pipeline_response::Result::Error(e))) => Err(Error::from(status_of(e))),
@@ -114,7 +126,7 @@ impl Pipeline {
     }
 
     /// Returns the open stream, opening one when there is none or the last one closed.
-    async fn conn(&self, timeout: Option<Duration>) -> Result<Conn> {
+    async fn conn(&self) -> Result<Conn> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             if !c.shared.closed.load(Ordering::SeqCst) && !c.tx.is_closed() {
@@ -124,17 +136,13 @@ impl Pipeline {
         *slot = None;
         let (tx, rx) = mpsc::channel(QUEUE);
         let mut client: tiercache_proto::v1::cache_service_client::CacheServiceClient<Svc> =
-            tiercache_proto::v1::cache_service_client::CacheServiceClient::with_interceptor(
-                self.channel.clone(),
-                self.meta.clone(),
+            self.sizes.cache(
+                tiercache_proto::v1::cache_service_client::CacheServiceClient::with_interceptor(
+                    self.channel.clone(),
+                    self.meta.clone(),
+                ),
             );
-        let open = client.pipeline(ReceiverStream::new(rx));
-        let resp = match timeout {
-            Some(t) => tokio::time::timeout(t, open)
-                .await
-                .map_err(|_| Error::deadline("opening the pipeline stream timed out"))?,
-            None => open.await,
-        }?;
+        let resp = client.pipeline(ReceiverStream::new(rx)).await?;
         let mut inbound = resp.into_inner();
         let shared = Arc::new(Shared::default());
         let reader = Arc::clone(&shared);
@@ -157,6 +165,16 @@ impl Pipeline {
         let conn = Conn { tx, shared };
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+}
+
+/// Runs `f` until `deadline`, failing with [`Error::DeadlineExceeded`] (`what`) after it.
+async fn within<T>(deadline: Option<Instant>, f: impl Future<Output = T>, what: &str) -> Result<T> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f)
+            .await
+            .map_err(|_| Error::deadline(what)),
+        None => Ok(f.await),
     }
 }
 

@@ -185,7 +185,8 @@ pub struct GetOrSetOptions {
     /// Tags of a filled entry.
     pub tags: Vec<String>,
     /// How long to wait for another caller's fill; the namespace's max wait when `None`. The
-    /// client's request timeout bounds it too.
+    /// call's deadline is the client's request timeout plus this wait (plus 5 s, the server's
+    /// default max wait, when `None`), so the wait is not cut short.
     pub max_wait: Option<Duration>,
     /// Return a stale entry at once rather than treat it as a miss (default on).
     pub allow_stale: bool,

@@ -7,6 +7,7 @@
 //! share nothing (`()`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -34,12 +35,18 @@ struct Slot<V> {
 /// The waiter map of one replica.
 pub(crate) struct Flights<V> {
     map: Mutex<HashMap<String, Slot<V>>>,
+    /// Set once by [`Flights::drain`] (the replica is shutting down): waiters stop waiting.
+    draining: AtomicBool,
+    /// Notified when draining starts, for waits outside any flight (Watch streams).
+    drained: Notify,
 }
 
 impl<V> Default for Flights<V> {
     fn default() -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            drained: Notify::new(),
         }
     }
 }
@@ -108,6 +115,38 @@ impl<V> Flights<V> {
         for slot in self.map.lock().values() {
             slot.flight.wake.notify_waiters();
         }
+    }
+
+    /// Starts draining: every waiter is woken and, seeing [`Flights::is_draining`], stops
+    /// waiting; later waiters stop at their first wait.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.drained.notify_waiters();
+        self.wake_all();
+    }
+
+    /// True once [`Flights::drain`] was called. A waiter checks it after enabling its wake-up,
+    /// so a drain cannot fall between the check and the wait.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Completes once draining has started.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// How many callers wait now, over every key.
+    pub fn waiters(&self) -> usize {
+        self.map.lock().values().map(|s| s.waiters).sum()
     }
 
     /// How many keys have waiters now.

@@ -7,7 +7,7 @@
 //! [`crate::store::Store`]; whether Redis may be used is decided once, in `degraded.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,13 +15,16 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::error::CoreError;
+use crate::l1::SharedL1;
 use crate::namespace::{Namespace, NamespaceStats, SyncState};
+use crate::policy::NamespacePolicy;
 use crate::store::redis::RedisOptions;
 use crate::store::{LocalStore, RedisStore, Store};
 use crate::types::{CacheConfig, Found, Mode};
 
-/// The most namespaces one server creates dynamically; past it, unknown names are refused.
-pub const MAX_NAMESPACES: usize = 10_000;
+/// The default of `limits.max_namespaces`: the most namespaces one server creates on first use;
+/// past it, unknown names are refused with RESOURCE_EXHAUSTED.
+pub const DEFAULT_MAX_NAMESPACES: usize = 64;
 
 /// The cache engine. Cheap to clone; every clone shares the same state.
 #[derive(Clone)]
@@ -38,6 +41,10 @@ impl std::fmt::Debug for Cache {
 pub(crate) struct Inner {
     pub(crate) config: CacheConfig,
     pub(crate) namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// How many namespaces were created on first use (bounded by `config.max_namespaces`).
+    pub(crate) dynamic_count: AtomicUsize,
+    /// The one L1 every namespace shares, bounded by `config.l1_max_bytes`.
+    pub(crate) l1: SharedL1,
     /// The authoritative tier: the local store (memory-only mode) or Redis.
     pub(crate) store: Store,
     /// True while the event subscription is live. L1 is neither read nor filled without it
@@ -51,6 +58,14 @@ pub(crate) struct Inner {
     /// Bumped on every (re)subscription, so a namespace sync that raced a reset is discarded.
     pub(crate) bus_generation: AtomicU64,
     pub(crate) bus_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The periodic comparison of applied sequences with Redis's (`bus.rs`).
+    pub(crate) check_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The deployment's Redis names (prefix and database).
+    pub(crate) key_space: crate::keys::KeySpace,
+    /// Test hook: a sync read of the namespace waits here between reading Redis and taking the
+    /// namespace lock, so tests can deliver an event in that window.
+    #[doc(hidden)]
+    pub(crate) sync_pause: parking_lot::Mutex<Option<SyncPause>>,
     /// GetOrSet waiters, by namespace and key.
     pub(crate) flights: crate::coalesce::Flights<Found>,
     /// Lock waiters, by namespace and lock name.
@@ -60,6 +75,9 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(t) = self.bus_task.lock().take() {
+            t.abort();
+        }
+        if let Some(t) = self.check_task.lock().take() {
             t.abort();
         }
     }
@@ -79,6 +97,7 @@ impl Cache {
         let client = redis.client().clone();
         let cache = Self::build(config, Store::Redis(redis));
         cache.start_bus(client);
+        cache.start_sequence_check();
         let deadline = Instant::now() + connect_timeout;
         while !cache.inner.bus_up.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -93,13 +112,25 @@ impl Cache {
 
     fn build(config: CacheConfig, store: Store) -> Cache {
         let memory_only = store.redis().is_none();
+        let key_space = store
+            .redis()
+            .map(|r| r.key_space().clone())
+            .unwrap_or_default();
+        let l1 = SharedL1::new(config.l1_max_bytes);
         let namespaces = config
             .namespaces
             .iter()
             .map(|(name, policy)| {
                 (
                     name.clone(),
-                    Arc::new(Namespace::new(name, policy.clone(), false, memory_only)),
+                    Arc::new(Namespace::new(
+                        name,
+                        policy.clone(),
+                        false,
+                        memory_only,
+                        &key_space,
+                        &l1,
+                    )),
                 )
             })
             .collect();
@@ -107,12 +138,17 @@ impl Cache {
             inner: Arc::new(Inner {
                 config,
                 namespaces: RwLock::new(namespaces),
+                dynamic_count: AtomicUsize::new(0),
+                l1,
                 store,
                 bus_up: AtomicBool::new(false),
                 redis_down: AtomicBool::new(false),
                 compute_claims: Default::default(),
                 bus_generation: AtomicU64::new(0),
                 bus_task: parking_lot::Mutex::new(None),
+                check_task: parking_lot::Mutex::new(None),
+                key_space,
+                sync_pause: parking_lot::Mutex::new(None),
                 flights: Default::default(),
                 lock_flights: Default::default(),
             }),
@@ -147,7 +183,15 @@ impl Cache {
         }
     }
 
-    /// Returns the namespace, creating it if dynamic namespaces are on.
+    /// Reads Redis's `maxmemory-policy` (two-tier mode); `None` in memory-only mode or when
+    /// Redis refuses `CONFIG GET`.
+    pub async fn redis_maxmemory_policy(&self) -> Option<String> {
+        self.inner.store.redis()?.maxmemory_policy().await
+    }
+
+    /// Returns the namespace, creating it if dynamic namespaces are on (at most
+    /// `max_namespaces` of them). Call it only for a request that is otherwise valid: use
+    /// [`Cache::existing_namespace`] and [`Cache::policy_for`] before that.
     pub fn namespace(&self, name: &str) -> Result<Arc<Namespace>, CoreError> {
         if let Some(ns) = self.inner.namespaces.read().get(name) {
             return Ok(ns.clone());
@@ -159,17 +203,59 @@ impl Cache {
         if let Some(ns) = map.get(name) {
             return Ok(ns.clone());
         }
-        if map.len() >= MAX_NAMESPACES {
-            return Err(CoreError::TooManyNamespaces(MAX_NAMESPACES));
+        let max = self.inner.config.max_namespaces;
+        if self.inner.dynamic_count.load(Ordering::Relaxed) >= max {
+            return Err(CoreError::TooManyNamespaces(max));
         }
+        self.inner.dynamic_count.fetch_add(1, Ordering::Relaxed);
         let ns = Arc::new(Namespace::new(
             name,
             self.inner.config.default_policy.clone(),
             true,
             self.inner.store.redis().is_none(),
+            &self.inner.key_space,
+            &self.inner.l1,
         ));
         map.insert(name.to_string(), ns.clone());
         Ok(ns)
+    }
+
+    /// Returns the namespace if this server has it, never creating one (NOT_FOUND otherwise).
+    pub fn existing_namespace(&self, name: &str) -> Result<Arc<Namespace>, CoreError> {
+        self.inner
+            .namespaces
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CoreError::NamespaceNotFound(name.to_string()))
+    }
+
+    /// The namespace if it exists, else the policy it would be created with (to validate a
+    /// request before [`Cache::namespace`] creates it); NOT_FOUND when it could not be created.
+    pub fn policy_for(
+        &self,
+        name: &str,
+    ) -> Result<Result<Arc<Namespace>, NamespacePolicy>, CoreError> {
+        if let Some(ns) = self.inner.namespaces.read().get(name) {
+            return Ok(Ok(ns.clone()));
+        }
+        if !self.inner.config.dynamic_namespaces {
+            return Err(CoreError::NamespaceNotFound(name.to_string()));
+        }
+        Ok(Err(self.inner.config.default_policy.clone()))
+    }
+
+    /// How many namespaces were created on first use, and the most allowed.
+    pub fn dynamic_namespaces(&self) -> (usize, usize) {
+        (
+            self.inner.dynamic_count.load(Ordering::Relaxed),
+            self.inner.config.max_namespaces,
+        )
+    }
+
+    /// The shared L1: its budget and what it holds.
+    pub fn l1(&self) -> &SharedL1 {
+        &self.inner.l1
     }
 
     /// Returns every namespace this server knows, sorted by name.
@@ -190,6 +276,46 @@ impl Cache {
     /// Returns a namespace's counters.
     pub fn stats(&self, ns: &Namespace) -> Arc<NamespaceStats> {
         ns.stats.clone()
+    }
+}
+
+/// A one-shot test hook for the sync read (see [`Cache::pause_sync_for_tests`]): the read says
+/// it got its answer on `reached`, then waits for `resume`.
+#[doc(hidden)]
+pub struct SyncPause {
+    pub reached: tokio::sync::mpsc::UnboundedSender<()>,
+    pub resume: Arc<tokio::sync::Semaphore>,
+}
+
+impl Cache {
+    /// Test hook: the next namespace sync read, after Redis answered and before it takes the
+    /// namespace lock, sends on the returned receiver and waits for a permit of the returned
+    /// semaphore. Lets tests deliver an event exactly in that window.
+    #[doc(hidden)]
+    pub fn pause_sync_for_tests(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+        Arc<tokio::sync::Semaphore>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let resume = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.inner.sync_pause.lock() = Some(SyncPause {
+            reached: tx,
+            resume: resume.clone(),
+        });
+        (rx, resume)
+    }
+
+    /// Waits at the test hook, once, when one is set.
+    pub(crate) async fn sync_paused(&self) {
+        let pause = self.inner.sync_pause.lock().take();
+        if let Some(p) = pause {
+            let _ = p.reached.send(());
+            if let Ok(permit) = p.resume.acquire().await {
+                permit.forget();
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ pub enum CoreError {
     #[error("namespace {0} not found")]
     NamespaceNotFound(String),
     /// Dynamic namespace creation hit the server's ceiling.
-    #[error("too many namespaces (at most {0})")]
+    #[error("too many dynamic namespaces (limits.max_namespaces is {0})")]
     TooManyNamespaces(usize),
     /// Redis could not be reached: connection refused or reset, an I/O error, a dropped
     /// connection, or no answer within the response timeout. The only error that trips degraded
@@ -22,6 +22,13 @@ pub enum CoreError {
     /// Redis held data this version cannot read.
     #[error("corrupt entry for key {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The replica is shutting down ([`crate::Cache::drain`]): a waiter is released without an
+    /// answer so its caller retries on another replica.
+    #[error("the server is shutting down; retry on another replica")]
+    Draining,
+    /// A batch read would return more than its byte limit of values; nothing was returned.
+    #[error("the reply would exceed {limit} bytes")]
+    ReplyTooLarge { limit: u64 },
     /// The feature exists in the API but not yet in the engine.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),

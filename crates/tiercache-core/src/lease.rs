@@ -109,8 +109,8 @@ impl Cache {
         key: &str,
         opts: GetOrSetOptions,
     ) -> Result<GetOrSetResult, CoreError> {
-        let deadline = Instant::now() + opts.wait;
-        let lease_ttl = opts.lease_ttl.unwrap_or(ns.policy.lease_ttl);
+        let deadline = Instant::now() + opts.wait.min(ns.policy.max_wait_max);
+        let lease_ttl = ns.policy.effective_lease_ttl(opts.lease_ttl);
         if let Lookup::Hit(found) = self.get(ns, key, ReadOptions::default()).await? {
             if !found.stale {
                 return Ok(GetOrSetResult::Hit {
@@ -171,6 +171,7 @@ impl Cache {
                 Ok(GetOrSetResult::WaitTimedOut) => "timeout",
                 Ok(GetOrSetResult::Hit { .. }) => "hit",
                 Ok(GetOrSetResult::Compute) => "compute",
+                Err(CoreError::Draining) => "draining",
                 Err(_) => "error",
             },
         );
@@ -198,7 +199,7 @@ impl Cache {
             tokio::pin!(woken);
             woken.as_mut().enable();
             if let Ok(_checking) = flight.checking.try_lock() {
-                let lookup = self.lookup_many(ns, &[key], read, false).await?.pop();
+                let lookup = self.lookup_many(ns, &[key], read, false, None).await?.pop();
                 if let Some(Lookup::Hit(found)) = lookup {
                     flight.filled.send_replace(Some(found.clone()));
                     bump(&ns.stats.coalesced);
@@ -214,6 +215,9 @@ impl Cache {
             }
             if Instant::now() >= deadline {
                 return Ok(GetOrSetResult::WaitTimedOut);
+            }
+            if self.inner.flights.is_draining() {
+                return Err(CoreError::Draining);
             }
             tokio::select! {
                 _ = &mut woken => {}
@@ -334,6 +338,33 @@ impl Cache {
             self.inner.flights.wake(&ns.name, key);
         }
         Ok(released)
+    }
+
+    /// Starts draining this replica (it is shutting down): every GetOrSet and lock waiter is
+    /// released at once with [`CoreError::Draining`], later ones at their first wait, and
+    /// [`Cache::drained`] completes, so the server can end its Watch and Pipeline streams. Reads
+    /// and writes go on as usual.
+    pub fn drain(&self) {
+        self.inner.flights.drain();
+        self.inner.lock_flights.drain();
+    }
+
+    /// True once [`Cache::drain`] was called.
+    pub fn draining(&self) -> bool {
+        self.inner.flights.is_draining()
+    }
+
+    /// Completes once [`Cache::drain`] was called.
+    pub async fn drained(&self) {
+        self.inner.flights.drained().await
+    }
+
+    /// How many callers wait now: `(GetOrSet waiters, lock waiters)`, over every key.
+    pub fn waiters(&self) -> (usize, usize) {
+        (
+            self.inner.flights.waiters(),
+            self.inner.lock_flights.waiters(),
+        )
     }
 
     /// The lease on `key`: `(born, remaining)` when one is held.

@@ -4,7 +4,8 @@
 //! - [`policy`]: namespace names and per-namespace policy (TTLs, budget, limits).
 //! - [`keys`]: the injective, cluster-shaped Redis key layout.
 //! - [`codec`]: the entry codec (starts with a format byte).
-//! - [`namespace`]: a namespace on one replica: its L1 (moka, bounded in bytes), cached
+//! - [`l1`]: the server-wide L1 (one moka cache bounded in bytes) that every namespace shares.
+//! - [`namespace`]: a namespace on one replica: its view of L1, cached
 //!   invalidation marks, counters and event fan-out.
 //! - [`store`]: the authoritative tier behind L1, one interface: the local store (memory-only
 //!   mode) and the Redis store with its Lua scripts.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod event;
 pub mod inspect;
 pub mod keys;
+pub mod l1;
 pub mod lease;
 pub mod lock;
 pub mod namespace;

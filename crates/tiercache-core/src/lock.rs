@@ -53,12 +53,17 @@ impl Cache {
             match &r {
                 Ok(LockAcquire::Acquired { .. }) => "acquired",
                 Ok(LockAcquire::Timeout) => "timeout",
+                Err(CoreError::Draining) => "draining",
                 Err(_) => "error",
             },
         );
         r
     }
 
+    /// Waits in the lock's flight on this replica: one waiter at a time is the poller (it tries
+    /// the lock on a release wake-up, or every [`LOCK_POLL`] for a holder that expires without
+    /// one); the others queue behind it and the next takes over when it leaves. So N waiters on
+    /// one lock cost one Redis call per poll interval, not N.
     async fn acquire_lock_waiting(
         &self,
         ns: &Namespace,
@@ -66,11 +71,21 @@ impl Cache {
         ttl: Duration,
         max_wait: Duration,
     ) -> Result<LockAcquire, CoreError> {
-        let deadline = Instant::now() + max_wait;
+        let ttl = ns.policy.effective_lock_ttl(ttl);
+        let deadline = Instant::now() + max_wait.min(ns.policy.max_wait_max);
         let token = new_token();
         let joined = self.inner.lock_flights.join(&ns.name, name);
+        let flight = &joined.flight;
+        let mut poller = None;
         loop {
-            let woken = joined.flight.wake.notified();
+            if poller.is_none() {
+                tokio::select! {
+                    biased;
+                    guard = flight.checking.lock() => poller = Some(guard),
+                    _ = tokio::time::sleep_until(deadline) => return Ok(LockAcquire::Timeout),
+                }
+            }
+            let woken = flight.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let remaining = match self.try_lock(ns, name, &token, ttl).await? {
@@ -84,6 +99,9 @@ impl Cache {
             };
             if Instant::now() >= deadline {
                 return Ok(LockAcquire::Timeout);
+            }
+            if self.inner.lock_flights.is_draining() {
+                return Err(CoreError::Draining);
             }
             let poll = LOCK_POLL.min(remaining.max(Duration::from_millis(1)));
             tokio::select! {
@@ -115,6 +133,7 @@ impl Cache {
         owner_token: &str,
         ttl: Duration,
     ) -> Result<bool, CoreError> {
+        let ttl = ns.policy.effective_lock_ttl(ttl);
         self.usable_store()?
             .renew_lock(ns, name, owner_token, ttl)
             .await

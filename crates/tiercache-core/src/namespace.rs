@@ -1,27 +1,22 @@
 //! The per-namespace runtime state of one replica: L1, cached invalidation marks, counters and the
 //! event fan-out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::notification::RemovalCause;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::codec::EntryData;
 use crate::event::Event;
-use crate::keys::NamespaceKeys;
+use crate::keys::{KeySpace, NamespaceKeys};
+use crate::l1::SharedL1;
 use crate::policy::NamespacePolicy;
 
-/// Bytes charged per L1 entry beyond its key, value and tags: what the process really pays per
-/// entry (moka's node, its deque and timer nodes, the hash bucket, our `Arc<L1Entry>` with its
-/// deadlines, the `Arc<str>` key and the value's own allocation), measured by `tiercache bench
-/// --scenarios memory` at about 580 B for 100-byte values. Charging it keeps `l1_max_bytes` a
-/// bound on resident memory rather than on payload bytes.
-pub const L1_ENTRY_OVERHEAD: u64 = 576;
+pub use crate::l1::{L1, L1_ENTRY_OVERHEAD};
 /// The most tag marks a replica caches per namespace before it forgets them all (they are
 /// re-read from Redis on demand).
 const MAX_CACHED_TAG_MARKS: usize = 100_000;
@@ -35,35 +30,6 @@ pub struct L1Entry {
     /// When L1 must stop serving it (`l1_max_ttl` in two-tier mode; `stale_until` otherwise).
     pub l1_until: Instant,
 }
-
-impl L1Entry {
-    fn weight(key: &str, e: &L1Entry) -> u32 {
-        let tags: usize = e.data.tags.iter().map(|t| t.len() + 24).sum();
-        let w = key.len() as u64 + e.data.value.len() as u64 + tags as u64 + L1_ENTRY_OVERHEAD;
-        u32::try_from(w).unwrap_or(u32::MAX)
-    }
-}
-
-struct L1Expiry;
-
-impl moka::Expiry<Arc<str>, Arc<L1Entry>> for L1Expiry {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<L1Entry>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(
-            value
-                .l1_until
-                .min(value.stale_until)
-                .saturating_duration_since(Instant::now()),
-        )
-    }
-}
-
-/// The L1 map of one namespace, bounded by bytes.
-pub type L1 = moka::sync::Cache<Arc<str>, Arc<L1Entry>>;
 
 /// Counters since start; read by `GetStats`.
 #[derive(Debug, Default)]
@@ -110,7 +76,30 @@ pub(crate) struct SyncState {
     /// True in memory-only mode: the marks here are the truth, and an unknown tag was never
     /// invalidated.
     pub authoritative: bool,
+    /// The run of the namespace sequence that `last_seq` belongs to (`tc:{ns}:run`; 0 when the
+    /// namespace had no sequence yet). A different run means Redis lost the namespace's state
+    /// (FLUSHALL, a restart without persistence, an evicted `seq` key): the sequence started
+    /// over, so everything cached is dropped and the namespace resynced.
+    pub run: u64,
+    /// Events that arrived while a sync read was under way (`last_seq` is `None`): replayed on
+    /// top of what the read saw, so none is lost between the read and taking this lock. `None`
+    /// when no sync is under way (events are then dropped: the next sync reads their effect).
+    pub pending: Option<Vec<(u64, Event)>>,
+    /// Bumped whenever what this replica knew of the namespace is dropped (a gap, a reset, a
+    /// dropped subscription). A sync read started before a bump must not complete after it: its
+    /// answer may predate events that were dropped meanwhile, and the buffer it would take is a
+    /// later sync's.
+    pub resets: u64,
+    /// Memory-only mode: how long a tag mark is kept (the longest an entry born before it can
+    /// live, see [`NamespacePolicy::mark_lifetime`]).
+    pub mark_ttl: Duration,
+    /// Memory-only mode: when each recorded mark may be dropped, oldest first.
+    pub mark_expiry: VecDeque<(Instant, String, u64)>,
 }
+
+/// The most events buffered for one namespace while its sync read is under way; past it the
+/// buffer is dropped and that sync does not enable L1 (the next one starts over).
+pub(crate) const MAX_PENDING_EVENTS: usize = 4096;
 
 impl SyncState {
     /// Returns whether an entry born at `born` with `tags` is visible, or `None` when a tag mark
@@ -130,16 +119,86 @@ impl SyncState {
         Some(true)
     }
 
-    /// Records a tag mark; marks only move forward.
+    /// Records a tag mark; marks only move forward. In memory-only mode the marks are the truth:
+    /// each is kept until no entry born before it can still be alive (`mark_ttl`), then dropped.
     pub fn learn_tag(&mut self, tag: &str, mark: u64) {
-        if !self.authoritative
-            && self.tag_marks.len() >= MAX_CACHED_TAG_MARKS
-            && !self.tag_marks.contains_key(tag)
+        if self.authoritative {
+            self.expire_marks();
+            self.mark_expiry
+                .push_back((Instant::now() + self.mark_ttl, tag.to_string(), mark));
+        } else if self.tag_marks.len() >= MAX_CACHED_TAG_MARKS && !self.tag_marks.contains_key(tag)
         {
             self.tag_marks.clear();
         }
         let m = self.tag_marks.entry(tag.to_string()).or_insert(0);
         *m = (*m).max(mark);
+    }
+
+    /// Drops the authoritative marks whose time has passed (memory-only mode).
+    pub(crate) fn expire_marks(&mut self) {
+        let now = Instant::now();
+        while let Some((at, _, _)) = self.mark_expiry.front() {
+            if *at > now {
+                break;
+            }
+            let (_, tag, mark) = self.mark_expiry.pop_front().expect("front exists");
+            if self.tag_marks.get(&tag) == Some(&mark) {
+                self.tag_marks.remove(&tag);
+            }
+        }
+        if self.mark_expiry.len() < self.mark_expiry.capacity() / 4 {
+            self.mark_expiry.shrink_to_fit();
+        }
+    }
+}
+
+/// Something held in a memory-only map until a deadline.
+pub(crate) trait Expires {
+    fn alive(&self, now: Instant) -> bool;
+}
+
+/// A memory-only map whose expired slots are swept out: each time it has doubled since the last
+/// sweep, so the cost is amortized O(1) per insert and the map stays within twice its live size.
+#[derive(Debug)]
+pub(crate) struct ExpiringMap<T> {
+    map: HashMap<String, T>,
+    sweep_at: usize,
+}
+
+const SWEEP_MIN: usize = 64;
+
+impl<T> Default for ExpiringMap<T> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            sweep_at: SWEEP_MIN,
+        }
+    }
+}
+
+impl<T: Expires> ExpiringMap<T> {
+    /// Inserts, sweeping expired slots first when due.
+    pub fn insert(&mut self, key: String, value: T) {
+        if self.map.len() >= self.sweep_at {
+            let now = Instant::now();
+            self.map.retain(|_, v| v.alive(now));
+            self.map.shrink_to_fit();
+            self.sweep_at = (self.map.len() * 2).max(SWEEP_MIN);
+        }
+        self.map.insert(key, value);
+    }
+}
+
+impl<T> std::ops::Deref for ExpiringMap<T> {
+    type Target = HashMap<String, T>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<T> std::ops::DerefMut for ExpiringMap<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
     }
 }
 
@@ -153,12 +212,24 @@ pub(crate) struct LeaseSlot {
     pub revoked: String,
 }
 
-/// A lock in memory-only mode; `fence` survives releases so fencing tokens keep increasing.
+impl Expires for LeaseSlot {
+    fn alive(&self, now: Instant) -> bool {
+        self.expires > now
+    }
+}
+
+/// A held lock in memory-only mode. Removed on release or expiry: fencing tokens come from the
+/// namespace's `fence_clock`, so they keep increasing per lock without keeping the slot.
 #[derive(Debug, Clone)]
 pub(crate) struct LockSlot {
     pub token: String,
     pub expires: Instant,
-    pub fence: u64,
+}
+
+impl Expires for LockSlot {
+    fn alive(&self, now: Instant) -> bool {
+        self.expires > now
+    }
 }
 
 /// One namespace on this replica.
@@ -171,13 +242,54 @@ pub struct Namespace {
     pub(crate) keys: NamespaceKeys,
     pub(crate) l1: Option<L1>,
     pub(crate) sync: RwLock<SyncState>,
-    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) events: Events,
     /// Serializes read-check-write sequences per key stripe in memory-only mode.
     pub(crate) stripes: Box<[Mutex<()>]>,
     /// Memory-only mode's leases, by key. Lock order: stripe, then `leases`, then `sync`.
-    pub(crate) leases: Mutex<HashMap<String, LeaseSlot>>,
-    /// Memory-only mode's locks, by name.
-    pub(crate) locks: Mutex<HashMap<String, LockSlot>>,
+    pub(crate) leases: Mutex<ExpiringMap<LeaseSlot>>,
+    /// Memory-only mode's held locks, by name.
+    pub(crate) locks: Mutex<ExpiringMap<LockSlot>>,
+    /// Memory-only mode's fencing tokens: one increasing counter for every lock of the namespace.
+    pub(crate) fence_clock: AtomicU64,
+}
+
+/// How many events a watched namespace buffers for a slow Watch stream.
+pub const EVENT_RING: usize = 4096;
+
+/// A namespace's event fan-out to Watch streams. The ring is allocated by the first watcher and
+/// freed by the first event sent after the last watcher left, so an unwatched namespace holds
+/// none.
+#[derive(Debug, Default)]
+pub(crate) struct Events {
+    tx: Mutex<Option<broadcast::Sender<Event>>>,
+}
+
+impl Events {
+    /// Sends to the current watchers; returns how many got it.
+    pub fn send(&self, event: Event) -> usize {
+        let mut tx = self.tx.lock();
+        match tx.as_ref() {
+            Some(t) if t.receiver_count() > 0 => t.send(event).unwrap_or(0),
+            Some(_) => {
+                *tx = None;
+                0
+            }
+            None => 0,
+        }
+    }
+
+    /// A new watcher: receives every event sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx
+            .lock()
+            .get_or_insert_with(|| broadcast::channel(EVENT_RING).0)
+            .subscribe()
+    }
+
+    /// Whether the ring is allocated now.
+    pub fn allocated(&self) -> bool {
+        self.tx.lock().is_some()
+    }
 }
 
 impl std::fmt::Debug for Namespace {
@@ -197,39 +309,33 @@ impl Namespace {
         policy: NamespacePolicy,
         dynamic: bool,
         memory_only: bool,
+        space: &KeySpace,
+        shared_l1: &SharedL1,
     ) -> Self {
         let stats = Arc::new(NamespaceStats::default());
-        // Memory-only mode has no other tier, so L1 is always on there.
+        // Memory-only mode has no other tier, so L1 is always on there, and the namespace's own
+        // cap does not apply (L1 is the store: only the shared budget evicts).
         let l1 = (policy.l1_enabled || memory_only).then(|| {
-            let evictions = stats.clone();
-            moka::sync::Cache::builder()
-                .max_capacity(policy.l1_max_bytes)
-                .weigher(|k: &Arc<str>, v: &Arc<L1Entry>| L1Entry::weight(k, v))
-                .expire_after(L1Expiry)
-                .eviction_listener(move |_k, _v, cause| {
-                    if cause == RemovalCause::Size {
-                        bump(&evictions.l1_evictions);
-                    }
-                })
-                .build()
+            shared_l1.handle(stats.clone(), (!memory_only).then_some(policy.l1_max_bytes))
         });
-        let (events, _) = broadcast::channel(4096);
         Self {
             name: name.into(),
-            keys: NamespaceKeys::new(name),
-            policy,
-            dynamic,
+            keys: space.namespace(name),
             stats,
             l1,
             sync: RwLock::new(SyncState {
                 last_seq: memory_only.then_some(0),
                 authoritative: memory_only,
+                mark_ttl: policy.mark_lifetime(),
                 ..SyncState::default()
             }),
-            events,
+            policy,
+            dynamic,
+            events: Events::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            leases: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
+            leases: Mutex::new(ExpiringMap::default()),
+            locks: Mutex::new(ExpiringMap::default()),
+            fence_clock: AtomicU64::new(0),
         }
     }
 
@@ -243,22 +349,30 @@ impl Namespace {
     /// Entries and weighted bytes in L1 now.
     pub fn l1_usage(&self) -> (u64, u64) {
         match &self.l1 {
-            Some(l1) => {
-                l1.run_pending_tasks();
-                (l1.entry_count(), l1.weighted_size())
-            }
+            Some(l1) => l1.usage(),
             None => (0, 0),
         }
     }
 
-    /// Drops everything this replica cached for the namespace: L1 and the known marks.
+    /// The most bytes the namespace may hold in L1 (0 without L1): its own `l1_max_bytes` in
+    /// two-tier mode, capped by the server-wide `l1.max_bytes` every namespace shares.
+    pub fn l1_budget(&self) -> u64 {
+        self.l1.as_ref().map_or(0, L1::budget)
+    }
+
+    /// Drops everything this replica cached for the namespace: L1 and the known marks (the
+    /// flush mark too: after a reset of Redis state the next sync must take Redis's, which may
+    /// be lower; a mark kept from before would hide every new entry).
     pub(crate) fn clear_locked(&self, sync: &mut SyncState) {
         if let Some(l1) = &self.l1 {
             l1.invalidate_all();
         }
         if !sync.authoritative {
             sync.tag_marks.clear();
+            sync.flush_mark = 0;
+            sync.pending = None;
         }
+        sync.resets += 1;
         sync.epoch += 1;
         bump(&self.stats.l1_clears);
     }
@@ -269,7 +383,45 @@ impl Namespace {
     }
 }
 
+/// The sizes of a namespace's memory-only maps and whether its event ring is allocated: what
+/// must shrink back when nothing is held (see [`Namespace::footprint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub tag_marks: usize,
+    pub leases: usize,
+    pub locks: usize,
+    pub event_ring: bool,
+}
+
 impl Namespace {
+    /// The sizes of the namespace's maps now, after dropping what has expired.
+    pub fn footprint(&self) -> Footprint {
+        let now = Instant::now();
+        let tag_marks = {
+            let mut s = self.sync.write();
+            if s.authoritative {
+                s.expire_marks();
+            }
+            s.tag_marks.len()
+        };
+        let leases = {
+            let mut l = self.leases.lock();
+            l.retain(|_, v| v.alive(now));
+            l.len()
+        };
+        let locks = {
+            let mut l = self.locks.lock();
+            l.retain(|_, v| v.alive(now));
+            l.len()
+        };
+        Footprint {
+            tag_marks,
+            leases,
+            locks,
+            event_ring: self.events.allocated(),
+        }
+    }
+
     /// The last event sequence this replica applied (0 when not yet synced).
     pub fn last_sequence(&self) -> u64 {
         self.sync.read().last_seq.unwrap_or(0)

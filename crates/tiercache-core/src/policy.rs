@@ -37,6 +37,12 @@ pub struct NamespacePolicy {
     pub lease_ttl: Duration,
     /// How long a GetOrSet waiter waits when it names no bound.
     pub max_wait: Duration,
+    /// The longest lease a GetOrSet may ask for; longer requests get this (the reply says so).
+    pub lease_ttl_max: Duration,
+    /// The longest lock TTL an acquire or renew may ask for; longer requests get this.
+    pub lock_ttl_max: Duration,
+    /// The longest a GetOrSet or lock waiter may wait; longer requests wait this long.
+    pub max_wait_max: Duration,
 }
 
 impl Default for NamespacePolicy {
@@ -56,6 +62,9 @@ impl Default for NamespacePolicy {
             max_tag_bytes: 128,
             lease_ttl: Duration::from_secs(10),
             max_wait: Duration::from_secs(5),
+            lease_ttl_max: Duration::from_secs(300),
+            lock_ttl_max: Duration::from_secs(300),
+            max_wait_max: Duration::from_secs(60),
         }
     }
 }
@@ -66,6 +75,28 @@ impl NamespacePolicy {
     pub fn max_lifetime(&self) -> Duration {
         let base = self.max_ttl.max(self.negative_ttl) + self.stale_ttl.max(self.max_ttl);
         base.mul_f64(1.0 + self.jitter.clamp(0.0, 1.0))
+    }
+
+    /// How long an invalidation mark must be kept: no entry born before it may outlive it. That is
+    /// the longest entry lifetime, plus the longest lease (a fill keeps the birth of its lease
+    /// grant, so a lease granted before the mark may store its entry up to a lease later).
+    pub fn mark_lifetime(&self) -> Duration {
+        self.max_lifetime() + self.lease_ttl_max
+    }
+
+    /// The lease TTL a GetOrSet gets: its own (or the namespace default), capped.
+    pub fn effective_lease_ttl(&self, requested: Option<Duration>) -> Duration {
+        requested.unwrap_or(self.lease_ttl).min(self.lease_ttl_max)
+    }
+
+    /// The lock TTL an acquire or renew gets, capped.
+    pub fn effective_lock_ttl(&self, requested: Duration) -> Duration {
+        requested.min(self.lock_ttl_max)
+    }
+
+    /// How long a waiter may wait: its own bound (or the namespace default), capped.
+    pub fn effective_max_wait(&self, requested: Option<Duration>) -> Duration {
+        requested.unwrap_or(self.max_wait).min(self.max_wait_max)
     }
 
     /// Checks the policy for values that cannot work, naming the first bad field.
@@ -84,6 +115,22 @@ impl NamespacePolicy {
         }
         if self.lease_ttl.is_zero() {
             return Err("lease_ttl must be greater than zero".into());
+        }
+        for (name, d, cap, cap_name) in [
+            (
+                "lease_ttl",
+                self.lease_ttl,
+                self.lease_ttl_max,
+                "lease_ttl_max",
+            ),
+            ("max_wait", self.max_wait, self.max_wait_max, "max_wait_max"),
+        ] {
+            if d > cap {
+                return Err(format!("{name} must not exceed {cap_name}"));
+            }
+        }
+        if self.lease_ttl_max.is_zero() || self.lock_ttl_max.is_zero() {
+            return Err("lease_ttl_max and lock_ttl_max must be greater than zero".into());
         }
         if self.max_key_bytes == 0 || self.max_key_bytes > 64 * 1024 {
             return Err("max_key_bytes must be within 1..=65536".into());
@@ -106,6 +153,9 @@ impl NamespacePolicy {
             ("l1_max_ttl", self.l1_max_ttl),
             ("lease_ttl", self.lease_ttl),
             ("max_wait", self.max_wait),
+            ("lease_ttl_max", self.lease_ttl_max),
+            ("lock_ttl_max", self.lock_ttl_max),
+            ("max_wait_max", self.max_wait_max),
         ] {
             if d > ceiling {
                 return Err(format!("{name} must be at most 10 years"));

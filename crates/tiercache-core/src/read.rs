@@ -15,6 +15,19 @@ use crate::store::RedisStore;
 use crate::types::{Found, Lookup, ReadOptions, Tier};
 
 impl Cache {
+    /// Returns the namespace sequence this replica has applied, for a read reply to carry: a
+    /// lookup (`get`, `get_many`, `get_or_set`) that starts after this call reflects every
+    /// event up to it. Applying an event drops its L1 copies under the lock this reads, and L1
+    /// fills and L2 reads check the marks and epoch that lock guards, so nothing older than the
+    /// returned sequence can be served after it. 0 while the replica is not synced (subscription
+    /// down, after a gap until resynced): then nothing is promised.
+    ///
+    /// A client-side near cache compares it with its Watch position, so that a replica that
+    /// lags behind the one it watches cannot refill it with a value already invalidated.
+    pub fn applied_sequence(&self, ns: &Namespace) -> u64 {
+        ns.last_sequence()
+    }
+
     /// Reads one key: L1, then L2.
     pub async fn get(
         &self,
@@ -36,17 +49,32 @@ impl Cache {
         keys: &[&str],
         opts: ReadOptions,
     ) -> Result<Vec<Lookup>, CoreError> {
-        self.lookup_many(ns, keys, opts, true).await
+        self.lookup_many(ns, keys, opts, true, None).await
+    }
+
+    /// [`Cache::get_many`] that refuses ([`CoreError::ReplyTooLarge`]) to return more than
+    /// `max_bytes` of values. The Redis read checks the sizes (`STRLEN`) before it reads any
+    /// value, so a refused batch costs Redis no large reply.
+    pub async fn get_many_within(
+        &self,
+        ns: &Namespace,
+        keys: &[&str],
+        opts: ReadOptions,
+        max_bytes: u64,
+    ) -> Result<Vec<Lookup>, CoreError> {
+        self.lookup_many(ns, keys, opts, true, Some(max_bytes))
+            .await
     }
 
     /// Reads keys; `count` says whether the lookups count in the namespace statistics (waiters'
-    /// re-checks do not).
+    /// re-checks do not); `limit` bounds the value bytes returned.
     pub(crate) async fn lookup_many(
         &self,
         ns: &Namespace,
         keys: &[&str],
         opts: ReadOptions,
         count: bool,
+        limit: Option<u64>,
     ) -> Result<Vec<Lookup>, CoreError> {
         let now = Instant::now();
         let degraded = self.redis_down();
@@ -54,11 +82,37 @@ impl Cache {
             .iter()
             .map(|k| self.l1_lookup(ns, k, now, degraded).map(Lookup::Hit))
             .collect();
+        // What L1 answered counts against the limit; Redis may return the rest.
+        let l2_limit = match limit {
+            Some(limit) => {
+                let l1_bytes: u64 = out
+                    .iter()
+                    .flatten()
+                    .map(|l| match l {
+                        Lookup::Hit(f) => f.data.value.len() as u64,
+                        Lookup::Miss => 0,
+                    })
+                    .sum();
+                if l1_bytes > limit {
+                    return Err(CoreError::ReplyTooLarge { limit });
+                }
+                Some(limit - l1_bytes)
+            }
+            None => None,
+        };
         if let Some(l2) = self.healthy_l2() {
             let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
             if !missing.is_empty() {
-                match self.read_l2(ns, l2, keys, &missing, &mut out).await {
+                match self
+                    .read_l2(ns, l2, keys, &missing, &mut out, l2_limit)
+                    .await
+                {
                     Ok(()) => {}
+                    Err(CoreError::ReplyTooLarge { .. }) => {
+                        return Err(CoreError::ReplyTooLarge {
+                            limit: limit.unwrap_or(0),
+                        })
+                    }
                     Err(e @ CoreError::Unavailable(_)) => {
                         // Reads keep serving from L1 (fresh, then stale) while Redis is down.
                         self.trip(&e);
@@ -94,10 +148,11 @@ impl Cache {
         keys: &[&str],
         missing: &[usize],
         out: &mut [Option<Lookup>],
+        limit: Option<u64>,
     ) -> Result<(), CoreError> {
         let epoch = self.ensure_synced(ns).await?;
         let miss_keys: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
-        let read = l2.read(&ns.keys, &miss_keys).await?;
+        let read = l2.read(&ns.keys, &miss_keys, limit).await?;
         let now = Instant::now();
         for (&i, entry) in missing.iter().zip(read) {
             let Some(entry) = entry else { continue };
@@ -170,17 +225,48 @@ impl Cache {
             }
         }
         let generation = self.inner.bus_generation.load(Ordering::Acquire);
-        let (seq, flush) = l2.namespace_marks(&ns.keys).await?;
+        let resets = {
+            // Events from now until the read's answer is applied are buffered, then replayed
+            // on top of it: none can slip between the read and the lock.
+            let mut s = ns.sync.write();
+            if s.last_seq.is_some() {
+                return Ok(Some(s.epoch));
+            }
+            if s.pending.is_none() {
+                s.pending = Some(Vec::new());
+            }
+            s.resets
+        };
+        let (seq, flush, run) = l2.namespace_sync(&ns.keys).await?;
+        self.sync_paused().await;
         let mut s = ns.sync.write();
         if s.last_seq.is_none() {
             if generation != self.inner.bus_generation.load(Ordering::Acquire)
                 || !self.inner.bus_up.load(Ordering::Acquire)
+                || resets != s.resets
             {
+                // Something was dropped since this read was sent (its answer may predate it,
+                // and the buffer now belongs to a later sync): leave it to that one.
                 return Ok(None);
             }
+            // No buffer: it overflowed or a reset dropped it; the next read starts over.
+            let Some(pending) = s.pending.take() else {
+                return Ok(None);
+            };
             s.last_seq = Some(seq);
+            s.run = run;
             s.flush_mark = s.flush_mark.max(flush);
             s.epoch += 1;
+            for (event_run, event) in pending {
+                if event_run == run && event.sequence <= seq {
+                    // Already reflected in what the read saw.
+                    continue;
+                }
+                crate::bus::apply_locked(ns, &mut s, event_run, event);
+            }
+            if s.last_seq.is_none() {
+                return Ok(None);
+            }
         }
         Ok(Some(s.epoch))
     }
@@ -194,8 +280,14 @@ impl Cache {
         synced: bool,
     ) -> Result<bool, CoreError> {
         if synced {
-            if let Some(v) = ns.sync.read().visible(data) {
-                return Ok(v);
+            // Only while still synced: a gap or reset since the sync cleared the cached marks
+            // (the flush mark too), and marks that no longer cover what Redis holds would let a
+            // flushed or invalidated entry through. Then the marks are read from Redis.
+            let s = ns.sync.read();
+            if s.last_seq.is_some() || s.authoritative {
+                if let Some(v) = s.visible(data) {
+                    return Ok(v);
+                }
             }
         }
         let Some(l2) = self.inner.store.redis() else {

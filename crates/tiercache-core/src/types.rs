@@ -17,6 +17,23 @@ pub struct CacheConfig {
     /// Whether unknown namespaces are created on first use with `default_policy`.
     pub dynamic_namespaces: bool,
     pub default_policy: NamespacePolicy,
+    /// The most namespaces created on first use; past it, unknown names are refused
+    /// (RESOURCE_EXHAUSTED). Configured namespaces do not count.
+    pub max_namespaces: usize,
+    /// The L1 byte budget every namespace shares (`l1.max_bytes`).
+    pub l1_max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            dynamic_namespaces: false,
+            default_policy: NamespacePolicy::default(),
+            max_namespaces: crate::engine::DEFAULT_MAX_NAMESPACES,
+            l1_max_bytes: crate::l1::DEFAULT_L1_MAX_BYTES,
+        }
+    }
 }
 
 /// The tier that answered a lookup.

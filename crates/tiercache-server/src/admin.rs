@@ -1,8 +1,8 @@
 //! `AdminService`: ListNamespaces, GetStats and Inspect.
 
+use crate::services::admin_service_server::AdminService;
 use tiercache_core::Cache;
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -46,7 +46,7 @@ impl AdminService for AdminApi {
         let namespaces = if req.namespace.is_empty() {
             self.cache.namespaces()
         } else {
-            vec![request::namespace(&self.cache, &req.namespace)?]
+            vec![request::existing_namespace(&self.cache, &req.namespace)?]
         };
         Ok(Response::new(pb::GetStatsResponse {
             namespaces: namespaces
@@ -63,7 +63,7 @@ impl AdminService for AdminApi {
         r: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
         let req = r.into_inner();
-        let ns = request::namespace(&self.cache, &req.namespace)?;
+        let ns = request::existing_namespace(&self.cache, &req.namespace)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;

@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::services::cache_service_server::CacheService;
 use futures::Stream;
 use tiercache_core::{
-    Cache, FillArgs, GetOrSetOptions, GetOrSetResult, Namespace, ReadOptions, WriteArgs,
+    Cache, CoreError, FillArgs, GetOrSetOptions, GetOrSetResult, Namespace, ReadOptions, WriteArgs,
 };
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::cache_service_server::CacheService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -19,8 +19,9 @@ use crate::config::LimitsConfig;
 use crate::convert;
 use crate::error::ApiError;
 use crate::pipeline;
-use crate::request::{self, grpc_timeout, within_deadline};
+use crate::request::{self, grpc_timeout, within_deadline, Resolved};
 use crate::telemetry;
+use crate::telemetry::metrics::{StreamKind, Streams};
 use crate::validate::{self, Violations};
 
 /// The CacheService implementation.
@@ -28,6 +29,7 @@ use crate::validate::{self, Violations};
 pub struct CacheApi {
     cache: Cache,
     limits: Arc<LimitsConfig>,
+    streams: Arc<Streams>,
 }
 
 impl CacheApi {
@@ -35,10 +37,18 @@ impl CacheApi {
         Self {
             cache,
             limits: Arc::new(limits),
+            streams: Arc::default(),
         }
     }
 
-    fn namespace(&self, name: &str) -> Result<Arc<Namespace>, ApiError> {
+    /// Counts this service's open Watch and Pipeline streams in `streams`.
+    pub fn with_streams(mut self, streams: Arc<Streams>) -> Self {
+        self.streams = streams;
+        self
+    }
+
+    /// Resolves the namespace a request names; `open` it once the request is valid.
+    fn namespace(&self, name: &str) -> Result<Resolved, ApiError> {
         request::namespace(&self.cache, name)
     }
 
@@ -47,12 +57,15 @@ impl CacheApi {
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;
+        let ns = ns.open()?;
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
         };
+        // Sampled before the lookup, so the answer is at least as new as it.
+        let applied = self.cache.applied_sequence(&ns);
         let lookup = self.cache.get(&ns, &req.key, opts).await?;
         telemetry::note_lookup(&lookup);
-        Ok(convert::get_response(lookup, req.if_version_not))
+        Ok(convert::get_response(lookup, req.if_version_not, applied))
     }
 
     async fn set_one(
@@ -60,7 +73,7 @@ impl CacheApi {
         req: pb::SetRequest,
         prefix: &str,
     ) -> Result<pb::SetResponse, ApiError> {
-        let checked = self.check_set(&req, prefix)?;
+        let checked = self.check_set(&req, prefix)?.open()?;
         self.apply_set(checked, req).await
     }
 
@@ -89,7 +102,7 @@ impl CacheApi {
 
     async fn apply_set(
         &self,
-        CheckedSet { ns, ttl, stale_ttl }: CheckedSet,
+        (ns, ttl, stale_ttl): OpenSet,
         req: pb::SetRequest,
     ) -> Result<pb::SetResponse, ApiError> {
         let outcome = self
@@ -114,6 +127,7 @@ impl CacheApi {
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;
+        let ns = ns.open()?;
         let outcome = self.cache.delete(&ns, &req.key, req.if_version).await?;
         Ok(convert::delete_response(outcome))
     }
@@ -121,7 +135,10 @@ impl CacheApi {
 
 impl pipeline::Operations for CacheApi {
     async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
-        self.get_one(req).await
+        let r = self.get_one(req).await?;
+        ReplyBudget::new(self.limits.max_reply_bytes, "key")
+            .spend(r.entry.as_ref().map_or(0, |e| e.value.len()))?;
+        Ok(r)
     }
 
     async fn set(&self, req: pb::SetRequest) -> Result<pb::SetResponse, ApiError> {
@@ -133,11 +150,21 @@ impl pipeline::Operations for CacheApi {
     }
 }
 
+/// A valid Set with its namespace opened: the namespace, the TTL and the stale TTL.
+type OpenSet = (Arc<Namespace>, Option<Duration>, Option<Duration>);
+
 /// A Set that passed validation.
 struct CheckedSet {
-    ns: Arc<Namespace>,
+    ns: Resolved,
     ttl: Option<Duration>,
     stale_ttl: Option<Duration>,
+}
+
+impl CheckedSet {
+    /// Opens (maybe creates) the namespace of a valid Set.
+    fn open(self) -> Result<OpenSet, ApiError> {
+        Ok((self.ns.open()?, self.ttl, self.stale_ttl))
+    }
 }
 
 /// Returns the value in an allocation of its own. A decoded request's `bytes` field is a slice
@@ -147,6 +174,49 @@ struct CheckedSet {
 /// (`tiercache bench --scenarios memory`).
 fn owned(value: bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(&value)
+}
+
+/// Names the request field whose size a refused reply came from.
+fn reply_error(e: CoreError, field: &str) -> ApiError {
+    match e {
+        CoreError::ReplyTooLarge { limit } => ApiError::ReplyTooLarge {
+            field: field.into(),
+            limit,
+        },
+        e => e.into(),
+    }
+}
+
+/// The value bytes a reply may still carry, spent by answers as they complete.
+struct ReplyBudget {
+    limit: u64,
+    field: &'static str,
+    spent: std::sync::atomic::AtomicU64,
+}
+
+impl ReplyBudget {
+    fn new(limit: u64, field: &'static str) -> Self {
+        Self {
+            limit,
+            field,
+            spent: Default::default(),
+        }
+    }
+
+    /// Spends `bytes`; refuses once the reply would exceed the limit.
+    fn spend(&self, bytes: usize) -> Result<(), ApiError> {
+        let bytes = bytes as u64;
+        let before = self
+            .spent
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        if before + bytes > self.limit {
+            return Err(ApiError::ReplyTooLarge {
+                field: self.field.into(),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn prefixed(e: ApiError, prefix: &str) -> ApiError {
@@ -161,15 +231,6 @@ fn prefixed(e: ApiError, prefix: &str) -> ApiError {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// How long a GetOrSet may wait: its own bound (or the namespace's), capped by the deadline.
-fn wait_bound(
-    requested: Option<Duration>,
-    policy_wait: Duration,
-    deadline: Option<Duration>,
-) -> Duration {
-    within_deadline(requested.unwrap_or(policy_wait), deadline)
-}
 
 struct GetOrSetParams {
     wait: Option<Duration>,
@@ -206,13 +267,14 @@ impl CacheApi {
         p: &GetOrSetParams,
         deadline: Option<Duration>,
     ) -> Result<pb::GetOrSetResponse, ApiError> {
-        let wait = wait_bound(p.wait, ns.policy.max_wait, deadline);
+        let wait = within_deadline(ns.policy.effective_max_wait(p.wait), deadline);
         let opts = GetOrSetOptions {
             wait,
             allow_stale: p.allow_stale,
             refresh_stale: p.refresh_stale,
             lease_ttl: p.lease_ttl,
         };
+        let applied = self.cache.applied_sequence(ns);
         let result = self.cache.get_or_set(ns, &key, opts).await?;
         if matches!(result, GetOrSetResult::WaitTimedOut)
             && p.on_timeout == pb::WaitTimeoutAction::Unavailable
@@ -221,7 +283,9 @@ impl CacheApi {
                 retry_after: Duration::from_millis(100),
             });
         }
-        Ok(convert::get_or_set_response(key, result))
+        let mut reply = convert::get_or_set_response(key, result, applied);
+        reply.max_wait = Some(tiercache_proto::duration::to_proto(wait));
+        Ok(reply)
     }
 
     async fn fill_one(
@@ -229,6 +293,12 @@ impl CacheApi {
         req: pb::FillRequest,
         prefix: &str,
     ) -> Result<pb::FillResponse, ApiError> {
+        let checked = self.check_fill(&req, prefix)?.open()?;
+        self.apply_fill(checked, req).await
+    }
+
+    /// Validates a Fill, naming fields with `prefix` (`requests[2].` in a batch).
+    fn check_fill(&self, req: &pb::FillRequest, prefix: &str) -> Result<CheckedSet, ApiError> {
         let ns = self
             .namespace(&req.namespace)
             .map_err(|e| prefixed(e, prefix))?;
@@ -246,6 +316,14 @@ impl CacheApi {
         let ttl = validate::duration(&mut v, &f("ttl"), req.ttl.as_ref(), true);
         let stale_ttl = validate::duration(&mut v, &f("stale_ttl"), req.stale_ttl.as_ref(), false);
         v.finish()?;
+        Ok(CheckedSet { ns, ttl, stale_ttl })
+    }
+
+    async fn apply_fill(
+        &self,
+        (ns, ttl, stale_ttl): (Arc<Namespace>, Option<Duration>, Option<Duration>),
+        req: pb::FillRequest,
+    ) -> Result<pb::FillResponse, ApiError> {
         let outcome = self
             .cache
             .fill(
@@ -283,21 +361,23 @@ impl CacheService for CacheApi {
             validate::key(&mut v, &format!("keys[{i}]"), k, &ns.policy);
         }
         v.finish()?;
+        let ns = ns.open()?;
         let keys: Vec<&str> = req.keys.iter().map(String::as_str).collect();
         let opts = ReadOptions {
             fresh_only: req.fresh_only,
         };
+        let applied = self.cache.applied_sequence(&ns);
         let results = self
             .cache
-            .get_many(&ns, &keys, opts)
+            .get_many_within(&ns, &keys, opts, self.limits.max_reply_bytes)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(|e| reply_error(e, "keys"))?;
         Ok(Response::new(pb::GetManyResponse {
             results: results
                 .into_iter()
                 .map(|l| {
                     telemetry::note_lookup(&l);
-                    convert::get_response(l, None)
+                    convert::get_response(l, None, applied)
                 })
                 .collect(),
         }))
@@ -319,6 +399,9 @@ impl CacheService for CacheApi {
             .iter()
             .enumerate()
             .map(|(i, item)| self.check_set(item, &format!("requests[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(CheckedSet::open)
             .collect::<Result<Vec<_>, _>>()?;
         let responses = futures::future::try_join_all(
             checked
@@ -354,6 +437,7 @@ impl CacheService for CacheApi {
             req.on_wait_timeout(),
         );
         v.finish()?;
+        let ns = ns.open()?;
         Ok(Response::new(
             self.get_or_set_one(&ns, req.key, &params, deadline).await?,
         ))
@@ -385,14 +469,37 @@ impl CacheService for CacheApi {
                 return Err(ApiError::field(format!("keys[{i}]"), "duplicate key").into());
             }
         }
-        // Every key at once: hits answer at once, misses get a lease or wait concurrently.
-        let results = futures::future::try_join_all(
-            req.keys
-                .into_iter()
-                .map(|k| self.get_or_set_one(&ns, k, &params, deadline)),
-        )
-        .await?;
-        Ok(Response::new(pb::GetOrSetManyResponse { results }))
+        let ns = ns.open()?;
+        // Every key at once: hits answer at once, misses get a lease or wait concurrently. Each
+        // answer counts its value against the reply limit as it completes, so an oversized
+        // batch stops at the limit rather than after every value was read.
+        let budget = ReplyBudget::new(self.limits.max_reply_bytes, "keys");
+        // Leases granted to a call that then fails are given back: its caller never saw them,
+        // and every other caller of those keys would wait for a fill that never comes.
+        let granted = parking_lot::Mutex::new(Vec::new());
+        let results = futures::future::try_join_all(req.keys.into_iter().map(|k| {
+            let (budget, granted, ns, params) = (&budget, &granted, &ns, &params);
+            async move {
+                let r = self.get_or_set_one(ns, k, params, deadline).await?;
+                if let Some(lease) = &r.lease {
+                    granted.lock().push((r.key.clone(), lease.token.clone()));
+                }
+                budget.spend(r.entry.as_ref().map_or(0, |e| e.value.len()))?;
+                Ok::<_, ApiError>(r)
+            }
+        }))
+        .await;
+        match results {
+            Ok(results) => Ok(Response::new(pb::GetOrSetManyResponse { results })),
+            Err(e) => {
+                for (key, token) in granted.into_inner() {
+                    if let Err(release) = self.cache.release_lease(&ns, &key, &token).await {
+                        tracing::debug!(error = %release, "cannot release the lease of a failed batch");
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn fill(
@@ -408,11 +515,26 @@ impl CacheService for CacheApi {
     ) -> Result<Response<pb::FillManyResponse>, Status> {
         let req = r.into_inner();
         self.check_batch("requests", req.requests.len())?;
-        let responses =
-            futures::future::try_join_all(req.requests.into_iter().enumerate().map(
-                |(i, item)| async move { self.fill_one(item, &format!("requests[{i}].")).await },
-            ))
-            .await?;
+        // Validate every item before filling any, so a bad batch stores nothing and consumes
+        // no lease.
+        let checked = req
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.check_fill(item, &format!("requests[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Then open (maybe create) the namespaces, all before the first fill.
+        let checked = checked
+            .into_iter()
+            .map(CheckedSet::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        let responses = futures::future::try_join_all(
+            checked
+                .into_iter()
+                .zip(req.requests)
+                .map(|(checked, item)| self.apply_fill(checked, item)),
+        )
+        .await?;
         Ok(Response::new(pb::FillManyResponse { responses }))
     }
 
@@ -428,6 +550,7 @@ impl CacheService for CacheApi {
             v.add("lease_token", "must not be empty");
         }
         v.finish()?;
+        let ns = ns.open()?;
         let released = self
             .cache
             .release_lease(&ns, &req.key, &req.lease_token)
@@ -452,6 +575,7 @@ impl CacheService for CacheApi {
             validate::tags(&mut v, "tags", &req.tags, &policy);
         }
         v.finish()?;
+        let ns = ns.open()?;
         let sequence = self
             .cache
             .invalidate_tags(&ns, &req.tags)
@@ -465,7 +589,7 @@ impl CacheService for CacheApi {
         r: Request<pb::FlushNamespaceRequest>,
     ) -> Result<Response<pb::FlushNamespaceResponse>, Status> {
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&req.namespace)?.open()?;
         let sequence = self.cache.flush(&ns).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::FlushNamespaceResponse { sequence }))
     }
@@ -474,10 +598,18 @@ impl CacheService for CacheApi {
 
     async fn pipeline(
         &self,
-        r: Request<Streaming<pb::PipelineRequest>>,
+        r: Request<Streaming<pipeline::RawPipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let ops = self.clone();
-        let stream = pipeline::serve(ops, r.into_inner(), self.limits.pipeline_max_in_flight);
+        let cache = self.cache.clone();
+        let open = self.streams.open(StreamKind::Pipeline);
+        let stream = pipeline::serve(
+            ops,
+            r.into_inner(),
+            self.limits.pipeline_max_in_flight,
+            async move { cache.drained().await },
+            open,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -488,22 +620,37 @@ impl CacheService for CacheApi {
         r: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&req.namespace)?.open()?;
         let mut watch = self.cache.watch(&ns).await.map_err(ApiError::from)?;
-        let (tx, rx) = mpsc::channel(256);
+        // One slot more than the buffer, kept for the status that ends an overflowing stream.
+        let buffer = self.limits.watch_buffer;
+        let (tx, rx) = mpsc::channel(buffer + 1);
         let started = convert::watch_started(watch.start_sequence());
+        let cache = self.cache.clone();
+        let open = self.streams.open(StreamKind::Watch);
         tokio::spawn(async move {
+            let _open = open;
             if tx.send(Ok(started)).await.is_err() {
                 return;
             }
             loop {
-                // End with the client, even while no event comes.
+                // End with the client, even while no event comes, and at shutdown.
                 let event = tokio::select! {
                     e = watch.next() => e,
                     () = tx.closed() => return,
+                    () = cache.drained() => {
+                        let _ = tx.try_send(Err(ApiError::from(CoreError::Draining).into()));
+                        return;
+                    }
                 };
                 let Some(event) = event else { return };
-                if tx.send(Ok(convert::watch_event(event))).await.is_err() {
+                // A consumer that does not keep up is told so and its stream ends: the server
+                // never buffers more than `limits.watch_buffer` events for it.
+                if tx.capacity() <= 1 {
+                    let _ = tx.try_send(Err(ApiError::WatchOverflow { buffered: buffer }.into()));
+                    return;
+                }
+                if tx.try_send(Ok(convert::watch_event(event))).is_err() {
                     return;
                 }
             }

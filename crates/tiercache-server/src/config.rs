@@ -28,6 +28,10 @@ pub struct Config {
     pub namespaces: BTreeMap<String, PolicyConfig>,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// The L1 tier every namespace shares.
+    pub l1: L1Config,
+    /// HTTP/2 and TCP settings of the gRPC listener.
+    pub server: ServerConfig,
     /// How long in-flight RPCs may run after SIGTERM before the server exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -44,6 +48,8 @@ impl Default for Config {
             defaults: PolicyConfig::default(),
             namespaces: BTreeMap::from([("default".to_string(), PolicyConfig::default())]),
             limits: LimitsConfig::default(),
+            l1: L1Config::default(),
+            server: ServerConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             telemetry: TelemetryConfig::default(),
         }
@@ -62,6 +68,10 @@ pub struct RedisConfig {
     /// Timeout for one Redis command; past it the call fails and counts toward degraded mode.
     #[serde(with = "humantime_serde", default = "default_response_timeout")]
     pub response_timeout: Duration,
+    /// The prefix of every Redis key and pub/sub channel name, so several deployments can share
+    /// one Redis (channel names also carry the database number, since pub/sub ignores it).
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
 }
 
 impl RedisConfig {
@@ -71,8 +81,13 @@ impl RedisConfig {
             url: url.into(),
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
+            key_prefix: default_key_prefix(),
         }
     }
+}
+
+fn default_key_prefix() -> String {
+    tiercache_core::keys::DEFAULT_KEY_PREFIX.to_string()
 }
 
 fn default_connect_timeout() -> Duration {
@@ -301,6 +316,19 @@ pub struct LimitsConfig {
     pub max_batch: usize,
     /// The most requests one Pipeline stream may have in flight before it stops reading.
     pub pipeline_max_in_flight: usize,
+    /// The most namespaces created on first use (dynamic namespaces); past it a request naming
+    /// a new one gets RESOURCE_EXHAUSTED (`TOO_MANY_NAMESPACES`). Listed namespaces do not count.
+    pub max_namespaces: usize,
+    /// The most value bytes one reply may carry: a GetMany or GetOrSetMany, or one Pipeline
+    /// answer. Past it the call is refused (`RESOURCE_EXHAUSTED`, `REPLY_TOO_LARGE`) before
+    /// Redis returns the values.
+    pub max_reply_bytes: u64,
+    /// The largest gRPC message the server decodes or encodes, on every service. Clients
+    /// should accept messages this large (the Rust SDK's default matches).
+    pub max_message_bytes: usize,
+    /// How many events a Watch stream may have queued for a slow consumer; past it the stream
+    /// ends with `RESOURCE_EXHAUSTED` (`WATCH_OVERFLOW`) instead of buffering more.
+    pub watch_buffer: usize,
 }
 
 impl Default for LimitsConfig {
@@ -308,8 +336,63 @@ impl Default for LimitsConfig {
         Self {
             max_batch: 1000,
             pipeline_max_in_flight: 1024,
+            max_reply_bytes: 8 * 1024 * 1024,
+            max_message_bytes: 16 * 1024 * 1024,
+            watch_buffer: 1024,
+            max_namespaces: tiercache_core::engine::DEFAULT_MAX_NAMESPACES,
         }
     }
+}
+
+/// The L1 tier: one in-process cache that every namespace shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L1Config {
+    /// The server-wide L1 budget in bytes (keys, values and per-entry bookkeeping), shared by
+    /// every namespace; past it the least useful entries are evicted.
+    pub max_bytes: u64,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        Self {
+            max_bytes: tiercache_core::l1::DEFAULT_L1_MAX_BYTES,
+        }
+    }
+}
+
+/// HTTP/2 and TCP settings of the gRPC listener: they bound what one connection may hold and
+/// find clients that vanished without closing their connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The most concurrent streams (RPCs) one HTTP/2 connection may open.
+    pub http2_max_concurrent_streams: u32,
+    /// How often the server pings an HTTP/2 connection; `0s` turns pings off.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection, and every RPC on it, is closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// TCP keepalive idle time of accepted connections; `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http2_max_concurrent_streams: 1024,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `None` for a zero duration (the setting is off).
+pub(crate) fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 /// Policy overrides; every field left out keeps the value from `defaults` (or the built-in default).
@@ -337,6 +420,12 @@ pub struct PolicyConfig {
     pub lease_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub lock_ttl_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait_max: Option<Duration>,
 }
 
 impl PolicyConfig {
@@ -360,7 +449,10 @@ impl PolicyConfig {
             max_tags,
             max_tag_bytes,
             lease_ttl,
-            max_wait
+            max_wait,
+            lease_ttl_max,
+            lock_ttl_max,
+            max_wait_max
         );
         p
     }
@@ -442,10 +534,70 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.limits.max_namespaces > 100_000 {
+            return Err(invalid(
+                "limits.max_namespaces".into(),
+                "must be at most 100000".into(),
+            ));
+        }
+        if self.l1.max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "l1.max_bytes".into(),
+                "must be at least 65536".into(),
+            ));
+        }
         if self.limits.pipeline_max_in_flight == 0 {
             return Err(invalid(
                 "limits.pipeline_max_in_flight".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_message_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.max_message_bytes".into(),
+                "must be at least 65536".into(),
+            ));
+        }
+        if self.limits.max_reply_bytes == 0
+            || self.limits.max_reply_bytes >= self.limits.max_message_bytes as u64
+        {
+            return Err(invalid(
+                "limits.max_reply_bytes".into(),
+                "must be at least 1 and less than limits.max_message_bytes".into(),
+            ));
+        }
+        // A value must fit in one message with its key, tags and framing.
+        let room = self.limits.max_message_bytes.saturating_sub(64 * 1024);
+        for (name, policy) in std::iter::once(("defaults".to_string(), self.default_policy()))
+            .chain(self.namespace_policies())
+        {
+            if policy.max_value_bytes > room {
+                return Err(invalid(
+                    if name == "defaults" { name } else { format!("namespaces.{name}") },
+                    format!(
+                        "max_value_bytes must leave 64 KiB of limits.max_message_bytes for the rest of a message (at most {room})"
+                    ),
+                ));
+            }
+        }
+        if self.limits.watch_buffer == 0 {
+            return Err(invalid(
+                "limits.watch_buffer".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.http2_max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.http2_max_concurrent_streams".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !self.server.http2_keepalive_interval.is_zero()
+            && self.server.http2_keepalive_timeout.is_zero()
+        {
+            return Err(invalid(
+                "server.http2_keepalive_timeout".into(),
+                "must be more than 0s while keepalive pings are on".into(),
             ));
         }
         if let Some(redis) = &self.redis {
@@ -457,6 +609,9 @@ impl Config {
                     "redis.url".into(),
                     "must start with redis://, rediss:// or unix://".into(),
                 ));
+            }
+            if let Err(why) = tiercache_core::keys::validate_key_prefix(&redis.key_prefix) {
+                return Err(invalid("redis.key_prefix".into(), why));
             }
         }
         self.telemetry.validate()?;
@@ -564,6 +719,34 @@ mod tests {
     }
 
     #[test]
+    fn server_limits_have_safe_defaults_and_are_checked() {
+        let c = Config::default();
+        assert_eq!(c.limits.max_reply_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.limits.max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.server.http2_max_concurrent_streams, 1024);
+        assert_eq!(c.server.http2_keepalive_interval, Duration::from_secs(30));
+        assert_eq!(c.server.http2_keepalive_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.tcp_keepalive, Duration::from_secs(60));
+        let e = Config::from_toml("[limits]\nmax_reply_bytes = 16777216\n").unwrap_err();
+        assert!(e.to_string().contains("limits.max_reply_bytes"), "{e}");
+        let e =
+            Config::from_toml("[limits]\nmax_message_bytes = 1048576\nmax_reply_bytes = 1000\n")
+                .unwrap_err();
+        assert!(e.to_string().contains("defaults"), "{e}");
+        let e = Config::from_toml("[server]\nhttp2_max_concurrent_streams = 0\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("server.http2_max_concurrent_streams"),
+            "{e}"
+        );
+        let c = Config::from_toml(
+            "[server]\nhttp2_keepalive_interval = \"0s\"\ntcp_keepalive = \"0s\"\n",
+        )
+        .unwrap();
+        assert_eq!(nonzero(c.server.tcp_keepalive), None);
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         let e = Config::from_toml("[namespaces.Bad]\n").unwrap_err();
         assert!(e.to_string().contains("namespaces.Bad"), "{e}");
@@ -571,5 +754,12 @@ mod tests {
         assert!(e.to_string().contains("jitter"), "{e}");
         let e = Config::from_toml("[redis]\nurl = \"http://x\"\n").unwrap_err();
         assert!(e.to_string().contains("redis.url"), "{e}");
+        for bad in ["", "a{b}", "tc*"] {
+            let toml = format!("[redis]\nurl = \"redis://x\"\nkey_prefix = \"{bad}\"\n");
+            let e = Config::from_toml(&toml).unwrap_err();
+            assert!(e.to_string().contains("redis.key_prefix"), "{e}");
+        }
+        let c = Config::from_toml("[redis]\nurl = \"redis://x\"\nkey_prefix = \"app1\"\n").unwrap();
+        assert_eq!(c.redis.unwrap().key_prefix, "app1");
     }
 }

@@ -56,21 +56,24 @@ pub fn entry(f: Found, with_value: bool) -> pb::Entry {
 }
 
 /// Converts a lookup for the wire; a hit at version `if_version_not` is NOT_MODIFIED and
-/// carries no value.
-pub fn get_response(lookup: Lookup, if_version_not: Option<u64>) -> pb::GetResponse {
-    match lookup {
-        Lookup::Miss => pb::GetResponse {
-            outcome: pb::GetOutcome::Miss as i32,
-            entry: None,
-        },
-        Lookup::Hit(f) if Some(f.data.version) == if_version_not => pb::GetResponse {
-            outcome: pb::GetOutcome::NotModified as i32,
-            entry: Some(entry(f, false)),
-        },
-        Lookup::Hit(f) => pb::GetResponse {
-            outcome: pb::GetOutcome::Hit as i32,
-            entry: Some(entry(f, true)),
-        },
+/// carries no value. `applied_sequence` is what [`tiercache_core::Cache::applied_sequence`]
+/// returned before the lookup.
+pub fn get_response(
+    lookup: Lookup,
+    if_version_not: Option<u64>,
+    applied_sequence: u64,
+) -> pb::GetResponse {
+    let (outcome, entry) = match lookup {
+        Lookup::Miss => (pb::GetOutcome::Miss, None),
+        Lookup::Hit(f) if Some(f.data.version) == if_version_not => {
+            (pb::GetOutcome::NotModified, Some(entry(f, false)))
+        }
+        Lookup::Hit(f) => (pb::GetOutcome::Hit, Some(entry(f, true))),
+    };
+    pb::GetResponse {
+        outcome: outcome as i32,
+        entry,
+        applied_sequence,
     }
 }
 
@@ -127,10 +130,16 @@ pub fn lease(l: Lease) -> pb::Lease {
 }
 
 /// Converts a GetOrSet result for `key` for the wire. A wait that timed out becomes COMPUTE;
-/// the caller decides beforehand whether it should be UNAVAILABLE instead.
-pub fn get_or_set_response(key: String, result: GetOrSetResult) -> pb::GetOrSetResponse {
+/// the caller decides beforehand whether it should be UNAVAILABLE instead. `applied_sequence`
+/// is what [`tiercache_core::Cache::applied_sequence`] returned before the call.
+pub fn get_or_set_response(
+    key: String,
+    result: GetOrSetResult,
+    applied_sequence: u64,
+) -> pb::GetOrSetResponse {
     let mut r = pb::GetOrSetResponse {
         key,
+        applied_sequence,
         ..Default::default()
     };
     match result {
@@ -197,6 +206,7 @@ pub fn acquire_lock_response(got: LockAcquire, ttl: Duration) -> pb::AcquireLock
             owner_token,
             fencing_token,
             ttl: Some(duration(ttl)),
+            max_wait: None,
         },
         LockAcquire::Timeout => pb::AcquireLockResponse {
             outcome: pb::AcquireLockOutcome::Timeout as i32,
@@ -264,7 +274,7 @@ pub fn namespace_stats(ns: &Namespace) -> pb::NamespaceStats {
         l1_evictions: get(&s.l1_evictions),
         l1_entries: entries,
         l1_bytes: bytes,
-        l1_budget_bytes: ns.policy.l1_max_bytes,
+        l1_budget_bytes: ns.l1_budget(),
         l1_clears: get(&s.l1_clears),
     }
 }

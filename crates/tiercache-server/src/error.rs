@@ -13,6 +13,8 @@ pub const ERROR_DOMAIN: &str = "tiercache.v1";
 
 /// How long a caller should wait before retrying a call Redis could not serve.
 const REDIS_RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How long a caller released by a draining replica should wait (on another replica).
+const DRAINING_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// A request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,28 @@ pub enum ApiError {
     /// A GetOrSet waiter's bound passed and it asked for UNAVAILABLE.
     #[error("wait for fill of key timed out")]
     WaitTimeout { retry_after: Duration },
+    /// A request that cannot be decoded (a broken wire format, invalid UTF-8 in a string);
+    /// `field` is the path of the field at fault, empty when none can be blamed.
+    #[error("malformed {message}{}: {description}", at(.field))]
+    Malformed {
+        message: String,
+        field: String,
+        description: String,
+    },
+    /// The reply to a batch would carry more than `limits.max_reply_bytes` of values.
+    #[error("the reply would exceed {limit} bytes of values (limits.max_reply_bytes); ask for fewer {field}")]
+    ReplyTooLarge { field: String, limit: u64 },
+    /// A Watch consumer fell behind the server's buffer; its stream ends.
+    #[error("watch consumer fell {buffered} events behind; the stream ends, watch again and clear what was cached")]
+    WatchOverflow { buffered: usize },
+}
+
+fn at(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!(" at {field}")
+    }
 }
 
 impl ApiError {
@@ -58,6 +82,30 @@ impl From<ApiError> for Status {
                     }
                 })
             }
+            ApiError::Malformed {
+                message: m,
+                field,
+                description,
+            } => {
+                let mut info = HashMap::new();
+                info.insert("message".to_string(), m);
+                let mut details = ErrorDetails::new();
+                details.set_error_info("MALFORMED_REQUEST", ERROR_DOMAIN, info);
+                details.add_bad_request_violation(field, description);
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ApiError::ReplyTooLarge { field, limit } => {
+                let mut info = HashMap::new();
+                info.insert("field".to_string(), field.clone());
+                info.insert("limit".to_string(), limit.to_string());
+                let mut details = ErrorDetails::new();
+                details.set_error_info("REPLY_TOO_LARGE", ERROR_DOMAIN, info);
+                details.add_bad_request_violation(field, "the reply would be too large");
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            ApiError::WatchOverflow { .. } => {
+                status(Code::ResourceExhausted, message, "WATCH_OVERFLOW", |_| {})
+            }
             ApiError::WaitTimeout { retry_after } => {
                 status(Code::Unavailable, message, "WAIT_TIMEOUT", |d| {
                     d.set_retry_info(Some(retry_after));
@@ -67,12 +115,19 @@ impl From<ApiError> for Status {
                 CoreError::NamespaceNotFound(_) => {
                     status(Code::NotFound, message, "NAMESPACE_NOT_FOUND", |_| {})
                 }
-                CoreError::TooManyNamespaces(_) => status(
-                    Code::ResourceExhausted,
-                    message,
-                    "TOO_MANY_NAMESPACES",
-                    |_| {},
-                ),
+                CoreError::TooManyNamespaces(max) => {
+                    // ErrorInfo names the field and the limit (`limits.max_namespaces`).
+                    let mut details = ErrorDetails::new();
+                    details.set_error_info(
+                        "TOO_MANY_NAMESPACES",
+                        ERROR_DOMAIN,
+                        HashMap::from([
+                            ("field".to_string(), "namespace".to_string()),
+                            ("limit".to_string(), max.to_string()),
+                        ]),
+                    );
+                    Status::with_error_details(Code::ResourceExhausted, message, details)
+                }
                 CoreError::Unavailable(_) => {
                     status(Code::Unavailable, message, "REDIS_UNAVAILABLE", |d| {
                         d.set_retry_info(Some(REDIS_RETRY_AFTER));
@@ -94,6 +149,14 @@ impl From<ApiError> for Status {
                         }
                     }
                 }
+                CoreError::Draining => status(Code::Unavailable, message, "DRAINING", |d| {
+                    d.set_retry_info(Some(DRAINING_RETRY_AFTER));
+                }),
+                CoreError::ReplyTooLarge { limit } => ApiError::ReplyTooLarge {
+                    field: String::new(),
+                    limit,
+                }
+                .into(),
                 CoreError::Corrupt { .. } => {
                     status(Code::DataLoss, message, "CORRUPT_ENTRY", |_| {})
                 }
@@ -102,6 +165,35 @@ impl From<ApiError> for Status {
                 }
             },
         }
+    }
+}
+
+/// Maps a refusal tonic made before any service code ran, found in the headers of a
+/// trailers-only response: a request message over `limits.max_message_bytes` (tonic says
+/// `OUT_OF_RANGE`) becomes `RESOURCE_EXHAUSTED` with `ErrorInfo` `MESSAGE_TOO_LARGE`, like every
+/// other limit. Called by the RPC layer on every response.
+pub fn remap_transport_refusal(headers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != Code::OutOfRange
+        || !status
+            .message()
+            .contains("decoded message length too large")
+    {
+        return;
+    }
+    let remapped = self::status(
+        Code::ResourceExhausted,
+        format!(
+            "{} (limits.max_message_bytes)",
+            status.message().trim_start_matches("Error, ")
+        ),
+        "MESSAGE_TOO_LARGE",
+        |_| {},
+    );
+    if remapped.add_header(headers).is_err() {
+        tracing::debug!("cannot write the remapped status");
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`convert`]: every mapping between engine and wire types (entries, outcomes, leases, locks,
 //!   policies, stats, inspect, watch events); durations via `tiercache_proto::duration`.
 //! - [`error`]: the one mapping from errors to gRPC statuses with `google.rpc` details.
+//! - [`codec`]: the codec of every service (prost, with malformed requests answered
+//!   `INVALID_ARGUMENT` naming the field); [`services`]: the service traits generated with it.
 //! - [`telemetry`]: [`telemetry::otel`] (providers and exporters, what the CLI installs for
 //!   traces and trace-aware logs), [`telemetry::metrics`] (the meter provider and instruments),
 //!   [`telemetry::rpc`] (the per-RPC span and metrics layer); [`admin_http`]: `/metrics` on the
@@ -22,6 +24,7 @@
 pub mod admin;
 pub mod admin_http;
 pub mod cache;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -31,14 +34,21 @@ pub mod request;
 pub mod telemetry;
 pub mod validate;
 
+/// The server side of the v1 services, generated with [`codec::ServerCodec`] over the message
+/// types of `tiercache_proto::v1` (see `build.rs`).
+pub mod services {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("tiercache.v1");
+}
+
 use std::future::Future;
 use std::sync::Arc;
 
 pub use config::Config;
+use services::admin_service_server::AdminServiceServer;
+use services::cache_service_server::CacheServiceServer;
+use services::lock_service_server::LockServiceServer;
 use tiercache_core::{Cache, CacheConfig, RedisOptions};
-use tiercache_proto::v1::admin_service_server::AdminServiceServer;
-use tiercache_proto::v1::cache_service_server::CacheServiceServer;
-use tiercache_proto::v1::lock_service_server::LockServiceServer;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
@@ -79,21 +89,41 @@ pub async fn build_cache(config: &Config) -> Result<Cache, ServerError> {
         namespaces: config.namespace_policies(),
         dynamic_namespaces: config.dynamic_namespaces,
         default_policy: config.default_policy(),
+        max_namespaces: config.limits.max_namespaces,
+        l1_max_bytes: config.l1.max_bytes,
     };
     Ok(match &config.redis {
         None => Cache::memory(cache_config),
         Some(r) => {
-            Cache::two_tier(
+            let cache = Cache::two_tier(
                 cache_config,
                 RedisOptions {
                     url: r.url.clone(),
                     connect_timeout: r.connect_timeout,
                     response_timeout: r.response_timeout,
+                    key_prefix: r.key_prefix.clone(),
                 },
             )
-            .await?
+            .await?;
+            warn_on_eviction_policy(&cache).await;
+            cache
         }
     })
+}
+
+/// Warns when Redis may evict any key: an evicted sequence, flush mark, tag mark, lease or lock
+/// silently undoes invalidations and mutual exclusion (see docs/deploy.md, "What tiercache needs
+/// from Redis"). A Redis that refuses `CONFIG GET` is not checked.
+async fn warn_on_eviction_policy(cache: &Cache) {
+    match cache.redis_maxmemory_policy().await {
+        Some(policy) if policy.starts_with("allkeys-") => tracing::warn!(
+            maxmemory_policy = %policy,
+            "redis maxmemory-policy lets redis evict tiercache's sequences and invalidation marks; \
+             set maxmemory-policy to noeviction (or volatile-*, see docs/deploy.md)"
+        ),
+        Some(policy) => tracing::debug!(maxmemory_policy = %policy, "redis eviction policy"),
+        None => tracing::info!("cannot read redis maxmemory-policy (CONFIG GET refused)"),
+    }
 }
 
 /// Binds the admin HTTP port the config asks for (`telemetry.metrics`), or returns `None`.
@@ -109,8 +139,9 @@ pub async fn bind_admin(config: &Config) -> Result<Option<TcpListener>, ServerEr
 }
 
 /// Serves the tiercache API on `listener` until `shutdown` completes: then reports NOT_SERVING,
-/// stops accepting connections and lets in-flight RPCs finish for at most
-/// `config.shutdown_grace`. Binds the admin port (`/metrics`) from the config.
+/// drains (every GetOrSet and lock waiter, Watch and Pipeline stream is answered at once with
+/// `UNAVAILABLE`, reason `DRAINING`), stops accepting connections and lets in-flight RPCs
+/// finish for at most `config.shutdown_grace`. Binds the admin port (`/metrics`) from the config.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -139,7 +170,9 @@ pub async fn run_with_admin(
             let _ = admin_stop_rx.await;
         }))
     });
-    let served = serve_grpc(listener, &config, cache, &metrics, shutdown).await;
+    let streams = Arc::new(telemetry::metrics::Streams::default());
+    metrics.observe_streams(streams.clone());
+    let served = serve_grpc(listener, &config, cache, &metrics, streams, shutdown).await;
     let _ = admin_stop_tx.send(());
     if let Some(task) = admin_task {
         match task.await {
@@ -159,6 +192,7 @@ async fn serve_grpc(
     config: &Config,
     cache: Cache,
     metrics: &telemetry::Metrics,
+    streams: Arc<telemetry::metrics::Streams>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -195,18 +229,46 @@ async fn serve_grpc(
     });
     let _storage_health = AbortOnDrop(storage_health);
 
-    let cache_api = cache::CacheApi::new(cache.clone(), config.limits.clone());
+    let limits = &config.limits;
+    let max = limits.max_message_bytes;
+    let cache_api = cache::CacheApi::new(cache.clone(), limits.clone()).with_streams(streams);
     let admin_api = admin::AdminApi::new(cache.clone());
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let keepalive = config::nonzero(config.server.tcp_keepalive);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(keepalive);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.server.http2_max_concurrent_streams)
+        .http2_keepalive_interval(config::nonzero(config.server.http2_keepalive_interval))
+        .http2_keepalive_timeout(config::nonzero(config.server.http2_keepalive_timeout))
         .layer(metrics.rpc_layer())
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(CacheServiceServer::new(cache_api))
-        .add_service(LockServiceServer::new(lock::LockApi::new(cache.clone())))
-        .add_service(AdminServiceServer::new(admin_api))
+        .add_service(
+            health
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            reflection
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            CacheServiceServer::new(cache_api)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            LockServiceServer::new(lock::LockApi::new(cache.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            AdminServiceServer::new(admin_api)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
@@ -222,6 +284,9 @@ async fn serve_grpc(
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
+    // Answer every waiter and stream now, so their callers retry elsewhere instead of being
+    // held for the grace period and then cut off.
+    cache.drain();
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, server).await {
         Ok(r) => r?,

@@ -1,16 +1,15 @@
 //! `LockService`: distributed locks with fencing tokens, translated to engine calls.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tiercache_core::{Cache, Namespace};
+use crate::services::lock_service_server::LockService;
+use tiercache_core::Cache;
 use tiercache_proto::v1 as pb;
-use tiercache_proto::v1::lock_service_server::LockService;
 use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::error::ApiError;
-use crate::request::{self, grpc_timeout, within_deadline};
+use crate::request::{self, grpc_timeout, within_deadline, Resolved};
 use crate::validate::{self, Violations};
 
 /// The LockService implementation.
@@ -24,12 +23,16 @@ impl LockApi {
         Self { cache }
     }
 
-    /// Resolves the namespace and checks the lock name against its key rules.
-    fn namespace_and_name(&self, namespace: &str, name: &str) -> Result<Arc<Namespace>, ApiError> {
+    /// Resolves the namespace and checks the lock name against its key rules; the caller opens
+    /// the namespace once the rest of the request is valid.
+    fn namespace_and_name(
+        &self,
+        v: &mut Violations,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Resolved, ApiError> {
         let ns = request::namespace(&self.cache, namespace)?;
-        let mut v = Violations::default();
-        validate::key(&mut v, "name", name, &ns.policy);
-        v.finish()?;
+        validate::key(v, "name", name, &ns.policy);
         Ok(ns)
     }
 }
@@ -54,19 +57,24 @@ impl LockService for LockApi {
     ) -> Result<Response<pb::AcquireLockResponse>, Status> {
         let deadline = grpc_timeout(r.metadata());
         let req = r.into_inner();
-        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
         let mut v = Violations::default();
+        let ns = self.namespace_and_name(&mut v, &req.namespace, &req.name)?;
         let ttl = required_ttl(&mut v, req.ttl.as_ref());
         let max_wait = validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false)
             .unwrap_or_default();
         v.finish()?;
-        let max_wait = within_deadline(max_wait, deadline);
+        let ns = ns.open()?;
+        // Longer requests than the namespace allows get its caps; the reply says what was used.
+        let ttl = ns.policy.effective_lock_ttl(ttl);
+        let max_wait = within_deadline(max_wait.min(ns.policy.max_wait_max), deadline);
         let got = self
             .cache
             .acquire_lock(&ns, &req.name, ttl, max_wait)
             .await
             .map_err(ApiError::from)?;
-        Ok(Response::new(convert::acquire_lock_response(got, ttl)))
+        let mut reply = convert::acquire_lock_response(got, ttl);
+        reply.max_wait = Some(tiercache_proto::duration::to_proto(max_wait));
+        Ok(Response::new(reply))
     }
 
     async fn renew_lock(
@@ -74,13 +82,15 @@ impl LockService for LockApi {
         r: Request<pb::RenewLockRequest>,
     ) -> Result<Response<pb::RenewLockResponse>, Status> {
         let req = r.into_inner();
-        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
         let mut v = Violations::default();
+        let ns = self.namespace_and_name(&mut v, &req.namespace, &req.name)?;
         let ttl = required_ttl(&mut v, req.ttl.as_ref());
         if req.owner_token.is_empty() {
             v.add("owner_token", "must not be empty");
         }
         v.finish()?;
+        let ns = ns.open()?;
+        let ttl = ns.policy.effective_lock_ttl(ttl);
         let held = self
             .cache
             .renew_lock(&ns, &req.name, &req.owner_token, ttl)
@@ -88,6 +98,7 @@ impl LockService for LockApi {
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::RenewLockResponse {
             outcome: convert::lock_ownership(held) as i32,
+            ttl: held.then(|| tiercache_proto::duration::to_proto(ttl)),
         }))
     }
 
@@ -96,10 +107,13 @@ impl LockService for LockApi {
         r: Request<pb::ReleaseLockRequest>,
     ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
         let req = r.into_inner();
-        let ns = self.namespace_and_name(&req.namespace, &req.name)?;
+        let mut v = Violations::default();
+        let ns = self.namespace_and_name(&mut v, &req.namespace, &req.name)?;
         if req.owner_token.is_empty() {
-            return Err(ApiError::field("owner_token", "must not be empty").into());
+            v.add("owner_token", "must not be empty");
         }
+        v.finish()?;
+        let ns = ns.open()?;
         let held = self
             .cache
             .release_lock(&ns, &req.name, &req.owner_token)

@@ -4,19 +4,64 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tiercache_core::{Cache, Namespace};
+use tiercache_core::{Cache, Namespace, NamespacePolicy};
 
 use crate::error::ApiError;
 use crate::telemetry;
 use crate::validate;
 
-/// Resolves the namespace a request names (field `namespace`): checks the name, asks the engine
-/// (an unknown name is NOT_FOUND unless dynamic namespaces are on) and records it on the RPC in
-/// flight, so the RPC's span and metrics carry the namespace label. Every service resolves
-/// namespaces here.
-pub fn namespace(cache: &Cache, name: &str) -> Result<Arc<Namespace>, ApiError> {
+/// A namespace a request names, resolved before the request is validated: the namespace if it
+/// exists, else the policy a dynamic one would get. Only [`Resolved::open`], called once the
+/// whole request is valid, creates a namespace, so an invalid request creates nothing.
+pub struct Resolved {
+    cache: Cache,
+    name: String,
+    /// The policy to validate the request against.
+    pub policy: NamespacePolicy,
+    existing: Option<Arc<Namespace>>,
+}
+
+impl Resolved {
+    /// The namespace, created now if it is new (RESOURCE_EXHAUSTED past `max_namespaces`).
+    pub fn open(self) -> Result<Arc<Namespace>, ApiError> {
+        match self.existing {
+            Some(ns) => Ok(ns),
+            None => {
+                let ns = self.cache.namespace(&self.name)?;
+                telemetry::note_namespace(&ns.name);
+                Ok(ns)
+            }
+        }
+    }
+}
+
+/// Resolves the namespace a data-plane request names (field `namespace`): checks the name and
+/// asks the engine (an unknown name is NOT_FOUND unless dynamic namespaces are on). An existing
+/// namespace is recorded on the RPC in flight, so the RPC's span and metrics carry the
+/// namespace label; a new one when [`Resolved::open`] creates it. Every data-plane service
+/// resolves namespaces here.
+pub fn namespace(cache: &Cache, name: &str) -> Result<Resolved, ApiError> {
     validate::namespace("namespace", name)?;
-    let ns = cache.namespace(name)?;
+    let (policy, existing) = match cache.policy_for(name)? {
+        Ok(ns) => {
+            telemetry::note_namespace(&ns.name);
+            (ns.policy.clone(), Some(ns))
+        }
+        Err(policy) => (policy, None),
+    };
+    Ok(Resolved {
+        cache: cache.clone(),
+        name: name.to_string(),
+        policy,
+        existing,
+    })
+}
+
+/// Resolves a namespace that must exist already (admin calls: GetStats, Inspect), never
+/// creating one: an unknown name is NOT_FOUND.
+pub fn existing_namespace(cache: &Cache, name: &str) -> Result<Arc<Namespace>, ApiError> {
+    validate::namespace("namespace", name)?;
+    let ns = cache.existing_namespace(name)?;
     telemetry::note_namespace(&ns.name);
     Ok(ns)
 }

@@ -8,6 +8,7 @@ use tiercache_proto::v1::lock_service_client::LockServiceClient;
 use tiercache_server::Config;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::proxy::Proxy;
 use crate::redis::RedisServer;
 use crate::server::{redis_config, TestServer};
 
@@ -25,6 +26,9 @@ pub struct Fleet {
     pub channels: Vec<Channel>,
     /// The Redis the replicas share; `None` for a memory-only fleet.
     pub redis: Option<RedisServer>,
+    /// With [`FleetBuilder::through_proxies`], one [`Proxy`] per server (`proxies[i]` carries
+    /// every Redis connection of `servers[i]`); otherwise empty.
+    pub proxies: Vec<Proxy>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -33,6 +37,7 @@ impl std::fmt::Debug for Fleet {
             .field("servers", &self.servers)
             .field("channels", &self.channels.len())
             .field("redis", &self.redis)
+            .field("proxies", &self.proxies)
             .finish()
     }
 }
@@ -76,6 +81,19 @@ impl Fleet {
     pub fn redis_server(&self) -> &RedisServer {
         self.redis.as_ref().expect("a fleet on Redis")
     }
+
+    /// Returns the proxy in front of server `i`.
+    ///
+    /// # Panics
+    ///
+    /// Panics unless the fleet was started [`FleetBuilder::through_proxies`].
+    pub fn proxy(&self, i: usize) -> &Proxy {
+        assert!(
+            !self.proxies.is_empty(),
+            "the fleet was not started through_proxies()"
+        );
+        &self.proxies[i]
+    }
 }
 
 /// How to start a [`Fleet`]: memory-only or on Redis, the config, how many channels.
@@ -85,6 +103,8 @@ pub struct FleetBuilder {
     replicas: Option<usize>,
     config: Config,
     channels: Option<usize>,
+    proxied: bool,
+    redis_args: Vec<String>,
 }
 
 impl FleetBuilder {
@@ -94,6 +114,8 @@ impl FleetBuilder {
             replicas: None,
             config: Config::default(),
             channels: None,
+            proxied: false,
+            redis_args: Vec::new(),
         }
     }
 
@@ -110,8 +132,10 @@ impl FleetBuilder {
         }
     }
 
-    /// Sets every server's config. Its `redis` section is replaced by the fleet's Redis (or
-    /// cleared for memory-only); `listen` and the admin address by the ports each server binds.
+    /// Sets every server's config. `listen` and the admin address are replaced by the ports each
+    /// server binds. For a fleet on Redis, a `redis` section given here keeps its settings
+    /// (timeouts…) and gets the fleet's URL; without one the servers use [`redis_config`]. A
+    /// memory-only fleet clears it.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
@@ -129,6 +153,24 @@ impl FleetBuilder {
         self
     }
 
+    /// Puts a [`Proxy`] between each server and Redis (see [`Fleet::proxies`]), so a test can
+    /// delay, blackhole or reset one server's Redis connections, or move them to another Redis.
+    ///
+    /// # Panics
+    ///
+    /// [`FleetBuilder::start`] panics if the fleet is memory-only.
+    pub fn through_proxies(mut self) -> Self {
+        self.proxied = true;
+        self
+    }
+
+    /// Starts the fleet's Redis with `args` after the defaults, as [`RedisServer::start_with`]
+    /// does (for example [`RedisServer::AOF`]).
+    pub fn redis_args(mut self, args: &[&str]) -> Self {
+        self.redis_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// Starts Redis (when asked) and the servers, each ready once it answers its health check,
     /// then connects the channels.
     ///
@@ -137,14 +179,37 @@ impl FleetBuilder {
     /// Panics as [`RedisServer::start`] and [`TestServer::start`] do, or if a channel cannot
     /// connect.
     pub async fn start(self) -> Fleet {
-        let redis = self.replicas.map(|_| RedisServer::start());
-        let config = Config {
-            redis: redis.as_ref().map(|r| redis_config(&r.url())),
-            ..self.config
-        };
+        assert!(
+            !self.proxied || self.replicas.is_some(),
+            "a memory-only fleet has no Redis to proxy"
+        );
+        let redis_args: Vec<&str> = self.redis_args.iter().map(String::as_str).collect();
+        let redis = self.replicas.map(|_| RedisServer::start_with(&redis_args));
         let mut servers = Vec::new();
+        let mut proxies = Vec::new();
         for _ in 0..self.replicas.unwrap_or(1) {
-            servers.push(TestServer::start(config.clone()).await);
+            let url = match &redis {
+                Some(r) if self.proxied => {
+                    let proxy = Proxy::start(r.addr()).await;
+                    let url = proxy.url();
+                    proxies.push(proxy);
+                    Some(url)
+                }
+                Some(r) => Some(r.url()),
+                None => None,
+            };
+            let redis_section = url.map(|url| match &self.config.redis {
+                Some(given) => tiercache_server::config::RedisConfig {
+                    url,
+                    ..given.clone()
+                },
+                None => redis_config(&url),
+            });
+            let config = Config {
+                redis: redis_section,
+                ..self.config.clone()
+            };
+            servers.push(TestServer::start(config).await);
         }
         let mut channels = Vec::new();
         for i in 0..self.channels.unwrap_or(servers.len()) {
@@ -154,6 +219,7 @@ impl FleetBuilder {
             servers,
             channels,
             redis,
+            proxies,
         }
     }
 }

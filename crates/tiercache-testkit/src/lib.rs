@@ -12,11 +12,16 @@
 //!   `127.0.0.1:0`, ready once its health service answers `SERVING`.
 //! - [`fleet`]: [`Fleet`], one memory-only server or replicas sharing one Redis, with connected
 //!   channels and clients of each service.
+//! - [`proxy`]: [`Proxy`], a TCP proxy between servers and Redis that delays, blackholes or
+//!   resets connections (the pub/sub subscription alone, or one direction only) and can move
+//!   them to another upstream, for fault tests.
 //! - [`req`]: requests of the gRPC API with the namespace `default` and the usual defaults.
 //! - [`rpc`]: calls that check the expected outcome (a hit, a miss, stored) and return what the
 //!   test goes on with.
 //! - [`otlp`]: [`OtlpReceiver`], an OTLP/gRPC trace and metrics receiver on `127.0.0.1:0` that
 //!   keeps what it is sent, for telemetry tests.
+//! - [`soak`]: a soak of the real `tiercache serve` binary: a mixed workload for minutes with
+//!   the server's RSS sampled, rendered as a table, a verdict, JSON and markdown (`make soak`).
 //! - [`wait`]: [`wait_for`], a bounded poll for conditions that become true eventually (no
 //!   fixed sleeps in tests).
 
@@ -24,14 +29,17 @@
 
 pub mod fleet;
 pub mod otlp;
+pub mod proxy;
 pub mod redis;
 pub mod req;
 pub mod rpc;
 pub mod server;
+pub mod soak;
 pub mod wait;
 
 pub use crate::fleet::{Fleet, FleetBuilder};
 pub use crate::otlp::OtlpReceiver;
+pub use crate::proxy::Proxy;
 pub use crate::redis::RedisServer;
 pub use crate::server::{redis_config, TestServer};
 pub use crate::wait::{wait_for, WaitTimeout};

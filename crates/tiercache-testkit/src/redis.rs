@@ -19,7 +19,8 @@ const INSTALL_HINT: &str = "install it with `apt-get install -y redis-server`";
 
 /// A running `redis-server` on `127.0.0.1`, started for one test.
 ///
-/// The server persists nothing (`--save "" --appendonly no`), works in its own temporary
+/// The server persists nothing (`--save "" --appendonly no`, unless
+/// [`RedisServer::start_with`] says otherwise), works in its own temporary
 /// directory and logs to `redis.log` there. Dropping the guard kills the process and waits for
 /// it; if the thread is panicking at that moment (a failed test), the log is printed to stderr
 /// first so the failure shows what Redis saw.
@@ -32,6 +33,8 @@ pub struct RedisServer {
     port: u16,
     /// Holds the log and any files Redis writes; removed on drop, after the process is gone.
     dir: TempDir,
+    /// Arguments after the defaults, given to every start (see [`RedisServer::start_with`]).
+    extra_args: Vec<String>,
 }
 
 impl std::fmt::Debug for RedisServer {
@@ -52,6 +55,20 @@ impl RedisServer {
     /// Panics if `redis-server` is not on `PATH` (the message says how to install it), or if it
     /// does not answer within about 10 s (the message holds its log).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts `redis-server` like [`RedisServer::start`], with `extra_args` after the default
+    /// arguments (a later option overrides an earlier one), on every start including
+    /// [`RedisServer::restart`]. For example [`RedisServer::AOF`] persists every write, so a
+    /// SIGKILL and restart lose nothing acknowledged; `["--replicaof", "127.0.0.1", "<port>"]`
+    /// starts a replica.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::Builder::new()
             .prefix("tiercache-redis-")
             .tempdir()
@@ -59,12 +76,13 @@ impl RedisServer {
         let mut last_log = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn_and_wait(port, dir.path()) {
+            match spawn_and_wait(port, dir.path(), &extra_args) {
                 Ok(child) => {
                     return Self {
                         child: Some(child),
                         port,
                         dir,
+                        extra_args,
                     }
                 }
                 // Another process took the port between our probe and redis-server's bind.
@@ -76,6 +94,10 @@ impl RedisServer {
             "redis-server could not bind a free port in {PORT_ATTEMPTS} attempts; last log:\n{last_log}"
         );
     }
+
+    /// Append-only persistence with an fsync per write: with [`RedisServer::start_with`], a
+    /// SIGKILL ([`RedisServer::stop`]) and [`RedisServer::restart`] keep every acknowledged write.
+    pub const AOF: &'static [&'static str] = &["--appendonly", "yes", "--appendfsync", "always"];
 
     /// Returns the port Redis listens on.
     pub fn port(&self) -> u16 {
@@ -141,7 +163,8 @@ impl RedisServer {
     }
 
     /// Starts Redis again on the same port (after [`RedisServer::stop`], or after it died) and
-    /// returns once it answers `PING`. The new process starts empty.
+    /// returns once it answers `PING`. The new process starts empty, unless it was started with
+    /// persistence ([`RedisServer::AOF`]): it then reloads its files from the same directory.
     ///
     /// # Panics
     ///
@@ -149,7 +172,7 @@ impl RedisServer {
     /// the port meanwhile; the message holds its log.
     pub fn restart(&mut self) {
         self.stop();
-        match spawn_and_wait(self.port, self.dir.path()) {
+        match spawn_and_wait(self.port, self.dir.path(), &self.extra_args) {
             Ok(child) => self.child = Some(child),
             Err(StartError::PortTaken(log)) => panic!(
                 "redis-server could not restart: port {} is taken; log:\n{log}",
@@ -192,7 +215,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, StartError> {
+fn spawn_and_wait(port: u16, dir: &Path, extra_args: &[String]) -> Result<Child, StartError> {
     let log = log_path(dir);
     // A restart appends to the same file; keep the log of earlier runs for the panic output.
     let mut child = Command::new("redis-server")
@@ -205,6 +228,7 @@ fn spawn_and_wait(port: u16, dir: &Path) -> Result<Child, StartError> {
         .arg(dir)
         .arg("--logfile")
         .arg(&log)
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -31,6 +31,19 @@ response_timeout = {{ toJson $.Values.redis.responseTimeout }}
 [limits]
 max_batch = {{ int64 .Values.config.limits.maxBatch }}
 pipeline_max_in_flight = {{ int64 .Values.config.limits.pipelineMaxInFlight }}
+max_namespaces = {{ int64 .Values.config.limits.maxNamespaces }}
+max_reply_bytes = {{ int64 .Values.config.limits.maxReplyBytes }}
+max_message_bytes = {{ int64 .Values.config.limits.maxMessageBytes }}
+watch_buffer = {{ int64 .Values.config.limits.watchBuffer }}
+
+[l1]
+max_bytes = {{ int64 .Values.config.l1.maxBytes }}
+
+[server]
+http2_max_concurrent_streams = {{ int64 .Values.config.connections.http2MaxConcurrentStreams }}
+http2_keepalive_interval = {{ toJson .Values.config.connections.http2KeepaliveInterval }}
+http2_keepalive_timeout = {{ toJson .Values.config.connections.http2KeepaliveTimeout }}
+tcp_keepalive = {{ toJson .Values.config.connections.tcpKeepalive }}
 
 [telemetry]
 metrics = {{ $t.metrics }}

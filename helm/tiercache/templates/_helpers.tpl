@@ -110,34 +110,13 @@ redis://from-secret:6379
 {{- if hasSuffix "Gi" $q -}}{{ mul (trimSuffix "Gi" $q | atoi) 1024 }}{{- else -}}{{ trimSuffix "Mi" $q | atoi }}{{- end -}}
 {{- end -}}
 
-{{/* The L1 budget in bytes: listed namespaces with L1 on, plus sizing.dynamicNamespaces times
-the defaults budget when dynamic namespaces are on. 64 MiB per namespace is the server's
-default (crates/tiercache-core/src/policy.rs). */}}
-{{- define "tiercache.l1BudgetBytes" -}}
-{{- $defaults := .Values.config.defaults | default dict -}}
-{{- $defBytes := int64 (ternary $defaults.l1_max_bytes 67108864 (hasKey $defaults "l1_max_bytes")) -}}
-{{- $defOn := ternary $defaults.l1_enabled true (hasKey $defaults "l1_enabled") -}}
-{{- $total := int64 0 -}}
-{{- range $name, $ns := .Values.config.namespaces -}}
-{{- $ns = $ns | default dict -}}
-{{- $on := ternary $ns.l1_enabled $defOn (hasKey $ns "l1_enabled") -}}
-{{- if $on -}}
-{{- $total = add $total (int64 (ternary $ns.l1_max_bytes $defBytes (hasKey $ns "l1_max_bytes"))) -}}
-{{- end -}}
-{{- end -}}
-{{- if and .Values.config.dynamicNamespaces $defOn -}}
-{{- $total = add $total (mul $defBytes (int64 .Values.sizing.dynamicNamespaces)) -}}
-{{- end -}}
-{{- $total -}}
-{{- end -}}
-
 {{/* Checks that fail the render with a message naming the value to change. */}}
 {{- define "tiercache.checks" -}}
 {{- $limitMiB := include "tiercache.memoryMiB" .Values.resources.limits.memory | int64 -}}
-{{- $budget := include "tiercache.l1BudgetBytes" . | int64 -}}
+{{- $budget := int64 .Values.config.l1.maxBytes -}}
 {{- $allowed := div (mul $limitMiB 1048576 .Values.sizing.l1MaxPercentOfLimit) 100 -}}
 {{- if gt $budget $allowed -}}
-{{- fail (printf "the L1 budget (%d MiB: config.namespaces and config.defaults l1_max_bytes, sizing.dynamicNamespaces) is above %d%% of resources.limits.memory (%s): raise the limit or lower l1_max_bytes" (div $budget 1048576) (int .Values.sizing.l1MaxPercentOfLimit) .Values.resources.limits.memory) -}}
+{{- fail (printf "the L1 budget (config.l1.maxBytes, %d MiB, shared by every namespace) is above %d%% (sizing.l1MaxPercentOfLimit) of resources.limits.memory (%s): raise the limit or lower config.l1.maxBytes" (div $budget 1048576) (int .Values.sizing.l1MaxPercentOfLimit) .Values.resources.limits.memory) -}}
 {{- end -}}
 {{- $drain := add .Values.server.preStopDelaySeconds .Values.server.shutdownGraceSeconds -}}
 {{- if and .Values.server.terminationGracePeriodSeconds (le (int .Values.server.terminationGracePeriodSeconds) (int $drain)) -}}

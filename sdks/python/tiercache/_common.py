@@ -17,8 +17,14 @@ from tiercache.errors import UnexpectedResponse
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 10.0
-"""Seconds every call may take unless the client says otherwise."""
+DEFAULT_TIMEOUT = 5.0
+"""Seconds every call may take unless the client says otherwise (the Rust SDK's default too); a
+call that waits on the server (a `get_or_set` waiter, a lock wait) gets its wait on top."""
+MAX_MESSAGE_BYTES = 16 << 20
+"""The largest message a client receives or sends unless its ``options`` say otherwise: the
+server's default ``limits.max_message_bytes`` (gRPC's own receive default is 4 MiB)."""
+SERVER_DEFAULT_MAX_WAIT = 5.0
+"""The server's default ``max_wait``: the wait a `get_or_set` without ``max_wait`` may take."""
 DEFAULT_LOCK_WAIT = 10.0
 """Seconds `lock` waits for a held lock."""
 
@@ -428,3 +434,20 @@ def sort_many(
         else:
             raise unknown_outcome("get_or_set_many", r.outcome)
     return out, compute
+
+
+def channel_options(options: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The caller's channel options, plus the 16 MiB message limits where it set none."""
+    opts = list(options)
+    given = {name for name, _ in opts}
+    for name in ("grpc.max_receive_message_length", "grpc.max_send_message_length"):
+        if name not in given:
+            opts.append((name, MAX_MESSAGE_BYTES))
+    return opts
+
+
+def deadline_of(timeout: float | None, wait: float | None) -> float | None:
+    """Seconds a call may take: the client's timeout, plus the server-side wait it asked for."""
+    if timeout is None:
+        return None
+    return timeout + (wait or 0.0)

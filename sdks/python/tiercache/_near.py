@@ -11,6 +11,10 @@ the namespace's Watch stream. The same rules as the Rust SDK's:
 - A read that raced with an event must not store what it read: every event bumps an epoch, a
   read takes a ticket (the epoch) before asking the server, and its insert is dropped when the
   epoch moved meanwhile.
+- A reply is kept only if the replica that answered had applied at least the sequence the Watch
+  stream has reached (the reply's ``applied_sequence``, sampled before its lookup): behind a
+  per-request balancer a lagging replica could otherwise hand back a value whose invalidation
+  this cache already applied. Such a reply is returned to the caller but not kept.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class NearCache:
         self._entries: OrderedDict[str, tuple[common_pb2.Entry, float]] = OrderedDict()
         self._epoch = 0
         self._sequence: int | None = None  # None: the stream has not started
+        self.lagging_replies = 0
+        """Replies not kept because their replica lagged behind the Watch stream."""
 
     @property
     def active(self) -> bool:
@@ -65,7 +71,10 @@ class NearCache:
         with self._lock:
             return self._epoch if self._sequence is not None else None
 
-    def insert(self, key: str, entry: common_pb2.Entry, ticket: int) -> None:
+    def insert(self, key: str, entry: common_pb2.Entry, ticket: int, applied_sequence: int) -> None:
+        """Keeps a fresh entry the server returned, unless an event came in since ``ticket`` or
+        the replica that answered had applied less (``applied_sequence``) than the Watch stream
+        has delivered."""
         if entry.stale:
             return
         fresh = min(from_duration(entry.fresh_remaining), self.cfg.max_ttl)
@@ -73,6 +82,9 @@ class NearCache:
             return
         with self._lock:
             if self._sequence is None or self._epoch != ticket:
+                return
+            if applied_sequence < self._sequence:
+                self.lagging_replies += 1
                 return
             self._entries[key] = (entry, time.monotonic() + fresh)
             self._entries.move_to_end(key)

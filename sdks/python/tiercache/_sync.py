@@ -70,7 +70,7 @@ class Client:
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         target = c.target_of(address)
-        opts = list(options)
+        opts = c.channel_options(options)
         if tls is False and not address.startswith("https://"):
             self._channel = grpc.insecure_channel(target, options=opts)
         else:
@@ -148,9 +148,7 @@ class Client:
         ``wait`` is how long the server may block the call on purpose (a GetOrSet waiter, a lock
         wait): the deadline is stretched to cover it.
         """
-        timeout = self.timeout
-        if timeout is not None and wait is not None:
-            timeout = max(timeout, wait + 1.0)
+        timeout = c.deadline_of(self.timeout, wait)
         deadline = None if timeout is None else time.monotonic() + timeout
         n = 0
         while True:
@@ -218,7 +216,7 @@ class Namespace(Generic[T]):
             True,
         )
         if self.near is not None and ticket is not None and r.outcome == cache_pb2.GET_OUTCOME_HIT:
-            self.near.insert(key, r.entry, ticket)
+            self.near.insert(key, r.entry, ticket, r.applied_sequence)
         return c.hit_entry(r, self.serializer)
 
     def get_many(self, keys: Iterable[str], *, fresh_only: bool = False) -> list[Entry[T] | None]:
@@ -343,13 +341,13 @@ class Namespace(Generic[T]):
             if hit is not None:
                 return c.value_of(hit, self.serializer)
         ticket = self.near.ticket(key) if self.near is not None else None
-        wait = c.seconds_of(max_wait) if max_wait is not None else c.seconds_of(5)
+        wait = c.seconds_of(max_wait) if max_wait is not None else c.SERVER_DEFAULT_MAX_WAIT
         r = self.client.call(
             self.client.cache.GetOrSet, c.get_or_set_request(self.name, key, o), False, wait=wait
         )
         if r.outcome in (cache_pb2.GET_OR_SET_OUTCOME_HIT, cache_pb2.GET_OR_SET_OUTCOME_FILLED):
             if self.near is not None and ticket is not None:
-                self.near.insert(key, r.entry, ticket)
+                self.near.insert(key, r.entry, ticket, r.applied_sequence)
             if r.HasField("lease"):
                 threading.Thread(
                     target=self._refresh,
@@ -407,7 +405,7 @@ class Namespace(Generic[T]):
             on_wait_timeout,
             lease_ttl,
         )
-        wait = c.seconds_of(max_wait) if max_wait is not None else c.seconds_of(5)
+        wait = c.seconds_of(max_wait) if max_wait is not None else c.SERVER_DEFAULT_MAX_WAIT
         resp = self.client.call(
             self.client.cache.GetOrSetMany,
             c.get_or_set_many_request(self.name, keys, o),

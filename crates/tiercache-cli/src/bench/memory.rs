@@ -143,14 +143,15 @@ pub async fn run(entries: usize, value_size: usize) -> anyhow::Result<MemoryResu
             ..PolicyConfig::default()
         },
     );
+    // Memory-only mode: L1 is bounded by the server-wide budget alone, so the eviction part runs
+    // on a server of its own whose whole budget is the one measured.
     let evict_budget = (weight * entries as u64 / 2).max(1 << 16);
-    config.namespaces.insert(
-        NS_EVICT.to_string(),
-        PolicyConfig {
-            l1_max_bytes: Some(evict_budget),
-            ..PolicyConfig::default()
-        },
-    );
+    let mut evict_config = config.clone();
+    evict_config.l1.max_bytes = evict_budget;
+    evict_config
+        .namespaces
+        .insert(NS_EVICT.to_string(), PolicyConfig::default());
+    config.l1.max_bytes = 1 << 36;
     config.namespaces.insert(
         NS_UNARY.to_string(),
         PolicyConfig {
@@ -189,9 +190,13 @@ pub async fn run(entries: usize, value_size: usize) -> anyhow::Result<MemoryResu
         - (key_bytes as f64 / entries.max(1) as f64)
         - value_size as f64;
 
+    drop(admin);
+    drop(channel);
+    server.stop().await?;
+    let server = InProcessServer::start(evict_config).await?;
+    let channel = env::connect(&server.url()).await?;
     fill(&channel, NS_EVICT, entries, &value).await?;
     let evict = stats(&channel, NS_EVICT).await?;
-    drop(admin);
     drop(channel);
     server.stop().await?;
     Ok(MemoryResult {

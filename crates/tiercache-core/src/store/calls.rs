@@ -18,7 +18,7 @@ pub trait RedisObserver: Send + Sync + 'static {
 pub struct RedisOp {
     /// The tiercache operation (`read`, `set`, `delete`, `namespace_marks`, `tag_marks`,
     /// `invalidate_tags`, `flush`, `acquire_lease`, `fill`, `release_lease`, `lease_info`,
-    /// `acquire_lock`, `renew_lock`, `release_lock`, `inspect`, `ping`).
+    /// `acquire_lock`, `renew_lock`, `release_lock`, `inspect`, `ping`, `sequence_check`).
     pub name: &'static str,
     /// The Redis command it sends (`EVALSHA`, `MGET`, `PING`).
     pub command: &'static str,
@@ -32,6 +32,11 @@ impl RedisOp {
     pub(super) const FLUSH: RedisOp = RedisOp::script("flush");
     pub(super) const NAMESPACE_MARKS: RedisOp = RedisOp {
         name: "namespace_marks",
+        command: "MGET",
+    };
+    /// The periodic comparison of every synced namespace's sequence with Redis's.
+    pub(super) const SEQUENCE_CHECK: RedisOp = RedisOp {
+        name: "sequence_check",
         command: "MGET",
     };
     pub(super) const TAG_MARKS: RedisOp = RedisOp {

@@ -295,18 +295,19 @@ impl LocalStore {
     ) -> Result<u64, Duration> {
         let now = Instant::now();
         let mut locks = ns.locks.lock();
-        let slot = locks.entry(name.to_string()).or_insert(LockSlot {
-            token: String::new(),
-            expires: now,
-            fence: 0,
-        });
-        if !slot.token.is_empty() && slot.expires > now {
-            return Err(slot.expires - now);
+        if let Some(slot) = locks.get(name) {
+            if slot.expires > now {
+                return Err(slot.expires - now);
+            }
         }
-        slot.token = token.to_string();
-        slot.expires = now + ttl;
-        slot.fence += 1;
-        Ok(slot.fence)
+        locks.insert(
+            name.to_string(),
+            LockSlot {
+                token: token.to_string(),
+                expires: now + ttl,
+            },
+        );
+        Ok(ns.fence_clock.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     pub fn renew_lock(&self, ns: &Namespace, name: &str, token: &str, ttl: Duration) -> bool {
@@ -322,10 +323,15 @@ impl LocalStore {
 
     pub fn release_lock(&self, ns: &Namespace, name: &str, token: &str) -> bool {
         let now = Instant::now();
-        match ns.locks.lock().get_mut(name) {
+        let mut locks = ns.locks.lock();
+        match locks.get(name) {
             Some(s) if s.token == token && s.expires > now => {
-                s.token.clear();
+                locks.remove(name);
                 true
+            }
+            Some(s) if s.expires <= now => {
+                locks.remove(name);
+                false
             }
             _ => false,
         }

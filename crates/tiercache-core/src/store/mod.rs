@@ -187,8 +187,13 @@ impl Store {
         match self {
             Store::Local(l) => Ok(l.invalidate_tags(ns, tags)),
             Store::Redis(r) => {
-                r.invalidate_tags(&ns.keys, tags, ns.policy.max_lifetime())
-                    .await
+                r.invalidate_tags(
+                    &ns.keys,
+                    tags,
+                    ns.policy.mark_lifetime(),
+                    ns.policy.lease_ttl_max,
+                )
+                .await
             }
         }
     }

@@ -26,7 +26,7 @@ use super::outcome::{LeaseGrant, StoreDelete, StoreFill, StoreSet, StoredEntry};
 use super::scripts::Scripts;
 use crate::codec::{self, EntryData};
 use crate::error::CoreError;
-use crate::keys::NamespaceKeys;
+use crate::keys::{KeySpace, NamespaceKeys};
 use crate::types::WriteCondition;
 
 /// How to reach Redis.
@@ -35,11 +35,36 @@ pub struct RedisOptions {
     pub url: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// The prefix of every key and channel name (`redis.key_prefix`), assumed valid
+    /// ([`crate::keys::validate_key_prefix`]).
+    pub key_prefix: String,
+}
+
+/// TCP keepalive on every Redis connection: first probe after 10 s idle, then every 5 s, dead
+/// after 3 unanswered (about 25 s). The subscriber is also pinged every
+/// `SUBSCRIBER_PING_INTERVAL` (`bus.rs`); keepalive catches a half-open connection that
+/// nothing writes to, which a ping-less idle connection would never notice.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// Returns `client` with TCP keepalive on (see [`KEEPALIVE_IDLE`]).
+fn with_keepalive(client: redis::Client) -> Result<redis::Client, CoreError> {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let info = client.get_connection_info().clone();
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let tcp = info.tcp_settings().clone().set_keepalive(keepalive);
+    redis::Client::open(info.set_tcp_settings(tcp))
+        .map_err(|e| CoreError::Unavailable(format!("bad redis url: {e}")))
 }
 
 /// The Redis tier: a multiplexed, auto-reconnecting connection and the scripts.
 pub struct RedisStore {
     client: redis::Client,
+    key_space: KeySpace,
     conn: ConnectionManager,
     scripts: Scripts,
     options: RedisOptions,
@@ -86,6 +111,11 @@ impl RedisStore {
     pub async fn connect(options: RedisOptions) -> Result<RedisStore, CoreError> {
         let client = redis::Client::open(options.url.as_str())
             .map_err(|e| CoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let client = with_keepalive(client)?;
+        let key_space = KeySpace::new(
+            &options.key_prefix,
+            client.get_connection_info().redis_settings().db(),
+        );
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -99,6 +129,7 @@ impl RedisStore {
         .map_err(|_| CoreError::Unavailable("timed out connecting to redis".into()))??;
         Ok(RedisStore {
             client,
+            key_space,
             conn,
             scripts: Scripts::new(),
             options,
@@ -171,19 +202,35 @@ impl RedisStore {
         &self.options
     }
 
-    /// Reads entries with their remaining lifetime, in key order.
+    /// The deployment's key and channel names.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.key_space
+    }
+
+    /// Reads entries with their remaining lifetime, in key order; refuses
+    /// ([`CoreError::ReplyTooLarge`]) when their stored size exceeds `max_bytes`, before reading
+    /// any value.
     pub async fn read(
         &self,
         keys: &NamespaceKeys,
         user_keys: &[&str],
+        max_bytes: Option<u64>,
     ) -> Result<Vec<Option<StoredEntry>>, CoreError> {
         let mut inv = self.scripts.read.prepare_invoke();
         for k in user_keys {
             inv.key(keys.entry(k));
         }
+        // 0 means no limit to the script; a limit of 0 bytes still refuses any entry.
+        inv.arg(max_bytes.map_or(0, |b| b.max(1)));
         let reply: Value = self.invoke(RedisOp::READ, &inv).await?;
-        let Value::Array(items) = reply else {
-            return Err(CoreError::unexpected_reply(reply));
+        let items = match reply {
+            Value::Array(items) => items,
+            Value::Int(_) => {
+                return Err(CoreError::ReplyTooLarge {
+                    limit: max_bytes.unwrap_or(0),
+                })
+            }
+            other => return Err(CoreError::unexpected_reply(other)),
         };
         let mut out = Vec::with_capacity(user_keys.len());
         let mut it = items.into_iter();
@@ -228,6 +275,7 @@ impl RedisStore {
         inv.key(keys.entry(key))
             .key(keys.lease(key))
             .key(&keys.seq)
+            .key(&keys.run)
             .arg(&keys.meta_prefix)
             .arg(&keys.channel)
             .arg(blob.as_ref())
@@ -259,6 +307,7 @@ impl RedisStore {
         inv.key(keys.entry(key))
             .key(keys.lease(key))
             .key(&keys.seq)
+            .key(&keys.run)
             .arg(&keys.meta_prefix)
             .arg(&keys.channel)
             .arg(if_version.map(|v| v.to_string()).unwrap_or_default())
@@ -286,6 +335,46 @@ impl RedisStore {
         Ok((seq.unwrap_or(0), flush.unwrap_or(0)))
     }
 
+    /// Reads what a replica syncs a namespace from: its sequence, flush mark and run id (0 for
+    /// a namespace without a sequence yet), in one round trip.
+    pub async fn namespace_sync(&self, keys: &NamespaceKeys) -> Result<(u64, u64, u64), CoreError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&keys.seq).arg(&keys.flush).arg(&keys.run);
+        let (seq, flush, run): (Option<u64>, Option<u64>, Option<u64>) =
+            self.query(RedisOp::NAMESPACE_MARKS, &cmd).await?;
+        Ok((seq.unwrap_or(0), flush.unwrap_or(0), run.unwrap_or(0)))
+    }
+
+    /// Reads the sequence and run id of each namespace, in order, in one round trip (the
+    /// periodic check of the bus).
+    pub async fn sequences(
+        &self,
+        namespaces: &[&NamespaceKeys],
+    ) -> Result<Vec<(u64, u64)>, CoreError> {
+        if namespaces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in namespaces {
+            cmd.arg(&k.seq).arg(&k.run);
+        }
+        let values: Vec<Option<u64>> = self.query(RedisOp::SEQUENCE_CHECK, &cmd).await?;
+        Ok(values
+            .chunks(2)
+            .map(|c| (c[0].unwrap_or(0), c.get(1).copied().flatten().unwrap_or(0)))
+            .collect())
+    }
+
+    /// Reads Redis's `maxmemory-policy`; `None` when `CONFIG GET` is refused (managed Redis
+    /// services often rename or disable it).
+    pub async fn maxmemory_policy(&self) -> Option<String> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = cmd.query_async(&mut conn).await.ok()?;
+        reply.get(1).cloned()
+    }
+
     /// Reads the invalidation marks of tags (0 for a tag never invalidated).
     pub async fn tag_marks(
         &self,
@@ -303,23 +392,28 @@ impl RedisStore {
         Ok(marks.into_iter().map(|m| m.unwrap_or(0)).collect())
     }
 
-    /// Takes a new sequence and marks every tag with it; returns the sequence.
+    /// Takes a new sequence and marks every tag with it; returns the sequence. Each mark lives
+    /// `mark_ttl`, or longer if an entry of the namespace was ever written with a longer
+    /// lifetime (plus `lease_allowance`), whichever replica wrote it.
     pub async fn invalidate_tags(
         &self,
         keys: &NamespaceKeys,
         tags: &[String],
         mark_ttl: Duration,
+        lease_allowance: Duration,
     ) -> Result<u64, CoreError> {
         let mut inv = self.scripts.invalidate_tags.prepare_invoke();
-        inv.key(&keys.seq);
+        inv.key(&keys.seq).key(&keys.run);
         for t in tags {
             inv.key(keys.tag(t));
         }
+        inv.key(keys.lifetime());
         inv.arg(&keys.channel)
             .arg(mark_ttl.as_millis().max(1) as u64);
         for t in tags {
             inv.arg(t);
         }
+        inv.arg(lease_allowance.as_millis() as u64);
         let seq: u64 = self.invoke(RedisOp::INVALIDATE_TAGS, &inv).await?;
         Ok(seq)
     }
@@ -327,7 +421,10 @@ impl RedisStore {
     /// Takes a new sequence and sets the namespace flush mark to it; returns the sequence.
     pub async fn flush(&self, keys: &NamespaceKeys) -> Result<u64, CoreError> {
         let mut inv = self.scripts.flush.prepare_invoke();
-        inv.key(&keys.seq).key(&keys.flush).arg(&keys.channel);
+        inv.key(&keys.seq)
+            .key(&keys.flush)
+            .key(&keys.run)
+            .arg(&keys.channel);
         let seq: u64 = self.invoke(RedisOp::FLUSH, &inv).await?;
         Ok(seq)
     }
@@ -374,6 +471,7 @@ impl RedisStore {
         inv.key(keys.entry(key))
             .key(keys.lease(key))
             .key(&keys.seq)
+            .key(&keys.run)
             .arg(&keys.meta_prefix)
             .arg(&keys.channel)
             .arg(token)
@@ -559,5 +657,19 @@ impl RedisStore {
             entry_marks: ints(&marks)?,
             extra_marks: ints(&extra)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connection_has_tcp_keepalive_and_keeps_the_database() {
+        let client = redis::Client::open("redis://127.0.0.1:1/3").unwrap();
+        let client = with_keepalive(client).unwrap();
+        let info = client.get_connection_info();
+        assert!(info.tcp_settings().keepalive().is_some());
+        assert_eq!(info.redis_settings().db(), 3);
     }
 }

@@ -31,6 +31,27 @@ local function revoke(lease_key)
     if ttl > 0 then redis.call('SET', lease_key, '|0|' .. tok, 'PX', ttl) end
   end
 end
+-- Takes the namespace's next sequence; returns it and the id of its run. When `seq` starts
+-- over (INCR answers 1) while the run id survives, the `seq` key alone was lost (evicted or
+-- deleted) and marks of the old run may remain: the new run starts from the clock (µs since the
+-- epoch), above any sequence the old run can have reached (a Redis takes far fewer than one
+-- write per µs), so those marks hide nothing new. Any new run gets a new id (the clock too),
+-- which tells every replica to drop what it cached for the namespace and resync.
+local function next_seq(seq_key, run_key)
+  local seq = redis.call('INCR', seq_key)
+  local run = redis.call('GET', run_key)
+  if seq == 1 or not run then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    if seq == 1 and run then
+      seq = now
+      redis.call('SET', seq_key, num(seq))
+    end
+    run = num(now)
+    redis.call('SET', run_key, run)
+  end
+  return seq, run
+end
 local function visible(blob, prefix)
   if not blob then return false end
   local born = u64(blob, 11)
@@ -47,10 +68,26 @@ local function visible(blob, prefix)
   end
   return true
 end
+-- Records the longest entry lifetime (ms) ever written in the namespace, so InvalidateTags keeps
+-- its marks at least that long whichever replica (and policy) wrote the entry.
+local function note_life(prefix, px)
+  local k = prefix .. 'life'
+  if tonumber(redis.call('GET', k) or '0') < tonumber(px) then redis.call('SET', k, px) end
+end
 "#;
 
-/// KEYS: entry…; returns value, pttl pairs.
+/// KEYS: entry…; ARGV[1]: the most bytes to return (0: no limit). Returns value, pttl pairs, or
+/// only the total size (an integer) when the entries together exceed the limit: sizes are
+/// checked with `STRLEN` before any value is read, so a refused batch builds no large reply.
 pub(super) const READ: &str = r#"
+local limit = tonumber(ARGV[1] or '0')
+if limit > 0 then
+  local total = 0
+  for _, k in ipairs(KEYS) do
+    total = total + redis.call('STRLEN', k)
+    if total > limit then return total end
+  end
+end
 local out = {}
 for i, k in ipairs(KEYS) do
   out[2 * i - 1] = redis.call('GET', k)
@@ -59,7 +96,7 @@ end
 return out
 "#;
 
-/// KEYS: entry, lease, seq. ARGV: meta prefix, channel, blob, px, condition ('' | 'absent' |
+/// KEYS: entry, lease, seq, run. ARGV: meta prefix, channel, blob, px, condition ('' | 'absent' |
 /// 'version'), expected version, key.
 /// Returns {0, version, seq} stored, {1, current} version mismatch, {2, current} exists.
 pub(super) const SET: &str = r#"
@@ -74,15 +111,16 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local prev = 0
 if cur then prev = u64(cur, 3) end
 local ver = math.max(prev + 1, now)
-local seq = redis.call('INCR', KEYS[3])
+local seq, run = next_seq(KEYS[3], KEYS[4])
 local blob = string.sub(ARGV[3], 1, 2) .. be64(ver) .. be64(seq) .. string.sub(ARGV[3], 19)
 redis.call('SET', KEYS[1], blob, 'PX', ARGV[4])
+note_life(ARGV[1], ARGV[4])
 revoke(KEYS[2])
-redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[7])
+redis.call('PUBLISH', ARGV[2], run .. '\n' .. num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[7])
 return {0, ver, seq}
 "#;
 
-/// KEYS: entry, lease, seq. ARGV: meta prefix, channel, expected version ('' for none), key.
+/// KEYS: entry, lease, seq, run. ARGV: meta prefix, channel, expected version ('' for none), key.
 /// Returns {0, old version, seq} deleted, {1, current} mismatch, {2, 0, seq} nothing visible.
 pub(super) const DELETE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -92,8 +130,8 @@ if vis then curv = u64(cur, 3) end
 if ARGV[3] ~= '' and num(curv) ~= ARGV[3] then return {1, curv} end
 redis.call('DEL', KEYS[1])
 revoke(KEYS[2])
-local seq = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n0\n' .. ARGV[4])
+local seq, run = next_seq(KEYS[3], KEYS[4])
+redis.call('PUBLISH', ARGV[2], run .. '\n' .. num(seq) .. '\nK\n0\n' .. ARGV[4])
 if vis then return {0, curv, seq} end
 return {2, 0, seq}
 "#;
@@ -118,7 +156,7 @@ redis.call('SET', KEYS[2], ARGV[2] .. '|' .. num(seq) .. '|' .. revoked, 'PX', A
 return {0, seq}
 "#;
 
-/// KEYS: entry, lease, seq. ARGV: meta prefix, channel, token, blob, px, key.
+/// KEYS: entry, lease, seq, run. ARGV: meta prefix, channel, token, blob, px, key.
 /// Returns {0, version, seq, born} stored, {1} revoked, {2} expired.
 pub(super) const FILL: &str = r#"
 local l = redis.call('GET', KEYS[2])
@@ -141,9 +179,10 @@ local t = redis.call('TIME')
 local ver = math.max(prev + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
 local blob = string.sub(ARGV[4], 1, 2) .. be64(ver) .. be64(born) .. string.sub(ARGV[4], 19)
 redis.call('SET', KEYS[1], blob, 'PX', ARGV[5])
+note_life(ARGV[1], ARGV[5])
 redis.call('DEL', KEYS[2])
-local seq = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[2], num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[6])
+local seq, run = next_seq(KEYS[3], KEYS[4])
+redis.call('PUBLISH', ARGV[2], run .. '\n' .. num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[6])
 return {0, ver, seq, born}
 "#;
 
@@ -184,21 +223,25 @@ end
 return 0
 "#;
 
-/// KEYS: seq, tag marks…. ARGV: channel, mark ttl ms, raw tags… (same order as KEYS[2..]).
+/// KEYS: seq, run, tag marks…, longest lifetime. ARGV: channel, mark ttl ms, raw tags… (same
+/// order as KEYS[3..]), lease allowance ms. A mark lives for the caller's mark ttl or for the
+/// longest lifetime any replica wrote plus the lease allowance, whichever is longer.
 pub(super) const INVALIDATE_TAGS: &str = r#"
-local seq = redis.call('INCR', KEYS[1])
-for i = 2, #KEYS do redis.call('SET', KEYS[i], seq, 'PX', ARGV[2]) end
+local seq, run = next_seq(KEYS[1], KEYS[2])
+local life = tonumber(redis.call('GET', KEYS[#KEYS]) or '0') + tonumber(ARGV[#ARGV])
+local ttl = num(math.max(tonumber(ARGV[2]), life))
+for i = 3, #KEYS - 1 do redis.call('SET', KEYS[i], num(seq), 'PX', ttl) end
 local tags = {}
-for i = 3, #ARGV do tags[#tags + 1] = ARGV[i] end
-redis.call('PUBLISH', ARGV[1], num(seq) .. '\nT\n' .. table.concat(tags, '\n'))
+for i = 3, #ARGV - 1 do tags[#tags + 1] = ARGV[i] end
+redis.call('PUBLISH', ARGV[1], run .. '\n' .. num(seq) .. '\nT\n' .. table.concat(tags, '\n'))
 return seq
 "#;
 
-/// KEYS: seq, flush. ARGV: channel.
+/// KEYS: seq, flush, run. ARGV: channel.
 pub(super) const FLUSH: &str = r#"
-local seq = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[2], seq)
-redis.call('PUBLISH', ARGV[1], num(seq) .. '\nF')
+local seq, run = next_seq(KEYS[1], KEYS[3])
+redis.call('SET', KEYS[2], num(seq))
+redis.call('PUBLISH', ARGV[1], run .. '\n' .. num(seq) .. '\nF')
 return seq
 "#;
 

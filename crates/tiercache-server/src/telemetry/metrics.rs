@@ -1,6 +1,7 @@
 //! The meter provider and its instruments: the RPC and Redis duration histograms, and the
 //! per-namespace counters and gauges observed from the engine's atomics at collection time.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -270,11 +271,13 @@ fn register_cache_instruments(meter: &Meter, cache: &Cache) {
     let c = cache.clone();
     meter
         .u64_observable_gauge("tiercache.l1.budget")
-        .with_description("The namespace's L1 byte budget (l1_max_bytes)")
+        .with_description(
+            "The namespace's L1 byte budget (l1_max_bytes, within the shared l1.max_bytes)",
+        )
         .with_unit("By")
         .with_callback(move |o| {
             for ns in c.namespaces() {
-                o.observe(ns.policy.l1_max_bytes, &[ns_attr(&ns.name)]);
+                o.observe(ns.l1_budget(), &[ns_attr(&ns.name)]);
             }
         })
         .build();
@@ -284,4 +287,82 @@ fn register_cache_instruments(meter: &Meter, cache: &Cache) {
         .with_description("1 while the server cannot rely on Redis events and bypasses L1, else 0")
         .with_callback(move |o| o.observe(u64::from(c.degraded()), &[]))
         .build();
+    let c = cache.clone();
+    meter
+        .u64_observable_gauge("tiercache.waiters")
+        .with_description(
+            "Callers waiting now, by kind (lease: GetOrSet waiters, lock: lock waiters)",
+        )
+        .with_callback(move |o| {
+            let (lease, lock) = c.waiters();
+            o.observe(lease as u64, &[KeyValue::new("tiercache.kind", "lease")]);
+            o.observe(lock as u64, &[KeyValue::new("tiercache.kind", "lock")]);
+        })
+        .build();
+}
+
+/// Streams open now, by kind; each open stream holds a [`StreamGuard`].
+#[derive(Debug, Default)]
+pub struct Streams {
+    watch: AtomicU64,
+    pipeline: AtomicU64,
+}
+
+/// Which stream a [`StreamGuard`] counts.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamKind {
+    Watch,
+    Pipeline,
+}
+
+impl Streams {
+    fn counter(&self, kind: StreamKind) -> &AtomicU64 {
+        match kind {
+            StreamKind::Watch => &self.watch,
+            StreamKind::Pipeline => &self.pipeline,
+        }
+    }
+
+    /// Counts one open stream until the guard drops (when the stream's task ends).
+    pub fn open(self: &Arc<Self>, kind: StreamKind) -> StreamGuard {
+        self.counter(kind).fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone(), kind)
+    }
+
+    /// How many streams of `kind` are open now.
+    pub fn count(&self, kind: StreamKind) -> u64 {
+        self.counter(kind).load(Ordering::Relaxed)
+    }
+}
+
+/// One open stream, counted in [`Streams`] while it lives.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<Streams>, StreamKind);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.counter(self.1).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Reports the open Watch and Pipeline streams as `tiercache.streams`.
+    pub fn observe_streams(&self, streams: Arc<Streams>) {
+        self.provider
+            .meter(SCOPE)
+            .u64_observable_gauge("tiercache.streams")
+            .with_description("Streams open now, by kind (watch, pipeline)")
+            .with_callback(move |o| {
+                for (kind, name) in [
+                    (StreamKind::Watch, "watch"),
+                    (StreamKind::Pipeline, "pipeline"),
+                ] {
+                    o.observe(
+                        streams.count(kind),
+                        &[KeyValue::new("tiercache.kind", name)],
+                    );
+                }
+            })
+            .build();
+    }
 }

@@ -279,7 +279,9 @@ where
         let call = span.in_scope(|| inner.call(req));
         let fut = RPC_NOTES.scope(notes, call.instrument(span));
         Box::pin(async move {
-            let response = fut.await?;
+            let mut response = fut.await?;
+            // Refusals tonic makes itself get the status every other limit gets.
+            crate::error::remap_transport_refusal(response.headers_mut());
             // A trailers-only response (every error) carries the status in its headers.
             guard.status = grpc_status(response.headers());
             let (parts, body) = response.into_parts();

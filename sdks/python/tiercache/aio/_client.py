@@ -75,7 +75,7 @@ class Client:
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         target = c.target_of(address)
-        opts = list(options)
+        opts = c.channel_options(options)
         if tls is False and not address.startswith("https://"):
             self._channel = grpc.aio.insecure_channel(target, options=opts)
         else:
@@ -144,9 +144,7 @@ class Client:
         wait: float | None = None,
     ) -> Any:
         """One unary call; see `tiercache.Client.call`."""
-        timeout = self.timeout
-        if timeout is not None and wait is not None:
-            timeout = max(timeout, wait + 1.0)
+        timeout = c.deadline_of(self.timeout, wait)
         deadline = None if timeout is None else time.monotonic() + timeout
         n = 0
         while True:
@@ -209,7 +207,7 @@ class Namespace(Generic[T]):
             True,
         )
         if near is not None and ticket is not None and r.outcome == cache_pb2.GET_OUTCOME_HIT:
-            near.insert(key, r.entry, ticket)
+            near.insert(key, r.entry, ticket, r.applied_sequence)
         return c.hit_entry(r, self.serializer)
 
     async def get_many(
@@ -322,13 +320,13 @@ class Namespace(Generic[T]):
             if hit is not None:
                 return c.value_of(hit, self.serializer)
         ticket = near.ticket(key) if near is not None else None
-        wait = c.seconds_of(max_wait) if max_wait is not None else 5.0
+        wait = c.seconds_of(max_wait) if max_wait is not None else c.SERVER_DEFAULT_MAX_WAIT
         r = await self.client.call(
             self.client.cache.GetOrSet, c.get_or_set_request(self.name, key, o), False, wait=wait
         )
         if r.outcome in (cache_pb2.GET_OR_SET_OUTCOME_HIT, cache_pb2.GET_OR_SET_OUTCOME_FILLED):
             if near is not None and ticket is not None:
-                near.insert(key, r.entry, ticket)
+                near.insert(key, r.entry, ticket, r.applied_sequence)
             if r.HasField("lease"):
                 _spawn(self._refresh(key, r.lease.token, loader, o))
             return c.value_of(r.entry, self.serializer)
@@ -377,7 +375,7 @@ class Namespace(Generic[T]):
             on_wait_timeout,
             lease_ttl,
         )
-        wait = c.seconds_of(max_wait) if max_wait is not None else 5.0
+        wait = c.seconds_of(max_wait) if max_wait is not None else c.SERVER_DEFAULT_MAX_WAIT
         resp = await self.client.call(
             self.client.cache.GetOrSetMany,
             c.get_or_set_many_request(self.name, keys, o),

@@ -237,7 +237,13 @@ class GetResponse(_message.Message):
 
     OUTCOME_FIELD_NUMBER: _builtins.int
     ENTRY_FIELD_NUMBER: _builtins.int
+    APPLIED_SEQUENCE_FIELD_NUMBER: _builtins.int
     outcome: Global___GetOutcome.ValueType
+    applied_sequence: _builtins.int
+    """The namespace sequence the answering replica had applied before the lookup: the answer
+    reflects every event up to it. 0 when the replica was not synced (then nothing is promised).
+    A near cache keeps the entry only if this is at least the sequence its Watch stream reached.
+    """
     @_builtins.property
     def entry(self) -> _common_pb2.Entry:
         """Set for HIT and NOT_MODIFIED (without the value for NOT_MODIFIED)."""
@@ -247,10 +253,11 @@ class GetResponse(_message.Message):
         *,
         outcome: Global___GetOutcome.ValueType = ...,
         entry: _common_pb2.Entry | None = ...,
+        applied_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "entry", b"entry", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,14 +532,24 @@ class GetOrSetResponse(_message.Message):
     ENTRY_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    APPLIED_SEQUENCE_FIELD_NUMBER: _builtins.int
     outcome: Global___GetOrSetOutcome.ValueType
     key: _builtins.str
     """The key this result is for (useful in GetOrSetMany)."""
+    applied_sequence: _builtins.int
+    """As GetResponse.applied_sequence: the sequence the replica had applied before the lookup."""
     @_builtins.property
     def entry(self) -> _common_pb2.Entry: ...
     @_builtins.property
     def lease(self) -> _common_pb2.Lease:
         """Set for LEASE, and for a stale HIT that carries a refresh lease."""
+
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """The wait bound this call used: the requested max_wait (or the namespace's default), capped by
+        the namespace's max_wait_max and the deadline. The lease's ttl is likewise the effective one.
+        """
 
     def __init__(
         self,
@@ -541,10 +558,12 @@ class GetOrSetResponse(_message.Message):
         entry: _common_pb2.Entry | None = ...,
         lease: _common_pb2.Lease | None = ...,
         key: _builtins.str = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+        applied_sequence: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "lease", b"lease", "max_wait", b"max_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "key", b"key", "lease", b"lease", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "entry", b"entry", "key", b"key", "lease", b"lease", "max_wait", b"max_wait", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

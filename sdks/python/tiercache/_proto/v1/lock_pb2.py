@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tiercache/v1/lock.proto\x12\x0ctiercache.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8a\x01\n\x12\x41\x63quireLockRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9c\x01\n\x13\x41\x63quireLockResponse\x12\x31\n\x07outcome\x18\x01 \x01(\x0e\x32 .tiercache.v1.AcquireLockOutcome\x12\x13\n\x0bowner_token\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"p\n\x10RenewLockRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bowner_token\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"H\n\x11RenewLockResponse\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".tiercache.v1.LockOwnershipOutcome\"J\n\x12ReleaseLockRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bowner_token\x18\x03 \x01(\t\"J\n\x13ReleaseLockResponse\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".tiercache.v1.LockOwnershipOutcome*\x7f\n\x12\x41\x63quireLockOutcome\x12$\n ACQUIRE_LOCK_OUTCOME_UNSPECIFIED\x10\x00\x12!\n\x1d\x41\x43QUIRE_LOCK_OUTCOME_ACQUIRED\x10\x01\x12 \n\x1c\x41\x43QUIRE_LOCK_OUTCOME_TIMEOUT\x10\x02*\x82\x01\n\x14LockOwnershipOutcome\x12&\n\"LOCK_OWNERSHIP_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19LOCK_OWNERSHIP_OUTCOME_OK\x10\x01\x12#\n\x1fLOCK_OWNERSHIP_OUTCOME_NOT_HELD\x10\x02\x32\x83\x02\n\x0bLockService\x12R\n\x0b\x41\x63quireLock\x12 .tiercache.v1.AcquireLockRequest\x1a!.tiercache.v1.AcquireLockResponse\x12L\n\tRenewLock\x12\x1e.tiercache.v1.RenewLockRequest\x1a\x1f.tiercache.v1.RenewLockResponse\x12R\n\x0bReleaseLock\x12 .tiercache.v1.ReleaseLockRequest\x1a!.tiercache.v1.ReleaseLockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tiercache/v1/lock.proto\x12\x0ctiercache.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8a\x01\n\x12\x41\x63quireLockRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_wait\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc9\x01\n\x13\x41\x63quireLockResponse\x12\x31\n\x07outcome\x18\x01 \x01(\x0e\x32 .tiercache.v1.AcquireLockOutcome\x12\x13\n\x0bowner_token\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"p\n\x10RenewLockRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bowner_token\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"p\n\x11RenewLockResponse\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".tiercache.v1.LockOwnershipOutcome\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"J\n\x12ReleaseLockRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bowner_token\x18\x03 \x01(\t\"J\n\x13ReleaseLockResponse\x12\x33\n\x07outcome\x18\x01 \x01(\x0e\x32\".tiercache.v1.LockOwnershipOutcome*\x7f\n\x12\x41\x63quireLockOutcome\x12$\n ACQUIRE_LOCK_OUTCOME_UNSPECIFIED\x10\x00\x12!\n\x1d\x41\x43QUIRE_LOCK_OUTCOME_ACQUIRED\x10\x01\x12 \n\x1c\x41\x43QUIRE_LOCK_OUTCOME_TIMEOUT\x10\x02*\x82\x01\n\x14LockOwnershipOutcome\x12&\n\"LOCK_OWNERSHIP_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19LOCK_OWNERSHIP_OUTCOME_OK\x10\x01\x12#\n\x1fLOCK_OWNERSHIP_OUTCOME_NOT_HELD\x10\x02\x32\x83\x02\n\x0bLockService\x12R\n\x0b\x41\x63quireLock\x12 .tiercache.v1.AcquireLockRequest\x1a!.tiercache.v1.AcquireLockResponse\x12L\n\tRenewLock\x12\x1e.tiercache.v1.RenewLockRequest\x1a\x1f.tiercache.v1.RenewLockResponse\x12R\n\x0bReleaseLock\x12 .tiercache.v1.ReleaseLockRequest\x1a!.tiercache.v1.ReleaseLockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tiercache._proto.v1.lock_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACQUIRELOCKOUTCOME']._serialized_start=713
-  _globals['_ACQUIRELOCKOUTCOME']._serialized_end=840
-  _globals['_LOCKOWNERSHIPOUTCOME']._serialized_start=843
-  _globals['_LOCKOWNERSHIPOUTCOME']._serialized_end=973
+  _globals['_ACQUIRELOCKOUTCOME']._serialized_start=798
+  _globals['_ACQUIRELOCKOUTCOME']._serialized_end=925
+  _globals['_LOCKOWNERSHIPOUTCOME']._serialized_start=928
+  _globals['_LOCKOWNERSHIPOUTCOME']._serialized_end=1058
   _globals['_ACQUIRELOCKREQUEST']._serialized_start=74
   _globals['_ACQUIRELOCKREQUEST']._serialized_end=212
   _globals['_ACQUIRELOCKRESPONSE']._serialized_start=215
-  _globals['_ACQUIRELOCKRESPONSE']._serialized_end=371
-  _globals['_RENEWLOCKREQUEST']._serialized_start=373
-  _globals['_RENEWLOCKREQUEST']._serialized_end=485
-  _globals['_RENEWLOCKRESPONSE']._serialized_start=487
-  _globals['_RENEWLOCKRESPONSE']._serialized_end=559
-  _globals['_RELEASELOCKREQUEST']._serialized_start=561
-  _globals['_RELEASELOCKREQUEST']._serialized_end=635
-  _globals['_RELEASELOCKRESPONSE']._serialized_start=637
-  _globals['_RELEASELOCKRESPONSE']._serialized_end=711
-  _globals['_LOCKSERVICE']._serialized_start=976
-  _globals['_LOCKSERVICE']._serialized_end=1235
+  _globals['_ACQUIRELOCKRESPONSE']._serialized_end=416
+  _globals['_RENEWLOCKREQUEST']._serialized_start=418
+  _globals['_RENEWLOCKREQUEST']._serialized_end=530
+  _globals['_RENEWLOCKRESPONSE']._serialized_start=532
+  _globals['_RENEWLOCKRESPONSE']._serialized_end=644
+  _globals['_RELEASELOCKREQUEST']._serialized_start=646
+  _globals['_RELEASELOCKREQUEST']._serialized_end=720
+  _globals['_RELEASELOCKRESPONSE']._serialized_start=722
+  _globals['_RELEASELOCKRESPONSE']._serialized_end=796
+  _globals['_LOCKSERVICE']._serialized_start=1061
+  _globals['_LOCKSERVICE']._serialized_end=1320
 # @@protoc_insertion_point(module_scope)

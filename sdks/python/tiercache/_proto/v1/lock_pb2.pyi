@@ -102,13 +102,22 @@ class AcquireLockResponse(_message.Message):
     OWNER_TOKEN_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
     outcome: Global___AcquireLockOutcome.ValueType
     owner_token: _builtins.str
     """A 128-bit random token, hex encoded; needed to renew or release."""
     fencing_token: _builtins.int
     """Strictly increases on every grant of this lock."""
     @_builtins.property
-    def ttl(self) -> _duration_pb2.Duration: ...
+    def ttl(self) -> _duration_pb2.Duration:
+        """The TTL granted: the requested one capped by the namespace's lock_ttl_max."""
+
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration:
+        """The wait bound this call used: the requested one capped by the namespace's max_wait_max and
+        the deadline.
+        """
+
     def __init__(
         self,
         *,
@@ -116,10 +125,11 @@ class AcquireLockResponse(_message.Message):
         owner_token: _builtins.str = ...,
         fencing_token: _builtins.int = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_wait", b"max_wait", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "outcome", b"outcome", "owner_token", b"owner_token", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "max_wait", b"max_wait", "outcome", b"outcome", "owner_token", b"owner_token", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -159,15 +169,21 @@ class RenewLockResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTCOME_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
     outcome: Global___LockOwnershipOutcome.ValueType
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """With OK: the TTL granted, the requested one capped by the namespace's lock_ttl_max."""
+
     def __init__(
         self,
         *,
         outcome: Global___LockOwnershipOutcome.ValueType = ...,
+        ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
