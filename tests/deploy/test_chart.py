@@ -183,6 +183,8 @@ BAD_VALUES = [
     # Gone: the L1 budget no longer grows with namespaces, so an old values file saying it
     # fails loudly instead of being ignored.
     ("removed sizing.dynamicNamespaces", {"sizing": {"dynamicNamespaces": 4}}, True),
+    ("key prefix with a brace", {"redis": {"keyPrefix": "team{a}"}}, True),
+    ("empty key prefix", {"redis": {"keyPrefix": ""}}, True),
     ("L1 budget above the memory limit", {"config": {"l1": {"maxBytes": 1073741824}}}, False),
     ("L1 budget without headroom",
      {"resources": {"limits": {"memory": "128Mi"}}, "config": {"l1": {"maxBytes": 104857600}}}, False),
@@ -316,6 +318,13 @@ def test_default_toml_carries_the_l1_budget_and_the_namespace_cap():
     # Written as TOML integers, never floats or exponents (a float would not deserialize as u64).
     assert re.search(r"^max_bytes = 268435456$", text, re.M), text
     assert re.search(r"^max_namespaces = 64$", text, re.M), text
+
+
+def test_redis_key_prefix_reaches_the_server_config():
+    _, config = rendered_toml()
+    assert config["redis"]["key_prefix"] == "tc"
+    _, config = rendered_toml({"redis": {"keyPrefix": "team-a"}})
+    assert config["redis"]["key_prefix"] == "team-a"
 
 
 @pytest.mark.parametrize("name", sorted(SETS))

@@ -26,6 +26,7 @@ shutdown_grace = "{{ .Values.server.shutdownGraceSeconds }}s"
 url = {{ toJson . }}
 connect_timeout = {{ toJson $.Values.redis.connectTimeout }}
 response_timeout = {{ toJson $.Values.redis.responseTimeout }}
+key_prefix = {{ toJson $.Values.redis.keyPrefix }}
 {{- end }}
 
 [limits]
