@@ -512,6 +512,109 @@ async fn flush_arriving_between_a_sync_read_and_its_lock_is_not_lost() {
     assert!(matches!(again, Lookup::Miss), "{again:?}");
 }
 
+/// A sync read sent before the namespace was cleared (here by a gap) must not complete after the
+/// clear with its old sequence and flush mark: it would take a later read's event buffer and make
+/// the replica trust marks from before a flush. Found by `invalidation_race` under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_read_sent_before_a_gap_does_not_restore_old_marks() {
+    use tiercache_core::{Lookup, ReadOptions, WriteArgs};
+
+    let redis = RedisServer::start();
+    let a = engine(&redis).await;
+    let b = engine(&redis).await;
+    let (na, nb) = (
+        a.namespace("default").unwrap(),
+        b.namespace("default").unwrap(),
+    );
+    a.set(
+        &na,
+        "k",
+        WriteArgs {
+            value: "v".into(),
+            ..WriteArgs::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // R1: B's first sync read of the namespace stops after Redis answered (flush mark 0).
+    let (mut reached1, resume1) = b.pause_sync_for_tests();
+    let r1 = {
+        let (b, nb) = (b.clone(), nb.clone());
+        tokio::spawn(async move { b.get(&nb, "k", ReadOptions::default()).await })
+    };
+    tokio::time::timeout(BOUND, reached1.recv())
+        .await
+        .expect("R1 reaches the pause point");
+    // R2 syncs B meanwhile, then A flushes and B applies the flush.
+    let hit = b.get(&nb, "k", ReadOptions::default()).await.unwrap();
+    assert!(matches!(hit, Lookup::Hit(_)), "{hit:?}");
+    a.flush(&na).await.unwrap();
+    wait_for(BOUND, POLL, || {
+        let (b, nb) = (b.clone(), nb.clone());
+        async move {
+            matches!(
+                b.get(&nb, "k", ReadOptions::default()).await,
+                Ok(Lookup::Miss)
+            )
+        }
+    })
+    .await
+    .expect("B applies the flush");
+    // A gap clears B's namespace: an event far ahead of the sequence, in the current run.
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let run: String = redis::cmd("GET")
+        .arg("tc:{default}:run")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("tc:0:{default}:events")
+        .arg(format!("{run}\n1000000\nF"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_for(BOUND, POLL, || {
+        let nb = nb.clone();
+        async move { nb.last_sequence() == 0 }
+    })
+    .await
+    .expect("B clears the namespace on the gap");
+    // R3 starts a new sync and stops after its read; then R1 resumes, with its answer from
+    // before the flush.
+    let (mut reached3, resume3) = b.pause_sync_for_tests();
+    let r3 = {
+        let (b, nb) = (b.clone(), nb.clone());
+        tokio::spawn(async move { b.get(&nb, "k", ReadOptions::default()).await })
+    };
+    tokio::time::timeout(BOUND, reached3.recv())
+        .await
+        .expect("R3 reaches the pause point");
+    resume1.add_permits(1);
+    let got1 = tokio::time::timeout(BOUND, r1)
+        .await
+        .expect("R1 completes")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(got1, Lookup::Miss),
+        "a sync read from before the flush served the flushed entry: {got1:?}"
+    );
+    resume3.add_permits(1);
+    let got3 = tokio::time::timeout(BOUND, r3)
+        .await
+        .expect("R3 completes")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(got3, Lookup::Miss), "{got3:?}");
+    let again = b.get(&nb, "k", ReadOptions::default()).await.unwrap();
+    assert!(matches!(again, Lookup::Miss), "{again:?}");
+}
+
 /// Log lines written by the test process's subscriber.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
