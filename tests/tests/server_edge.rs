@@ -580,20 +580,18 @@ async fn freezable_proxy(to: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
     (addr, frozen)
 }
 
-#[tokio::test]
-async fn vanished_client_is_found_by_keepalive_and_its_watch_and_waiters_end() {
-    let config = Config::from_toml(
-        "[server]\nhttp2_keepalive_interval = \"300ms\"\nhttp2_keepalive_timeout = \"300ms\"\n",
-    )
-    .unwrap();
-    let server = TestServer::start(config).await;
-    let admin = server.admin_addr().unwrap();
-    let (proxy, frozen) = freezable_proxy(server.addr()).await;
-    let channel = Endpoint::from_shared(format!("http://{proxy}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+type Waiter = tokio::task::JoinHandle<Result<tonic::Response<pb::GetOrSetResponse>, tonic::Status>>;
+
+/// Over `channel`: takes the lease on `k`, starts a GetOrSet waiter on it and opens a Watch, and
+/// waits until the server's gauges show both.
+async fn open_waiter_and_watch(
+    channel: tonic::transport::Channel,
+    admin: SocketAddr,
+) -> (
+    CacheServiceClient<tonic::transport::Channel>,
+    Waiter,
+    tonic::Streaming<pb::WatchResponse>,
+) {
     let mut c = CacheServiceClient::new(channel);
     let lease = c
         .get_or_set(req::get_or_set("k"))
@@ -619,27 +617,47 @@ async fn vanished_client_is_found_by_keepalive_and_its_watch_and_waiters_end() {
         .unwrap()
         .into_inner();
     watch.next().await.unwrap().unwrap();
+    waiter_and_watch_open(admin, 1.0)
+        .await
+        .expect("the waiter and the watch are open");
+    (c, waiter, watch)
+}
+
+/// Waits until the server's gauges show `n` lease waiters and `n` Watch streams.
+async fn waiter_and_watch_open(
+    admin: SocketAddr,
+    n: f64,
+) -> Result<(), tiercache_testkit::WaitTimeout> {
     wait_for(
         Duration::from_secs(5),
         Duration::from_millis(20),
         || async move {
-            metric(admin, "tiercache_waiters", "lease").await == Some(1.0)
-                && metric(admin, "tiercache_streams", "watch").await == Some(1.0)
+            metric(admin, "tiercache_waiters", "lease").await == Some(n)
+                && metric(admin, "tiercache_streams", "watch").await == Some(n)
         },
     )
     .await
-    .expect("the waiter and the watch are open");
+}
+
+#[tokio::test]
+async fn vanished_client_is_found_by_keepalive_and_its_watch_and_waiters_end() {
+    let config = Config::from_toml(
+        "[server]\nhttp2_keepalive_interval = \"300ms\"\nhttp2_keepalive_timeout = \"300ms\"\n",
+    )
+    .unwrap();
+    let server = TestServer::start(config).await;
+    let admin = server.admin_addr().unwrap();
+    let (proxy, frozen) = freezable_proxy(server.addr()).await;
+    let channel = Endpoint::from_shared(format!("http://{proxy}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (_c, waiter, _watch) = open_waiter_and_watch(channel, admin).await;
     frozen.store(true, Ordering::SeqCst);
-    wait_for(
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || async move {
-            metric(admin, "tiercache_waiters", "lease").await == Some(0.0)
-                && metric(admin, "tiercache_streams", "watch").await == Some(0.0)
-        },
-    )
-    .await
-    .expect("the server closes the silent connection and ends its RPCs");
+    waiter_and_watch_open(admin, 0.0)
+        .await
+        .expect("the server closes the silent connection and ends its RPCs");
     waiter.abort();
 }
 
@@ -702,53 +720,12 @@ async fn closed_client_connection_ends_its_watch_and_waiters() {
         .connect()
         .await
         .unwrap();
-    let mut c = CacheServiceClient::new(channel);
-    let lease = c
-        .get_or_set(req::get_or_set("k"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(lease.outcome(), pb::GetOrSetOutcome::Lease);
-    let waiter = tokio::spawn({
-        let mut c = c.clone();
-        async move {
-            c.get_or_set(pb::GetOrSetRequest {
-                max_wait: req::duration(Duration::from_secs(60)),
-                ..req::get_or_set("k")
-            })
-            .await
-        }
-    });
-    let mut watch = c
-        .watch(pb::WatchRequest {
-            namespace: "default".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    watch.next().await.unwrap().unwrap();
-    wait_for(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async move {
-            metric(admin, "tiercache_waiters", "lease").await == Some(1.0)
-                && metric(admin, "tiercache_streams", "watch").await == Some(1.0)
-        },
-    )
-    .await
-    .expect("the waiter and the watch are open");
+    let (c, waiter, watch) = open_waiter_and_watch(channel, admin).await;
     // Every clone of the channel goes: the connection closes.
     waiter.abort();
     let _ = waiter.await;
     drop((c, watch));
-    wait_for(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async move {
-            metric(admin, "tiercache_waiters", "lease").await == Some(0.0)
-                && metric(admin, "tiercache_streams", "watch").await == Some(0.0)
-        },
-    )
-    .await
-    .expect("the server ends the RPCs of a closed connection");
+    waiter_and_watch_open(admin, 0.0)
+        .await
+        .expect("the server ends the RPCs of a closed connection");
 }
