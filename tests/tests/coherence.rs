@@ -431,6 +431,34 @@ async fn deployments_with_two_prefixes_on_one_database_never_see_each_other() {
     }
 }
 
+/// Two engines A and B on `redis`, their `default` namespaces, and `k` = `v` written by A.
+async fn two_engines_with_k(
+    redis: &RedisServer,
+) -> (
+    tiercache_core::Cache,
+    tiercache_core::Cache,
+    Arc<tiercache_core::Namespace>,
+    Arc<tiercache_core::Namespace>,
+) {
+    let a = engine(redis).await;
+    let b = engine(redis).await;
+    let (na, nb) = (
+        a.namespace("default").unwrap(),
+        b.namespace("default").unwrap(),
+    );
+    a.set(
+        &na,
+        "k",
+        tiercache_core::WriteArgs {
+            value: "v".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    (a, b, na, nb)
+}
+
 /// The engine over a fresh Redis, with the `default` namespace.
 async fn engine(redis: &RedisServer) -> tiercache_core::Cache {
     tiercache_core::Cache::two_tier(
@@ -453,25 +481,10 @@ async fn engine(redis: &RedisServer) -> tiercache_core::Cache {
 
 #[tokio::test]
 async fn flush_arriving_between_a_sync_read_and_its_lock_is_not_lost() {
-    use tiercache_core::{Lookup, ReadOptions, WriteArgs};
+    use tiercache_core::{Lookup, ReadOptions};
 
     let redis = RedisServer::start();
-    let a = engine(&redis).await;
-    let b = engine(&redis).await;
-    let (na, nb) = (
-        a.namespace("default").unwrap(),
-        b.namespace("default").unwrap(),
-    );
-    a.set(
-        &na,
-        "k",
-        WriteArgs {
-            value: "v".into(),
-            ..WriteArgs::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (a, b, na, nb) = two_engines_with_k(&redis).await;
 
     // A raw subscriber of the namespace's events, to know when the flush was published.
     let mut ps = redis.client().get_async_pubsub().await.unwrap();
@@ -517,25 +530,10 @@ async fn flush_arriving_between_a_sync_read_and_its_lock_is_not_lost() {
 /// the replica trust marks from before a flush. Found by `invalidation_race` under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_read_sent_before_a_gap_does_not_restore_old_marks() {
-    use tiercache_core::{Lookup, ReadOptions, WriteArgs};
+    use tiercache_core::{Lookup, ReadOptions};
 
     let redis = RedisServer::start();
-    let a = engine(&redis).await;
-    let b = engine(&redis).await;
-    let (na, nb) = (
-        a.namespace("default").unwrap(),
-        b.namespace("default").unwrap(),
-    );
-    a.set(
-        &na,
-        "k",
-        WriteArgs {
-            value: "v".into(),
-            ..WriteArgs::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (a, b, na, nb) = two_engines_with_k(&redis).await;
 
     // R1: B's first sync read of the namespace stops after Redis answered (flush mark 0).
     let (mut reached1, resume1) = b.pause_sync_for_tests();
