@@ -167,6 +167,23 @@ impl CheckedSet {
     }
 }
 
+/// Validates every item of a batch (fields named `requests[i].…`), then opens (maybe creates)
+/// their namespaces, all before the first item is applied: a bad batch changes nothing and
+/// creates no namespace.
+fn check_all<R>(
+    items: &[R],
+    check: impl Fn(&R, &str) -> Result<CheckedSet, ApiError>,
+) -> Result<Vec<OpenSet>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| check(item, &format!("requests[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(CheckedSet::open)
+        .collect()
+}
+
 /// Returns the value in an allocation of its own. A decoded request's `bytes` field is a slice
 /// of tonic's receive buffer (8 KiB for a unary call, more for a batch or stream), and L1 would
 /// otherwise keep that whole buffer alive for as long as it keeps the value: about 5 KiB of
@@ -394,15 +411,7 @@ impl CacheService for CacheApi {
         let req = r.into_inner();
         self.check_batch("requests", req.requests.len())?;
         // Validate every item before writing any, so a bad batch writes nothing.
-        let checked = req
-            .requests
-            .iter()
-            .enumerate()
-            .map(|(i, item)| self.check_set(item, &format!("requests[{i}].")))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .map(CheckedSet::open)
-            .collect::<Result<Vec<_>, _>>()?;
+        let checked = check_all(&req.requests, |item, prefix| self.check_set(item, prefix))?;
         let responses = futures::future::try_join_all(
             checked
                 .into_iter()
@@ -517,17 +526,7 @@ impl CacheService for CacheApi {
         self.check_batch("requests", req.requests.len())?;
         // Validate every item before filling any, so a bad batch stores nothing and consumes
         // no lease.
-        let checked = req
-            .requests
-            .iter()
-            .enumerate()
-            .map(|(i, item)| self.check_fill(item, &format!("requests[{i}].")))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Then open (maybe create) the namespaces, all before the first fill.
-        let checked = checked
-            .into_iter()
-            .map(CheckedSet::open)
-            .collect::<Result<Vec<_>, _>>()?;
+        let checked = check_all(&req.requests, |item, prefix| self.check_fill(item, prefix))?;
         let responses = futures::future::try_join_all(
             checked
                 .into_iter()
