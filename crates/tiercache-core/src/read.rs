@@ -297,10 +297,14 @@ impl Cache {
         let ((_, flush), marks) =
             futures::try_join!(l2.namespace_marks(&ns.keys), l2.tag_marks(&ns.keys, &tags))?;
         if synced {
+            // Keep what Redis just said, the flush mark too: a later lookup on cached marks must
+            // not find visible what this one found hidden (the flush's event may still be on
+            // its way).
             let mut s = ns.sync.write();
             for (t, m) in tags.iter().zip(&marks) {
                 s.learn_tag(t, *m);
             }
+            s.flush_mark = s.flush_mark.max(flush);
         }
         Ok(data.born >= flush && marks.iter().all(|&m| data.born >= m))
     }
