@@ -3,7 +3,8 @@
 #   make serve   run the server, memory-only on 127.0.0.1:50051
 #   make test    the whole suite: setup, lint, tests, cargo deny
 #   make setup   install what the tests need (scripts/setup.sh)
-#   make lint    rustfmt check, clippy, buf lint and buf format check
+#   make lint    rustfmt check, clippy, buf lint, buf format check and the buf breaking gate
+#   make api-release   rewrite the released-API image the breaking gate compares with (on purpose)
 #   make fmt     format Rust and proto files in place
 #   make nextest / make deny   single steps of `make test`
 #   make faults  the long fault suite (tests/tests/faults.rs, FAULTS_ROUNDS rounds per scenario)
@@ -39,7 +40,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench image deploy-check faults soak
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint buf-breaking api-release nextest deny bench image deploy-check faults soak
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -75,7 +76,7 @@ soak:
 	cargo run --release -p tiercache-e2e $(LOCKED) --example soak -- \
 		--minutes $(SOAK_MINUTES) --binary $(CARGO_TARGET_DIR)/release/tiercache --out $(SOAK_OUT) $(SOAK_ARGS)
 
-lint: fmt-check clippy buf-lint
+lint: fmt-check clippy buf-lint buf-breaking
 
 fmt:
 	cargo fmt --all
@@ -92,6 +93,18 @@ clippy:
 buf-lint:
 	$(BUF) lint
 	$(BUF) format -d --exit-code
+
+# buf breaking of proto/ against the committed image of the released API, plus a self-test that a
+# renumbered or deleted field fails it (scripts/check-buf-breaking.sh, docs/clients.md).
+RELEASED_API := proto/released/tiercache-v1.binpb
+buf-breaking:
+	bash scripts/check-buf-breaking.sh
+
+# Makes the current proto/ the released API the gate compares with. Run it on purpose when an
+# API version ships (or to accept a deliberate break), and commit the image with the change.
+api-release:
+	$(BUF) build --exclude-source-info -o $(RELEASED_API)
+	@echo "wrote $(RELEASED_API); commit it"
 
 nextest:
 	cargo nextest run --workspace $(LOCKED) $(BENCH_FEATURE) --profile $(NEXTEST_PROFILE)
