@@ -1,9 +1,10 @@
 # The one task runner: CI runs `make test` (through .ci/run), and so can you.
 #
 #   make serve   run the server, memory-only on 127.0.0.1:50051
-#   make test    the whole suite: setup, lint, tests, cargo deny
+#   make test    the whole suite: setup, lint, tests, SDKs, generated clients, cargo deny
 #   make setup   install what the tests need (scripts/setup.sh)
 #   make lint    rustfmt check, clippy, buf lint, buf format check and the buf breaking gate
+#   make clients the generated Go and Java clients: generate, compile, run against the server
 #   make api-release   rewrite the released-API image the breaking gate compares with (on purpose)
 #   make fmt     format Rust and proto files in place
 #   make nextest / make deny   single steps of `make test`
@@ -50,6 +51,7 @@ test:
 	$(call step,lint)
 	$(call step,nextest)
 	$(call step,python)
+	$(call step,clients)
 	$(call step,deny)
 	$(call step,deploy-check)
 
@@ -115,6 +117,13 @@ nextest:
 python:
 	cargo build -p tiercache-cli $(LOCKED)
 	bash sdks/python/check.sh
+
+# The generated Go and Java clients (docs/clients.md): generated with Debian's local plugins into
+# build/clients, compiled, and run against the debug server binary (scripts/check-clients.sh).
+.PHONY: clients
+clients:
+	cargo build -p tiercache-cli $(LOCKED)
+	bash scripts/check-clients.sh
 
 # cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
 # (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the
