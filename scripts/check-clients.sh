@@ -4,8 +4,8 @@
 # them with a small program each (clients/go/smoke, clients/java/Smoke.java), starts the real
 # server binary memory-only on a free port, and runs both programs against it. Each program
 # checks every answer and exits non-zero on a mismatch; a second run of each must fail (its cold
-# key is warm then), so a program that cannot fail does not pass. The generated code is not committed: it
-# goes to $CLIENTS_BUILD (build/clients), wiped first.
+# key is warm then), so a program that cannot fail does not pass. The generated code is not
+# committed: it goes to $CLIENTS_BUILD (build/clients), wiped first.
 #
 # Needs scripts/setup-clients.sh's packages, buf (scripts/setup.sh) and the debug server binary
 # (`make clients` builds it first; TIERCACHE_BIN overrides its path).
@@ -28,6 +28,12 @@ rm -rf "$build"
 mkdir -p "$build"
 
 # --- generate --------------------------------------------------------------------------------
+# The local templates must set the same packages as the users' remote ones they stand in for.
+managed() { sed -n '/^managed:/,/^plugins:/p' "$1"; }
+for lang in go java; do
+    [ "$(managed "buf.gen.$lang.yaml")" = "$(managed "clients/buf.gen.$lang.local.yaml")" ] ||
+        die "the managed: sections of buf.gen.$lang.yaml and clients/buf.gen.$lang.local.yaml differ"
+done
 "$buf" generate --template clients/buf.gen.go.local.yaml -o "$build/go/src"
 "$buf" generate --template clients/buf.gen.java.local.yaml -o "$build/java/src"
 say "generated $(find "$build/go/src" -name '*.go' | wc -l) Go and $(find "$build/java/src" -name '*.java' | wc -l) Java files"
