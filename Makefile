@@ -5,7 +5,7 @@
 #   make setup   install what the tests need (scripts/setup.sh)
 #   make lint    rustfmt check, clippy, buf lint and buf format check
 #   make fmt     format Rust and proto files in place
-#   make nextest / make deny   single steps of `make test`
+#   make nextest / make python / make typescript / make deny   single steps of `make test`
 #   make faults  the long fault suite (tests/tests/faults.rs, FAULTS_ROUNDS rounds per scenario)
 #   make soak    the soak of docs/performance.md (SOAK_MINUTES, default 20; release build)
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes;
@@ -49,6 +49,7 @@ test:
 	$(call step,lint)
 	$(call step,nextest)
 	$(call step,python)
+	$(call step,typescript)
 	$(call step,deny)
 	$(call step,deploy-check)
 
@@ -102,6 +103,13 @@ nextest:
 python:
 	cargo build -p tiercache-cli $(LOCKED)
 	bash sdks/python/check.sh
+
+# The TypeScript SDK (sdks/typescript): generated code current, tsc --strict, node:test against
+# real servers (the debug server binary and redis-server).
+.PHONY: typescript
+typescript:
+	cargo build -p tiercache-cli $(LOCKED)
+	bash sdks/typescript/check.sh
 
 # cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
 # (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the
