@@ -43,6 +43,25 @@ export interface NamespaceOptions<T> {
   serializer?: Serializer<T>;
 }
 
+/**
+ * What the read and write paths ask of a near cache (the opt-in in-process tier kept coherent by
+ * Watch; src/near.ts). Reads consult `lookup` first; a read that goes to the server takes a
+ * `ticket` before asking and offers the reply to `insert` with it (dropped when an event came in
+ * between, or when the replica had not applied the sequence the cache has reached); this
+ * process's own writes and deletes `forget` the key.
+ * @internal
+ */
+export interface NearHook {
+  /** A fresh entry held for `key`, or undefined (also while the cache is bypassed). */
+  lookup(key: string): PbEntry | undefined;
+  /** The current epoch to pass to `insert`, or undefined while the cache is bypassed. */
+  ticket(key: string): number | undefined;
+  /** Keeps `entry` (if fresh) unless an event arrived since `ticket` or the replica lagged. */
+  insert(key: string, entry: PbEntry, ticket: number, appliedSequence: bigint): void;
+  /** Drops `key`. */
+  forget(key: string): void;
+}
+
 export interface SetOptions extends CallOptions {
   /** Fresh time in ms (default: the namespace's `default_ttl`). */
   ttlMs?: number;
@@ -99,6 +118,8 @@ export class Namespace<T = Uint8Array> {
   readonly name: string;
   readonly serializer: Serializer<T>;
   /** @internal */ readonly client: Client;
+  /** The near cache, when the namespace was opened with one. @internal */
+  near: NearHook | undefined;
 
   constructor(client: Client, name: string, options: NamespaceOptions<T> = {}) {
     if (typeof name !== "string" || name === "") throw new TypeError("namespace: `name` must be a non-empty string");
@@ -109,12 +130,17 @@ export class Namespace<T = Uint8Array> {
 
   /** The entry of `key`, or `undefined` on a miss. */
   async get(key: string, options: GetOptions = {}): Promise<Entry<T> | undefined> {
+    const near = options.freshOnly ? undefined : this.near;
+    const held = near?.lookup(key);
+    if (held !== undefined) return { ...entryOf(held, this.serializer), tier: "near" };
+    const ticket = near?.ticket(key);
     const reply = await this.client.call({ idempotent: true }, options, (o) =>
       this.client.cache.get({ namespace: this.name, key, freshOnly: options.freshOnly ?? false }, o),
     );
     switch (reply.outcome) {
       case GetOutcome.HIT:
         if (reply.entry === undefined) throw new UnexpectedResponse("Get: a HIT without an entry");
+        if (near !== undefined && ticket !== undefined) near.insert(key, reply.entry, ticket, reply.appliedSequence);
         return entryOf(reply.entry, this.serializer);
       case GetOutcome.MISS:
         return undefined;
@@ -129,6 +155,7 @@ export class Namespace<T = Uint8Array> {
       throw new TypeError("set: give ifAbsent or ifVersion, not both");
     }
     const data = this.serializer.encode(value);
+    this.near?.forget(key);
     const reply = await this.client.call({ idempotent: false }, options, (o) =>
       this.client.cache.set(
         {
