@@ -7,7 +7,7 @@
 #   make clients the generated Go and Java clients: generate, compile, run against the server
 #   make api-release   rewrite the released-API image the breaking gate compares with (on purpose)
 #   make fmt     format Rust and proto files in place
-#   make nextest / make deny   single steps of `make test`
+#   make nextest / make python / make typescript / make deny   single steps of `make test`
 #   make faults  the long fault suite (tests/tests/faults.rs, FAULTS_ROUNDS rounds per scenario)
 #   make soak    the soak of docs/performance.md (SOAK_MINUTES, default 20; release build)
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes;
@@ -52,6 +52,7 @@ test:
 	$(call step,nextest)
 	$(call step,python)
 	$(call step,clients)
+	$(call step,typescript)
 	$(call step,deny)
 	$(call step,deploy-check)
 
@@ -124,6 +125,12 @@ python:
 clients:
 	cargo build -p tiercache-cli $(LOCKED)
 	bash scripts/check-clients.sh
+# The TypeScript SDK (sdks/typescript): generated code current, tsc --strict, node:test against
+# real servers (the debug server binary and redis-server).
+.PHONY: typescript
+typescript:
+	cargo build -p tiercache-cli $(LOCKED)
+	bash sdks/typescript/check.sh
 
 # cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
 # (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the
