@@ -3,7 +3,7 @@ import { after, before, describe, it } from "node:test";
 import { Redis as RedisClient } from "ioredis";
 import { Client, Lock, LockNotAcquired, type Namespace, TiercacheError } from "../src/index.js";
 import { Cluster, uniqueNamespace } from "./servers.js";
-import { isPending, waitFor } from "./streams-kit.js";
+import { TcpProxy, isPending, waitFor } from "./streams-kit.js";
 
 describe("locks", () => {
   let cluster: Cluster;
@@ -138,6 +138,34 @@ describe("locks", () => {
     assert.equal(await lock.release(), false, "the old owner's release changes nothing");
     assert.equal(other.isHeld(), true);
     await other.release();
+  });
+
+  it("reports the lock lost once its ttl passed without a confirmed renewal (the server unreachable)", async () => {
+    const proxy = await TcpProxy.start(cluster.replicas[0].port);
+    const c = new Client({ address: `http://127.0.0.1:${proxy.port}` });
+    try {
+      const name = uniqueNamespace();
+      let lostAt = 0;
+      const lock = await c.namespace(name).lock("cut-off", { ttlMs: 900, onLost: () => (lostAt = performance.now()) });
+      // A renewal gets through first.
+      await new Promise((r) => setTimeout(r, 400));
+      assert.equal(lock.isHeld(), true);
+      // Then every connection hangs: renewals neither succeed nor get refused.
+      const cutAt = performance.now();
+      proxy.blackhole();
+      await waitFor("the loss to be reported", () => lostAt > 0, 3_000);
+      assert.equal(lock.isHeld(), false);
+      assert.match(String((lock.signal.reason as Error).message), /ttl passed/);
+      // At most one ttl after the last confirmed renewal, which was sent before the cut.
+      assert.ok(lostAt - cutAt <= 900 + 400, `lost ${lostAt - cutAt} ms after the cut`);
+      // The server let it expire too: another owner takes it.
+      const other = await b.namespace(name).lock("cut-off", { maxWaitMs: 3_000 });
+      assert.ok(other.fencingToken > lock.fencingToken);
+      await other.release();
+    } finally {
+      c.close();
+      await proxy.stop();
+    }
   });
 
   it("closing the client reports its locks lost", async () => {

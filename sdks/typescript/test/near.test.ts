@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { type Server as NetServer, type Socket, connect, createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
@@ -8,46 +7,7 @@ import { EntrySchema } from "../src/gen/tiercache/v1/common_pb.js";
 import { durationOf } from "../src/namespace.js";
 import { Client, NearCache, type Namespace, TiercacheError, json } from "../src/index.js";
 import { Cluster, uniqueNamespace } from "./servers.js";
-import { waitFor, within } from "./streams-kit.js";
-
-/** Forwards a local port to `target`; `cut()` destroys every connection through it. */
-class TcpProxy {
-  private constructor(
-    readonly server: NetServer,
-    readonly port: number,
-    readonly sockets: Set<Socket>,
-  ) {}
-
-  static start(target: number): Promise<TcpProxy> {
-    const sockets = new Set<Socket>();
-    const server = createServer((down) => {
-      const up = connect(target, "127.0.0.1");
-      for (const s of [down, up]) {
-        sockets.add(s);
-        s.once("close", () => sockets.delete(s));
-        s.on("error", () => {});
-      }
-      down.pipe(up).pipe(down);
-      down.once("close", () => up.destroy());
-      up.once("close", () => down.destroy());
-    });
-    return new Promise((resolve) => {
-      server.listen(0, "127.0.0.1", () => {
-        const addr = server.address();
-        resolve(new TcpProxy(server, typeof addr === "object" && addr !== null ? addr.port : 0, sockets));
-      });
-    });
-  }
-
-  cut(): void {
-    for (const s of this.sockets) s.destroy();
-  }
-
-  stop(): Promise<void> {
-    this.cut();
-    return new Promise((r) => this.server.close(() => r()));
-  }
-}
+import { TcpProxy, waitFor, within } from "./streams-kit.js";
 
 /** A wire entry as the server sends it: fresh for `freshMs`. */
 function pbEntry(version: bigint, freshMs: number, tags: string[] = [], stale = false) {
