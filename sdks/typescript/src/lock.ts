@@ -19,7 +19,8 @@ export interface LockOptions extends CallOptions {
   /** How long to wait while another owner holds the lock, in ms (default 10 000; 0 tries once).
    * The server caps it at the namespace's `max_wait_max`. */
   maxWaitMs?: number;
-  /** Called once if the lock is lost while held (see `Lock.isHeld`). */
+  /** Called once, if the lock is lost while held (see `Lock.isHeld`). An exception it throws is
+   * rethrown asynchronously, as an uncaught exception. */
   onLost?: (lock: Lock) => void;
 }
 

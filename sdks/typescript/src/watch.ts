@@ -16,6 +16,7 @@ export type WatchEventKind = "started" | "key_changed" | "tags_invalidated" | "f
 export interface WatchEvent {
   /** The namespace sequence of the event. */
   readonly sequence: bigint;
+  /** What happened; the fields below are set for the kinds they name. */
   readonly kind: WatchEventKind;
   /** For `key_changed`: the key written (`version` > 0) or deleted (`version` 0). */
   readonly key?: string;
