@@ -248,8 +248,9 @@ describe("near cache against two replicas", () => {
 
   it("never serves a stale entry", async () => {
     const { ns, near, name } = await nearNamespace();
+    const before = near.sequence ?? 0n;
     await b.namespace<unknown>(name, { serializer: json }).set("s", "v", { ttlMs: 400, staleTtlMs: 60_000 });
-    await reached(near, 1n);
+    await reached(near, before + 1n);
     let nearHits = 0;
     const stale = await waitFor("the entry to turn stale", async () => {
       const e = await ns.get("s");
