@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Client, TiercacheError, type WatchEvent, string } from "../src/index.js";
-import { Cluster, Server, uniqueNamespace } from "./servers.js";
+import { CONFIG, Cluster, Server, uniqueNamespace } from "./servers.js";
 import { nextWithin } from "./streams-kit.js";
 
 describe("watch", () => {
@@ -126,6 +126,40 @@ describe("watch", () => {
         return true;
       });
       await stopped;
+    } finally {
+      c.close();
+      await server.stop();
+    }
+  });
+
+  it("throws RESOURCE_EXHAUSTED with reason WATCH_OVERFLOW when the consumer falls too far behind", async () => {
+    const server = await Server.start(cluster.workdir, undefined, `${CONFIG}\n[limits]\nwatch_buffer = 8\n`);
+    const c = new Client({ address: server.address });
+    try {
+      const name = uniqueNamespace();
+      const events = c.namespace(name).watch()[Symbol.asyncIterator]();
+      assert.equal(((await nextWithin(events)).value as WatchEvent).kind, "started");
+      // Events far beyond what the HTTP/2 windows and the server's buffer of 8 hold, never read
+      // meanwhile: invalidations of 1000 tags of 100 bytes are 100 KB each (6 MB in all).
+      const tags = Array.from({ length: 1000 }, (_, i) => String(i).padStart(100, "0"));
+      for (let i = 0; i < 60; i++) await c.cache.invalidateTags({ namespace: name, tags });
+      let delivered = 0;
+      await assert.rejects(
+        (async () => {
+          for (;;) {
+            const r = await nextWithin(events);
+            if (r.done) return;
+            delivered += 1;
+          }
+        })(),
+        (err: unknown) => {
+          assert.ok(err instanceof TiercacheError, `not a TiercacheError: ${String(err)}`);
+          assert.equal(err.codeName, "resource_exhausted");
+          assert.equal(err.reason, "WATCH_OVERFLOW");
+          return true;
+        },
+      );
+      assert.ok(delivered < 60, `the stream ended early: ${delivered} of 60 events delivered`);
     } finally {
       c.close();
       await server.stop();
