@@ -22,3 +22,6 @@ export {
 } from "./namespace.js";
 export { type Serializer, bytes, json, string } from "./serializers.js";
 export { activeTraceparent } from "./trace.js";
+export { type WatchEvent, type WatchEventKind, type WatchOptions } from "./watch.js";
+export { NearCache, type NearCacheOptions, DEFAULT_NEAR_MAX_ENTRIES, DEFAULT_NEAR_MAX_TTL_MS } from "./near.js";
+export { Lock, type LockOptions, DEFAULT_LOCK_TTL_MS, DEFAULT_LOCK_WAIT_MS } from "./lock.js";

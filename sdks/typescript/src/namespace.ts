@@ -7,6 +7,9 @@ import { type Entry as PbEntry, Tier, WriteConditionSchema } from "./gen/tiercac
 import { GetOutcome, SetOutcome } from "./gen/tiercache/v1/cache_pb.js";
 import { UnexpectedResponse } from "./errors.js";
 import { type Serializer, bytes } from "./serializers.js";
+import { type WatchEvent, type WatchOptions, watchEvents } from "./watch.js";
+import { NearCache, type NearCacheOptions } from "./near.js";
+import { type Lock, type LockOptions, acquireLock } from "./lock.js";
 
 /** A cached value with its metadata, as `get` returns it. */
 export interface Entry<T> {
@@ -41,6 +44,9 @@ export interface SetResult {
 export interface NamespaceOptions<T> {
   /** How values become bytes: `bytes` (default), `string`, `json`, or your own. */
   serializer?: Serializer<T>;
+  /** Keep fresh entries in this process too, coherent through the namespace's Watch stream:
+   * `true` for the defaults, or the cache's bounds. Stop it with `ns.close()` or `client.close()`. */
+  nearCache?: boolean | NearCacheOptions;
 }
 
 /**
@@ -126,6 +132,11 @@ export class Namespace<T = Uint8Array> {
     this.client = client;
     this.name = name;
     this.serializer = options.serializer ?? (bytes as unknown as Serializer<T>);
+    if (options.nearCache) {
+      const near = new NearCache(options.nearCache === true ? {} : options.nearCache);
+      near.start(client, name);
+      this.near = near;
+    }
   }
 
   /** The entry of `key`, or `undefined` on a miss. */
@@ -184,5 +195,40 @@ export class Namespace<T = Uint8Array> {
             : undefined;
     if (outcome === undefined) throw new UnexpectedResponse(`Set: unexpected outcome ${reply.outcome}`);
     return { stored: outcome === "stored", outcome, version: reply.version, currentVersion: reply.currentVersion };
+  }
+
+  /**
+   * The namespace's invalidation events, from a `started` event on:
+   * `for await (const event of ns.watch({ signal })) { … }`. The loop ends without an error when
+   * `signal` aborts, the client is closed or the loop breaks; a stream the server ends with an
+   * error (e.g. `DRAINING`, `WATCH_OVERFLOW`) throws a TiercacheError.
+   */
+  watch(options: WatchOptions = {}): AsyncIterable<WatchEvent> {
+    return watchEvents(this.client, this.name, options);
+  }
+
+  /**
+   * A distributed lock: `await using lock = await ns.lock("nightly", { ttlMs: 10_000 })`. Waits up
+   * to `maxWaitMs` (default 10 s) while another owner holds it, then throws LockNotAcquired; the
+   * returned Lock is renewed in the background until released.
+   */
+  lock(name: string, options: LockOptions = {}): Promise<Lock> {
+    return acquireLock(this.client, this.name, name, options);
+  }
+
+  /** The near cache, when the namespace was opened with `nearCache`. */
+  get nearCache(): NearCache | undefined {
+    return this.near instanceof NearCache ? this.near : undefined;
+  }
+
+  /** Stops the near cache's background Watch, if any, and clears it (closing the client does too).
+   * The namespace stays usable; its reads then always go to the server. */
+  close(): void {
+    this.nearCache?.close();
+  }
+
+  /** `using ns = client.namespace(…)`: `close()` at the end of the block. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
