@@ -41,5 +41,5 @@ export type {
   Stats,
   TierView,
 } from "./admin.js";
-export { type Serializer, bytes, json, string } from "./serializers.js";
+export { type Serializer, bytes, json, jsonOf, string } from "./serializers.js";
 export { activeTraceparent } from "./trace.js";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Client, TiercacheError, bytes, json, string } from "../src/index.js";
+import { Client, TiercacheError, bytes, json, jsonOf, string } from "../src/index.js";
 import { Cluster, uniqueNamespace } from "./servers.js";
 
 /** Retries `read` until `ok` holds (another replica's change arrives through pub/sub). */
@@ -29,13 +29,14 @@ describe("namespace operations", () => {
   });
 
   it("stores a value and reads it back with its metadata", async () => {
-    const ns = client.namespace(uniqueNamespace(), { serializer: json });
+    const ns = client.namespace(uniqueNamespace(), { serializer: jsonOf<{ name: string }>() });
     const set = await ns.set("user:42", { name: "Ada" }, { ttlMs: 30_000, tags: ["org:7"] });
     assert.equal(set.outcome, "stored");
     assert.equal(set.stored, true);
     assert.ok(set.version > 0n);
     const entry = await ns.get("user:42");
     assert.deepEqual(entry?.value, { name: "Ada" });
+    assert.equal(entry?.value?.name, "Ada");
     assert.equal(entry?.version, set.version);
     assert.deepEqual(entry?.tags, ["org:7"]);
     assert.equal(entry?.stale, false);
