@@ -1,0 +1,102 @@
+// `get` throughput of the TypeScript client against ioredis GET on the same data, in one run.
+//
+//     make bench-typescript                       # from the repository root
+//     node build/bench/get.js [--bin path] [--concurrency 64] [--seconds 5] [--keys 1000] [--value-bytes 100]
+//
+// Starts its own redis-server and one memory-only `tiercache serve` (the release binary when
+// built, else the debug one; --bin or $TIERCACHE_BIN to choose), writes the same keys and values
+// to both (tiercache through `setMany`, Redis through MSET), warms up for a second, then keeps
+// `--concurrency` reads in flight for `--seconds` with each client (one connection each: what a
+// Node service would have) and prints reads per second and the ratio. Not run in CI.
+
+import { accessSync, constants, mkdtempSync, rmSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { Redis as IORedis } from "ioredis";
+import { Client } from "../src/index.js";
+import { Redis, Server } from "../test/servers.js";
+
+function defaultBin(): string | undefined {
+  const target = process.env.CARGO_TARGET_DIR || join(homedir(), ".cache/tiercache-target");
+  for (const profile of ["release", "debug"]) {
+    const path = join(target, profile, "tiercache");
+    try {
+      accessSync(path, constants.X_OK);
+      return path;
+    } catch {
+      // next
+    }
+  }
+  return undefined;
+}
+
+/** Keeps `concurrency` calls of `read` in flight for `seconds`; returns reads per second. */
+async function measure(read: (key: string) => Promise<unknown>, keys: string[], concurrency: number, seconds: number): Promise<number> {
+  let n = 0;
+  let i = 0;
+  const deadline = performance.now() + seconds * 1000;
+  const worker = async () => {
+    while (performance.now() < deadline) {
+      i = (i + 1) % keys.length;
+      await read(keys[i] as string);
+      n += 1;
+    }
+  };
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return n / ((performance.now() - t0) / 1000);
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      bin: { type: "string" },
+      concurrency: { type: "string", default: "64" },
+      seconds: { type: "string", default: "5" },
+      keys: { type: "string", default: "1000" },
+      "value-bytes": { type: "string", default: "100" },
+    },
+  });
+  const bin = values.bin ?? process.env.TIERCACHE_BIN ?? defaultBin();
+  if (bin === undefined) throw new Error("no server binary: cargo build --release -p tiercache-cli, or pass --bin");
+  process.env.TIERCACHE_BIN = bin;
+  const concurrency = Number(values.concurrency);
+  const seconds = Number(values.seconds);
+  const keys = Array.from({ length: Number(values.keys) }, (_, i) => `bench:${i}`);
+  const value = new Uint8Array(Number(values["value-bytes"])).fill(120);
+
+  const workdir = mkdtempSync(join(tmpdir(), "tiercache-ts-bench-"));
+  const redis = await Redis.start(workdir);
+  const server = await Server.start(workdir);
+  const client = new Client({ address: server.address });
+  const ioredis = new IORedis({ port: redis.port, host: "127.0.0.1" });
+  try {
+    const ns = client.namespace("default");
+    await ns.setMany(new Map(keys.map((k) => [k, value])), { ttlMs: 3_600_000 });
+    await ioredis.mset(...keys.flatMap((k) => [k, Buffer.from(value)]));
+    const tcGet = async (k: string) => {
+      if ((await ns.get(k)) === undefined) throw new Error(`tiercache: ${k} missing`);
+    };
+    const redisGet = async (k: string) => {
+      if ((await ioredis.getBuffer(k)) === null) throw new Error(`redis: ${k} missing`);
+    };
+    await measure(tcGet, keys, concurrency, 1);
+    await measure(redisGet, keys, concurrency, 1);
+    const tc = await measure(tcGet, keys, concurrency, seconds);
+    const rd = await measure(redisGet, keys, concurrency, seconds);
+    console.log(`server binary: ${bin}`);
+    console.log(`node ${process.version}, ${concurrency} reads in flight, ${seconds} s each, ${keys.length} keys of ${value.length} bytes`);
+    console.log(`tiercache Namespace.get (memory-only server): ${Math.round(tc)} reads/s`);
+    console.log(`ioredis getBuffer (redis-server):             ${Math.round(rd)} reads/s`);
+    console.log(`ratio tiercache / ioredis: ${(tc / rd).toFixed(2)}`);
+  } finally {
+    client.close();
+    ioredis.disconnect();
+    await server.stop();
+    await redis.stop();
+    rmSync(workdir, { recursive: true, force: true });
+  }
+}
+
+await main();
