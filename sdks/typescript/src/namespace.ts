@@ -51,6 +51,7 @@ export interface SetResult {
   readonly currentVersion: bigint;
 }
 
+/** What `client.namespace(name, options)` takes. */
 export interface NamespaceOptions<T> {
   /** How values become bytes: `bytes` (default), `string`, `json`, or your own. */
   serializer?: Serializer<T>;
@@ -75,6 +76,7 @@ export interface NearHook {
   forget(key: string): void;
 }
 
+/** Options of `set`. */
 export interface SetOptions extends CallOptions {
   /** Fresh time in ms (default: the namespace's `default_ttl`). */
   ttlMs?: number;
