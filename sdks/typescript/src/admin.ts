@@ -11,7 +11,6 @@ import {
 } from "./gen/tiercache/v1/admin_pb.js";
 import { HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
 import { Tier } from "./gen/tiercache/v1/common_pb.js";
-import type { Serializer } from "./serializers.js";
 import { msOf } from "./namespace.js";
 
 /** The effective policy of a namespace (durations in ms). */
@@ -57,19 +56,18 @@ export interface Stats {
 export type KeyVisibility = "fresh" | "stale" | "absent" | "hidden_by_flush" | "hidden_by_tag" | "unknown";
 
 /** What one tier holds for an inspected key. */
-export interface TierView<T> {
+export interface TierView {
   readonly tier: "l1" | "l2" | "unknown";
   readonly present: boolean;
-  /** The stored entry, when present (its value decoded). */
-  readonly entry: InspectedEntry<T> | undefined;
+  /** The stored entry's metadata, when present. */
+  readonly entry: InspectedEntry | undefined;
   readonly visibility: KeyVisibility;
   /** The latest invalidation sequence of each of the entry's tags (0 when never invalidated). */
   readonly tagMarks: readonly { readonly tag: string; readonly mark: bigint }[];
 }
 
-/** An entry as a tier stores it. */
-export interface InspectedEntry<T> {
-  readonly value: T | undefined;
+/** An entry as a tier stores it (Inspect does not send values). */
+export interface InspectedEntry {
   readonly version: bigint;
   readonly tags: readonly string[];
   readonly absent: boolean;
@@ -81,8 +79,8 @@ export interface InspectedEntry<T> {
 }
 
 /** The explanation of one key (`Namespace.inspect`). */
-export interface Inspection<T> {
-  readonly tiers: readonly TierView<T>[];
+export interface Inspection {
+  readonly tiers: readonly TierView[];
   /** The namespace's current sequence. */
   readonly sequence: bigint;
   /** The namespace's flush mark. */
@@ -142,7 +140,7 @@ export function statsOf(r: GetStatsResponse): Stats {
 }
 
 /** @internal */
-export function inspectionOf<T>(r: InspectResponse, serializer: Serializer<T>): Inspection<T> {
+export function inspectionOf(r: InspectResponse): Inspection {
   return {
     tiers: r.tiers.map((t) => ({
       tier: TIER_NAMES[t.tier] ?? "unknown",
@@ -151,7 +149,6 @@ export function inspectionOf<T>(r: InspectResponse, serializer: Serializer<T>): 
         t.entry === undefined || !t.present
           ? undefined
           : {
-              value: t.entry.absent ? undefined : serializer.decode(t.entry.value),
               version: t.entry.version,
               tags: t.entry.tags,
               absent: t.entry.absent,

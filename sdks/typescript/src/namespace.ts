@@ -247,24 +247,44 @@ export class Namespace<T = Uint8Array> {
     return setResultOf(reply);
   }
 
-  /** The entries of `keys` (`undefined` for a miss), in order, in one call. */
+  /** The entries of `keys` (`undefined` for a miss), in order, in one call (none for an empty
+   * list, or when the near cache holds every key). */
   async getMany(keys: readonly string[], options: GetOptions = {}): Promise<(Entry<T> | undefined)[]> {
+    const near = options.freshOnly ? undefined : this.near;
+    const out: (Entry<T> | undefined)[] = new Array<Entry<T> | undefined>(keys.length).fill(undefined);
+    const ask: { i: number; ticket: number | undefined }[] = [];
+    keys.forEach((k, i) => {
+      const held = near?.lookup(k);
+      if (held !== undefined) out[i] = { ...entryOf(held, this.serializer), tier: "near" };
+      else ask.push({ i, ticket: near?.ticket(k) });
+    });
+    if (ask.length === 0) return out;
+    const asked = ask.map(({ i }) => keys[i] as string);
     const reply = await this.client.call({ idempotent: true }, options, (o) =>
-      this.client.cache.getMany({ namespace: this.name, keys: [...keys], freshOnly: options.freshOnly ?? false }, o),
+      this.client.cache.getMany({ namespace: this.name, keys: asked, freshOnly: options.freshOnly ?? false }, o),
     );
-    if (reply.results.length !== keys.length) {
-      throw new UnexpectedResponse(`GetMany: asked for ${keys.length} keys, got ${reply.results.length} results`);
+    if (reply.results.length !== ask.length) {
+      throw new UnexpectedResponse(`GetMany: asked for ${ask.length} keys, got ${reply.results.length} results`);
     }
-    return reply.results.map((r) => this.#hit(r));
+    reply.results.forEach((r, j) => {
+      const { i, ticket } = ask[j] as { i: number; ticket: number | undefined };
+      const hit = this.#hit(r);
+      if (hit !== undefined && near !== undefined && ticket !== undefined && r.entry !== undefined) {
+        near.insert(keys[i] as string, r.entry, ticket, r.appliedSequence);
+      }
+      out[i] = hit;
+    });
+    return out;
   }
 
   /** Stores several values in one call (a Map, a plain object, or [key, value] pairs); one result
-   * per item, in order. */
+   * per item, in order (no call for no items). */
   async setMany(
     items: ReadonlyMap<string, T> | Readonly<Record<string, T>> | Iterable<readonly [string, T]>,
     options: SetManyOptions = {},
   ): Promise<SetResult[]> {
     const pairs: [string, T][] = entriesOf(items);
+    if (pairs.length === 0) return [];
     const requests = pairs.map(([k, v]) =>
       setRequestOf(this.name, k, this.serializer.encode(v), { ttlMs: options.ttlMs, staleTtlMs: options.staleTtlMs, tags: options.tags }),
     );
@@ -312,11 +332,11 @@ export class Namespace<T = Uint8Array> {
   }
 
   /** Explains `key`: which tiers hold it, whether and why it is visible, any outstanding lease. */
-  async inspect(key: string, options?: CallOptions): Promise<Inspection<T>> {
+  async inspect(key: string, options?: CallOptions): Promise<Inspection> {
     const reply = await this.client.call({ idempotent: true }, options, (o) =>
       this.client.admin.inspect({ namespace: this.name, key }, o),
     );
-    return inspectionOf(reply, this.serializer);
+    return inspectionOf(reply);
   }
 
   /**
@@ -387,7 +407,7 @@ export class Namespace<T = Uint8Array> {
    * A key the loader's result leaves out (or maps to `undefined`/`null`) is cached as absent and
    * reads as `undefined`; keys it returns that were not asked for are ignored. When the loader
    * throws, every lease is released, nothing is cached, and the error is rethrown. Returns one
-   * value per key, in order. The near cache is not consulted for batches.
+   * value per key, in order (no call for no keys). The near cache is not consulted for batches.
    */
   async getOrSetMany(
     keys: readonly string[],
@@ -395,6 +415,7 @@ export class Namespace<T = Uint8Array> {
     options: GetOrSetOptions = {},
   ): Promise<(T | undefined)[]> {
     const list = [...keys];
+    if (list.length === 0) return [];
     const resp = await this.client.call(
       { idempotent: false, extraWaitMs: options.maxWaitMs ?? SERVER_DEFAULT_MAX_WAIT_MS },
       options,

@@ -81,6 +81,7 @@ describe("getOrSet", () => {
     const name = uniqueNamespace();
     const first = a.namespace(name, { serializer: string });
     const second = b.namespace(name, { serializer: string });
+    await first.set("created", "the namespace, so inspect finds it");
     const failing = first.getOrSet("k", async () => {
       await sleep(400);
       throw new LoaderError("origin down");
