@@ -5,6 +5,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { type Client as RpcClient, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { setMaxListeners } from "node:events";
 import { AdminService } from "./gen/tiercache/v1/admin_pb.js";
 import { CacheService } from "./gen/tiercache/v1/cache_pb.js";
 import { LockService } from "./gen/tiercache/v1/lock_pb.js";
@@ -170,6 +171,8 @@ export class Client {
         ? { ...DEFAULT_RETRY_POLICY, maxAttempts: Math.max(1, Math.floor(retries) + 1) }
         : { ...DEFAULT_RETRY_POLICY, ...retries },
     );
+    // Every call in flight listens on the closing signal: no limit (Node warns past 10).
+    setMaxListeners(0, this.#closing.signal);
     this.#headers = { ...options.headers };
     if (options.token !== undefined) this.#headers.authorization = `Bearer ${options.token}`;
     const tls = typeof options.tls === "object" ? options.tls : undefined;
