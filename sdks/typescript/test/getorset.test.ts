@@ -108,15 +108,13 @@ describe("getOrSet", () => {
     assert.equal((await ns.get(ok))?.stale, true);
 
     let refreshed = false;
-    const t0 = Date.now();
     const served = await ns.getOrSet(ok, async () => {
       await sleep(300);
       refreshed = true;
       return "new";
     }, { ttlMs: 60_000 });
     assert.equal(served, "old");
-    assert.equal(refreshed, false);
-    assert.ok(Date.now() - t0 < 300);
+    assert.equal(refreshed, false); // served without waiting for the loader
     await until("the refresh", async () => (await ns.get(ok))?.value === "new");
     const fresh = await ns.get(ok);
     assert.equal(fresh?.stale, false);
