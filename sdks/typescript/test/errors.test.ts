@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { type Server as NetServer, type Socket, createServer } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type { Interceptor } from "@connectrpc/connect";
-import { Client, TiercacheError, string } from "../src/index.js";
+import { Client, DEFAULT_RETRY_POLICY, TiercacheError, string } from "../src/index.js";
+import { backoffMs } from "../src/client.js";
 import { CONFIG, Cluster, Server, freePort, uniqueNamespace } from "./servers.js";
 
 /** An interceptor that counts the attempts of every call (it runs once per attempt). */
@@ -52,6 +53,18 @@ async function silentListener(): Promise<{ address: string; close: () => Promise
       }),
   };
 }
+
+describe("retry pacing", () => {
+  it("backs off exponentially with equal jitter, capped", () => {
+    const policy = { ...DEFAULT_RETRY_POLICY, initialBackoffMs: 100, maxBackoffMs: 300 };
+    for (let i = 0; i < 200; i++) {
+      const [first, second, late] = [backoffMs(policy, 1), backoffMs(policy, 2), backoffMs(policy, 10)];
+      assert.ok(first >= 50 && first <= 100, `first ${first}`);
+      assert.ok(second >= 100 && second <= 200, `second ${second}`);
+      assert.ok(late >= 150 && late <= 300, `late ${late}`);
+    }
+  });
+});
 
 describe("errors", () => {
   let cluster: Cluster;
@@ -137,7 +150,10 @@ describe("errors", () => {
     const t0 = Date.now();
     await assert.rejects(
       ns.getOrSet("k", () => "x", { timeoutMs: 300, maxWaitMs: 1_000, onWaitTimeout: "unavailable" }),
-      isError("unavailable", (e) => assert.equal(e.reason, "WAIT_TIMEOUT")),
+      isError("unavailable", (e) => {
+        assert.equal(e.reason, "WAIT_TIMEOUT");
+        assert.ok((e.retryAfterMs ?? 0) > 0, `retryAfterMs ${e.retryAfterMs}`); // from RetryInfo
+      }),
     );
     assert.ok(Date.now() - t0 >= 950);
   });
