@@ -172,11 +172,8 @@ export const SERVER_DEFAULT_MAX_WAIT_MS = 5_000;
 /** A duration in ms as a protobuf Duration; rejects negative and non-finite values. */
 export function durationOf(name: string, ms: number): Duration {
   if (!Number.isFinite(ms) || ms < 0) throw new RangeError(`${name} must be a non-negative number of ms, got ${ms}`);
-  const whole = Math.floor(ms);
-  return create(DurationSchema, {
-    seconds: BigInt(Math.floor(whole / 1000)),
-    nanos: (whole % 1000) * 1_000_000 + Math.round((ms - whole) * 1_000_000),
-  });
+  const ns = BigInt(Math.round(ms * 1_000_000));
+  return create(DurationSchema, { seconds: ns / 1_000_000_000n, nanos: Number(ns % 1_000_000_000n) });
 }
 
 /** A protobuf Duration in ms (0 when unset). */
@@ -242,9 +239,12 @@ export class Namespace<T = Uint8Array> {
   /** Stores `value` under `key`; with `ifAbsent` or `ifVersion`, only when the condition holds. */
   async set(key: string, value: T, options: SetOptions = {}): Promise<SetResult> {
     const req = setRequestOf(this.name, key, this.serializer.encode(value), options);
-    this.near?.forget(key);
-    const reply = await this.client.call({ idempotent: false }, options, (o) => this.client.cache.set(req, o));
-    return setResultOf(reply);
+    try {
+      const reply = await this.client.call({ idempotent: false }, options, (o) => this.client.cache.set(req, o));
+      return setResultOf(reply);
+    } finally {
+      this.near?.forget(key); // after the write (even a failed one: it may have been applied)
+    }
   }
 
   /** The entries of `keys` (`undefined` for a miss), in order, in one call (none for an empty
@@ -288,8 +288,12 @@ export class Namespace<T = Uint8Array> {
     const requests = pairs.map(([k, v]) =>
       setRequestOf(this.name, k, this.serializer.encode(v), { ttlMs: options.ttlMs, staleTtlMs: options.staleTtlMs, tags: options.tags }),
     );
-    for (const [k] of pairs) this.near?.forget(k);
-    const reply = await this.client.call({ idempotent: false }, options, (o) => this.client.cache.setMany({ requests }, o));
+    let reply;
+    try {
+      reply = await this.client.call({ idempotent: false }, options, (o) => this.client.cache.setMany({ requests }, o));
+    } finally {
+      for (const [k] of pairs) this.near?.forget(k);
+    }
     if (reply.responses.length !== pairs.length) {
       throw new UnexpectedResponse(`SetMany: sent ${pairs.length} writes, got ${reply.responses.length} results`);
     }
@@ -298,10 +302,14 @@ export class Namespace<T = Uint8Array> {
 
   /** Removes `key` (with `ifVersion`, only at that version) and revokes its lease. */
   async delete(key: string, options: DeleteOptions = {}): Promise<DeleteResult> {
-    this.near?.forget(key);
-    const reply = await this.client.call({ idempotent: false }, options, (o) =>
-      this.client.cache.delete({ namespace: this.name, key, ifVersion: options.ifVersion }, o),
-    );
+    let reply;
+    try {
+      reply = await this.client.call({ idempotent: false }, options, (o) =>
+        this.client.cache.delete({ namespace: this.name, key, ifVersion: options.ifVersion }, o),
+      );
+    } finally {
+      this.near?.forget(key);
+    }
     const outcome =
       reply.outcome === DeleteOutcome.DELETED
         ? "deleted"
