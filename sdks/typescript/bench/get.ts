@@ -7,14 +7,19 @@
 // built, else the debug one; --bin or $TIERCACHE_BIN to choose), writes the same keys and values
 // to both (tiercache through `setMany`, Redis through MSET), warms up for a second, then keeps
 // `--concurrency` reads in flight for `--seconds` with each client (one connection each: what a
-// Node service would have) and prints reads per second and the ratio. Not run in CI.
+// Node service would have) and prints reads per second and the ratio. A third line measures the
+// same Get framed by hand over node:http2 (no connect, no SDK): the floor of what any gRPC client
+// on this Node can reach, to tell the transport's cost from the server's. Not run in CI.
 
 import { accessSync, constants, mkdtempSync, rmSync } from "node:fs";
+import { connect as h2connect } from "node:http2";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Redis as IORedis } from "ioredis";
+import { toBinary } from "@bufbuild/protobuf";
 import { Client } from "../src/index.js";
+import { GetRequestSchema } from "../src/gen/tiercache/v1/cache_pb.js";
 import { Redis, Server } from "../test/servers.js";
 
 function defaultBin(): string | undefined {
@@ -81,15 +86,46 @@ async function main(): Promise<void> {
     const redisGet = async (k: string) => {
       if ((await ioredis.getBuffer(k)) === null) throw new Error(`redis: ${k} missing`);
     };
+    const session = h2connect(server.address);
+    const frames = new Map(
+      keys.map((k) => {
+        const msg = toBinary(GetRequestSchema, { $typeName: "tiercache.v1.GetRequest", namespace: "default", key: k, freshOnly: false });
+        const frame = Buffer.alloc(5 + msg.length);
+        frame.writeUInt32BE(msg.length, 1);
+        frame.set(msg, 5);
+        return [k, frame];
+      }),
+    );
+    const h2Get = (k: string) =>
+      new Promise<void>((resolve, reject) => {
+        const req = session.request({
+          ":method": "POST",
+          ":path": "/tiercache.v1.CacheService/Get",
+          "content-type": "application/grpc",
+          te: "trailers",
+        });
+        let bytes = 0;
+        req.on("data", (d: Buffer) => (bytes += d.length));
+        req.on("trailers", (t) => {
+          if (t["grpc-status"] !== "0") reject(new Error(`grpc-status ${String(t["grpc-status"])}`));
+        });
+        req.on("end", () => (bytes > 100 ? resolve() : reject(new Error(`short reply for ${k}`))));
+        req.on("error", reject);
+        req.end(frames.get(k));
+      });
     await measure(tcGet, keys, concurrency, 1);
     await measure(redisGet, keys, concurrency, 1);
+    await measure(h2Get, keys, concurrency, 1);
     const tc = await measure(tcGet, keys, concurrency, seconds);
     const rd = await measure(redisGet, keys, concurrency, seconds);
+    const h2 = await measure(h2Get, keys, concurrency, seconds);
+    session.close();
     console.log(`server binary: ${bin}`);
     console.log(`node ${process.version}, ${concurrency} reads in flight, ${seconds} s each, ${keys.length} keys of ${value.length} bytes`);
     console.log(`tiercache Namespace.get (memory-only server): ${Math.round(tc)} reads/s`);
     console.log(`ioredis getBuffer (redis-server):             ${Math.round(rd)} reads/s`);
     console.log(`ratio tiercache / ioredis: ${(tc / rd).toFixed(2)}`);
+    console.log(`floor: Get framed by hand over node:http2:  ${Math.round(h2)} reads/s`);
   } finally {
     client.close();
     ioredis.disconnect();

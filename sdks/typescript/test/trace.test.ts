@@ -14,7 +14,7 @@ import { Server } from "./servers.js";
 const TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SPAN_ID = "00f067aa0ba902b7";
 
-describe("trace context", () => {
+describe("trace context and headers", () => {
   let workdir: string;
   let server: Server;
   let client: Client;
@@ -58,6 +58,33 @@ describe("trace context", () => {
     assert.equal(activeTraceparent(), undefined);
     assert.equal((await ns.get("k"))?.value, "v");
     assert.deepEqual(sent, [null]);
+  });
+
+  it("the token and the client's headers go with every call", async () => {
+    const seen: Headers[] = [];
+    const c = new Client({
+      address: server.address,
+      token: "s3cret",
+      headers: { "x-tenant": "acme" },
+      interceptors: [
+        (next) => (req) => {
+          seen.push(req.header);
+          return next(req);
+        },
+      ],
+    });
+    try {
+      const ns = c.namespace("users", { serializer: string });
+      await ns.set("t", "v");
+      assert.equal((await ns.get("t"))?.value, "v");
+      assert.equal(seen.length, 2);
+      for (const h of seen) {
+        assert.equal(h.get("authorization"), "Bearer s3cret");
+        assert.equal(h.get("x-tenant"), "acme");
+      }
+    } finally {
+      c.close();
+    }
   });
 
   it("an unsampled span is sent with flags 00", async () => {
