@@ -424,10 +424,11 @@ export class Namespace<T = Uint8Array> {
   ): Promise<(T | undefined)[]> {
     const list = [...keys];
     if (list.length === 0) return [];
+    const fields = getOrSetFields(options);
     const resp = await this.client.call(
       { idempotent: false, extraWaitMs: options.maxWaitMs ?? SERVER_DEFAULT_MAX_WAIT_MS },
       options,
-      (o) => this.client.cache.getOrSetMany({ namespace: this.name, keys: list, ...getOrSetFields(options) }, o),
+      (o) => this.client.cache.getOrSetMany({ namespace: this.name, keys: list, ...fields }, o),
     );
     if (resp.results.length !== list.length) {
       throw new UnexpectedResponse(`GetOrSetMany: asked for ${list.length} keys, got ${resp.results.length} results`);
