@@ -369,8 +369,9 @@ export class Namespace<T = Uint8Array> {
     const near = this.near;
     const held = near?.lookup(key);
     if (held !== undefined) return this.#valueOf(held);
-    const ticket = near?.ticket(key);
     const req = getOrSetFields(options);
+    const fill = fillShapeOf(options); // checked before a lease is taken
+    const ticket = near?.ticket(key);
     const reply: GetOrSetResponse = await this.client.call(
       { idempotent: false, extraWaitMs: options.maxWaitMs ?? SERVER_DEFAULT_MAX_WAIT_MS },
       options,
@@ -381,7 +382,7 @@ export class Namespace<T = Uint8Array> {
       case GetOrSetOutcome.FILLED: {
         if (reply.entry === undefined) throw new UnexpectedResponse("GetOrSet: a hit without an entry");
         if (near !== undefined && ticket !== undefined) near.insert(key, reply.entry, ticket, reply.appliedSequence);
-        if (reply.lease !== undefined) this.#refresh(key, reply.lease.token, loader, options);
+        if (reply.lease !== undefined) this.#refresh(key, reply.lease.token, loader, fill);
         return this.#valueOf(reply.entry);
       }
       case GetOrSetOutcome.LEASE: {
@@ -396,7 +397,7 @@ export class Namespace<T = Uint8Array> {
           await this.#release(key, token);
           throw err;
         }
-        await this.#fill(fillFields(this.name, key, token, data, options));
+        await this.#fill(fillFields(this.name, key, token, data, fill));
         near?.forget(key);
         return value ?? undefined;
       }
@@ -425,6 +426,7 @@ export class Namespace<T = Uint8Array> {
     const list = [...keys];
     if (list.length === 0) return [];
     const fields = getOrSetFields(options);
+    const fill = fillShapeOf(options);
     const resp = await this.client.call(
       { idempotent: false, extraWaitMs: options.maxWaitMs ?? SERVER_DEFAULT_MAX_WAIT_MS },
       options,
@@ -468,7 +470,7 @@ export class Namespace<T = Uint8Array> {
     const fills: MessageInitShape<typeof FillRequestSchema>[] = [];
     for (const { i, token } of compute) {
       const k = list[i] as string;
-      if (token !== undefined) fills.push(fillFields(this.name, k, token, encoded.get(k), options));
+      if (token !== undefined) fills.push(fillFields(this.name, k, token, encoded.get(k), fill));
       out[i] = values.get(k) ?? undefined;
     }
     if (fills.length > 0) {
@@ -520,7 +522,7 @@ export class Namespace<T = Uint8Array> {
   }
 
   /** The background refresh of a stale hit this caller got the refresh lease for. */
-  #refresh(key: string, token: string, loader: Loader<T>, options: GetOrSetOptions): void {
+  #refresh(key: string, token: string, loader: Loader<T>, fill: FillShape): void {
     void (async () => {
       let data: Uint8Array | undefined;
       try {
@@ -533,7 +535,7 @@ export class Namespace<T = Uint8Array> {
         await this.#release(key, token);
         return;
       }
-      await this.#fill(fillFields(this.name, key, token, data, options));
+      await this.#fill(fillFields(this.name, key, token, data, fill));
       this.near?.forget(key);
     })();
   }
@@ -614,13 +616,28 @@ function getOrSetFields(o: GetOrSetOptions) {
   };
 }
 
+/** What every fill of one getOrSet carries besides the value. */
+interface FillShape {
+  ttl: Duration | undefined;
+  staleTtl: Duration | undefined;
+  tags: string[];
+}
+
+function fillShapeOf(o: GetOrSetOptions): FillShape {
+  return {
+    ttl: o.ttlMs === undefined ? undefined : durationOf("ttlMs", o.ttlMs),
+    staleTtl: o.staleTtlMs === undefined ? undefined : durationOf("staleTtlMs", o.staleTtlMs),
+    tags: [...(o.tags ?? [])],
+  };
+}
+
 /** A fill of `value`, or of a negative entry when `value` is undefined. */
 function fillFields(
   namespace: string,
   key: string,
   leaseToken: string,
   value: Uint8Array | undefined,
-  o: GetOrSetOptions,
+  f: FillShape,
 ): MessageInitShape<typeof FillRequestSchema> {
   return {
     namespace,
@@ -628,9 +645,9 @@ function fillFields(
     leaseToken,
     value: value ?? new Uint8Array(),
     absent: value === undefined,
-    ttl: o.ttlMs === undefined ? undefined : durationOf("ttlMs", o.ttlMs),
-    staleTtl: o.staleTtlMs === undefined ? undefined : durationOf("staleTtlMs", o.staleTtlMs),
-    tags: [...(o.tags ?? [])],
+    ttl: f.ttl,
+    staleTtl: f.staleTtl,
+    tags: f.tags,
   };
 }
 

@@ -62,6 +62,14 @@ describe("getOrSet", () => {
     assert.ok(entry !== undefined && entry.ttlRemainingMs > 25_000 && entry.ttlRemainingMs <= 30_000);
   });
 
+  it("bad options are rejected before a lease is taken", async () => {
+    const ns = a.namespace(uniqueNamespace(), { serializer: string });
+    await ns.set("other", "creates the namespace");
+    await assert.rejects(ns.getOrSet("k", () => "v", { ttlMs: -1 }), RangeError);
+    await assert.rejects(ns.getOrSetMany(["k"], () => ({ k: "v" }), { staleTtlMs: Number.NaN }), RangeError);
+    assert.equal((await ns.inspect("k")).leaseHeld, false);
+  });
+
   it("a loader returning undefined or null caches absent (negative caching)", async () => {
     const name = uniqueNamespace();
     const ns = a.namespace(name, { serializer: string });
