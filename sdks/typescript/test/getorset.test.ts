@@ -114,6 +114,8 @@ describe("getOrSet", () => {
     await Promise.all([ns.set(ok, "old"), ns.set(bad, "old"), ns.set(strict, "old")]);
     await sleep(1_200); // default_ttl of `stale` is 1 s
     assert.equal((await ns.get(ok))?.stale, true);
+    assert.equal(await ns.get(ok, { freshOnly: true }), undefined);
+    assert.deepEqual((await ns.getMany([ok, strict], { freshOnly: true })), [undefined, undefined]);
 
     let refreshed = false;
     const served = await ns.getOrSet(ok, async () => {
