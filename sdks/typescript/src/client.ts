@@ -19,7 +19,8 @@ import {
   statsOf,
 } from "./admin.js";
 import { Code, TiercacheError } from "./errors.js";
-import { traceparentInterceptor } from "./trace.js";
+import { activeTraceparent, traceparentInterceptor } from "./trace.js";
+import { Pipeline } from "./pipeline.js";
 import { Namespace, type NamespaceOptions } from "./namespace.js";
 
 /** Milliseconds every call may take unless told otherwise (as in the Rust and Python SDKs). */
@@ -91,6 +92,13 @@ export interface ClientOptions {
   headers?: Record<string, string>;
   /** Extra connect interceptors, run after the SDK's own. */
   interceptors?: Interceptor[];
+  /**
+   * Send Get, Set and Delete over one multiplexed `Pipeline` stream (default true, as in the Rust
+   * SDK): several times the throughput of a unary call each. Calls made while an OpenTelemetry span
+   * is active still go as unary calls, so each carries its own `traceparent`; interceptors see
+   * the stream once, not each pipelined request.
+   */
+  pipeline?: boolean;
   /** Receives warnings about background work that has no caller to throw to (a failed stale
    * refresh, a fill or lease release the server refused). Silent by default. */
   logger?: Logger;
@@ -151,6 +159,7 @@ export class Client {
   /** @internal */ readonly locks: RpcClient<typeof LockService>;
   /** @internal */ readonly healthService: RpcClient<typeof Health>;
   /** @internal */ readonly logger: Logger | undefined;
+  readonly #pipeline: Pipeline | undefined;
   /** The client's default deadline per call, in ms. */
   readonly timeoutMs: number;
   /** The retry policy of idempotent calls. */
@@ -198,6 +207,14 @@ export class Client {
     this.locks = createClient(LockService, transport);
     this.healthService = createClient(Health, transport);
     this.logger = options.logger;
+    this.#pipeline = options.pipeline === false ? undefined : new Pipeline(this);
+  }
+
+  /** The pipeline for the next Get/Set/Delete, or undefined when it goes as a unary call (the
+   * pipeline is off, or a span is active whose traceparent the call must carry). @internal */
+  pipeline(): Pipeline | undefined {
+    if (this.#pipeline === undefined || activeTraceparent() !== undefined) return undefined;
+    return this.#pipeline;
   }
 
   /** A namespace of this server, with values of type T (bytes unless a serializer is given). */

@@ -221,9 +221,14 @@ export class Namespace<T = Uint8Array> {
     const held = near?.lookup(key);
     if (held !== undefined) return { ...entryOf(held, this.serializer), tier: "near" };
     const ticket = near?.ticket(key);
-    const reply = await this.client.call({ idempotent: true }, options, (o) =>
-      this.client.cache.get({ namespace: this.name, key, freshOnly: options.freshOnly ?? false }, o),
-    );
+    const req = { namespace: this.name, key, freshOnly: options.freshOnly ?? false };
+    const pipeline = this.client.pipeline();
+    const reply: GetResponse = await this.client.call({ idempotent: true }, options, async (o) => {
+      if (pipeline === undefined) return this.client.cache.get(req, o);
+      const r = await pipeline.call({ case: "get", value: req }, o);
+      if (r.case !== "get") throw new UnexpectedResponse(`Pipeline: a ${r.case} answer to a get`);
+      return r.value;
+    });
     switch (reply.outcome) {
       case GetOutcome.HIT:
         if (reply.entry === undefined) throw new UnexpectedResponse("Get: a HIT without an entry");
@@ -240,7 +245,13 @@ export class Namespace<T = Uint8Array> {
   async set(key: string, value: T, options: SetOptions = {}): Promise<SetResult> {
     const req = setRequestOf(this.name, key, this.serializer.encode(value), options);
     try {
-      const reply = await this.client.call({ idempotent: false }, options, (o) => this.client.cache.set(req, o));
+      const pipeline = this.client.pipeline();
+      const reply = await this.client.call({ idempotent: false }, options, async (o) => {
+        if (pipeline === undefined) return this.client.cache.set(req, o);
+        const r = await pipeline.call({ case: "set", value: req }, o);
+        if (r.case !== "set") throw new UnexpectedResponse(`Pipeline: a ${r.case} answer to a set`);
+        return r.value;
+      });
       return setResultOf(reply);
     } finally {
       this.near?.forget(key); // after the write (even a failed one: it may have been applied)
@@ -304,9 +315,14 @@ export class Namespace<T = Uint8Array> {
   async delete(key: string, options: DeleteOptions = {}): Promise<DeleteResult> {
     let reply;
     try {
-      reply = await this.client.call({ idempotent: false }, options, (o) =>
-        this.client.cache.delete({ namespace: this.name, key, ifVersion: options.ifVersion }, o),
-      );
+      const req = { namespace: this.name, key, ifVersion: options.ifVersion };
+      const pipeline = this.client.pipeline();
+      reply = await this.client.call({ idempotent: false }, options, async (o) => {
+        if (pipeline === undefined) return this.client.cache.delete(req, o);
+        const r = await pipeline.call({ case: "delete", value: req }, o);
+        if (r.case !== "delete") throw new UnexpectedResponse(`Pipeline: a ${r.case} answer to a delete`);
+        return r.value;
+      });
     } finally {
       this.near?.forget(key);
     }

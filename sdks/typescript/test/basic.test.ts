@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
 import { Client, TiercacheError, bytes, json, jsonOf, string } from "../src/index.js";
 import { Cluster, uniqueNamespace } from "./servers.js";
+
+const run = promisify(execFile);
 
 /** Retries `read` until `ok` holds (another replica's change arrives through pub/sub). */
 async function eventually<R>(read: () => Promise<R>, ok: (r: R) => boolean): Promise<R> {
@@ -17,14 +21,17 @@ describe("namespace operations", () => {
   let cluster: Cluster;
   let client: Client;
   let other: Client;
+  let unary: Client;
   before(async () => {
     cluster = await Cluster.start();
     client = new Client({ address: cluster.replicas[0].address });
     other = new Client({ address: cluster.replicas[1].address });
+    unary = new Client({ address: cluster.replicas[0].address, pipeline: false });
   });
   after(async () => {
     client.close();
     other.close();
+    unary.close();
     await cluster.stop();
   });
 
@@ -63,19 +70,55 @@ describe("namespace operations", () => {
     await assert.rejects(ns.set("b", "text" as unknown as Uint8Array), TypeError);
   });
 
-  it("conditional writes: ifAbsent and ifVersion", async () => {
+  for (const mode of ["pipelined", "unary"] as const) {
+    const c = () => (mode === "pipelined" ? client : unary);
+    it(`conditional writes: ifAbsent and ifVersion (${mode})`, async () => {
+      const ns = c().namespace(uniqueNamespace(), { serializer: string });
+      const first = await ns.set("k", "v1", { ifAbsent: true });
+      assert.equal(first.outcome, "stored");
+      const exists = await ns.set("k", "x", { ifAbsent: true });
+      assert.deepEqual([exists.stored, exists.outcome, exists.currentVersion], [false, "exists", first.version]);
+      const mismatch = await ns.set("k", "x", { ifVersion: first.version + 100n });
+      assert.deepEqual([mismatch.outcome, mismatch.currentVersion], ["version_mismatch", first.version]);
+      const second = await ns.set("k", "v2", { ifVersion: first.version });
+      assert.equal(second.outcome, "stored");
+      assert.ok(second.version > first.version);
+      assert.equal((await ns.get("k"))?.value, "v2");
+      await assert.rejects(ns.set("k", "x", { ifAbsent: true, ifVersion: 1n }), TypeError);
+    });
+
+    it(`delete: deleted, not_found, version_mismatch (${mode})`, async () => {
+      const ns = c().namespace(uniqueNamespace(), { serializer: string });
+      const { version } = await ns.set("k", "v");
+      const mismatch = await ns.delete("k", { ifVersion: version + 1n });
+      assert.deepEqual([mismatch.deleted, mismatch.outcome, mismatch.currentVersion], [false, "version_mismatch", version]);
+      const deleted = await ns.delete("k", { ifVersion: version });
+      assert.deepEqual([deleted.deleted, deleted.outcome], [true, "deleted"]);
+      assert.equal(await ns.get("k"), undefined);
+      assert.equal((await ns.delete("k")).outcome, "not_found");
+    });
+  }
+
+  it("a process that never closes its client exits once the pipeline is idle", async () => {
+    const sdk = new URL("../src/index.js", import.meta.url).href;
+    const script = `
+      import { Client, string } from ${JSON.stringify(sdk)};
+      const ns = new Client({ address: ${JSON.stringify(cluster.memory.address)} }).namespace("users", { serializer: string });
+      await ns.set("exit", "v");
+      console.log((await ns.get("exit"))?.value);
+    `;
+    const t0 = Date.now();
+    const { stdout } = await run(process.execPath, ["--input-type=module", "-e", script], { timeout: 10_000 });
+    assert.equal(stdout, "v\n");
+    assert.ok(Date.now() - t0 < 5_000, `exited after ${Date.now() - t0} ms`);
+  });
+
+  it("concurrent pipelined reads each get their own answer", async () => {
     const ns = client.namespace(uniqueNamespace(), { serializer: string });
-    const first = await ns.set("k", "v1", { ifAbsent: true });
-    assert.equal(first.outcome, "stored");
-    const exists = await ns.set("k", "x", { ifAbsent: true });
-    assert.deepEqual([exists.stored, exists.outcome, exists.currentVersion], [false, "exists", first.version]);
-    const mismatch = await ns.set("k", "x", { ifVersion: first.version + 100n });
-    assert.deepEqual([mismatch.outcome, mismatch.currentVersion], ["version_mismatch", first.version]);
-    const second = await ns.set("k", "v2", { ifVersion: first.version });
-    assert.equal(second.outcome, "stored");
-    assert.ok(second.version > first.version);
-    assert.equal((await ns.get("k"))?.value, "v2");
-    await assert.rejects(ns.set("k", "x", { ifAbsent: true, ifVersion: 1n }), TypeError);
+    const keys = Array.from({ length: 300 }, (_, i) => `k${i}`);
+    await Promise.all(keys.map((k) => ns.set(k, `value of ${k}`)));
+    const entries = await Promise.all([...keys, ...keys].map((k) => ns.get(k)));
+    assert.deepEqual(entries.map((e) => e?.value), [...keys, ...keys].map((k) => `value of ${k}`));
   });
 
   it("getMany and setMany keep the order of the keys", async () => {
@@ -89,17 +132,6 @@ describe("namespace operations", () => {
     assert.deepEqual(entries[0]?.tags, ["batch"]);
     assert.equal(entries[0]?.version, results[1]?.version);
     assert.deepEqual(await ns.getMany([]), []);
-  });
-
-  it("delete: deleted, not_found, version_mismatch", async () => {
-    const ns = client.namespace(uniqueNamespace(), { serializer: string });
-    const { version } = await ns.set("k", "v");
-    const mismatch = await ns.delete("k", { ifVersion: version + 1n });
-    assert.deepEqual([mismatch.deleted, mismatch.outcome, mismatch.currentVersion], [false, "version_mismatch", version]);
-    const deleted = await ns.delete("k", { ifVersion: version });
-    assert.deepEqual([deleted.deleted, deleted.outcome], [true, "deleted"]);
-    assert.equal(await ns.get("k"), undefined);
-    assert.equal((await ns.delete("k")).outcome, "not_found");
   });
 
   it("invalidateTags hides the tagged entries on every replica; flush hides all", async () => {

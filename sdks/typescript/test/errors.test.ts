@@ -121,26 +121,6 @@ describe("errors", () => {
     }
   });
 
-  it("a call past its deadline is deadline_exceeded, and is not retried", async () => {
-    const silent = await silentListener();
-    const count = counter();
-    const c = new Client({ address: silent.address, timeoutMs: 300, interceptors: [count.interceptor] });
-    try {
-      const t0 = Date.now();
-      await assert.rejects(c.namespace("users").get("k"), isError("deadline_exceeded"));
-      const took = Date.now() - t0;
-      assert.ok(took >= 250 && took < 3_000, `took ${took} ms`);
-      assert.equal(count.attempts(), 1);
-      // The per-call timeoutMs wins over the client's.
-      const t1 = Date.now();
-      await assert.rejects(c.namespace("users").get("k", { timeoutMs: 50 }), isError("deadline_exceeded"));
-      assert.ok(Date.now() - t1 < 1_000, `took ${Date.now() - t1} ms`);
-    } finally {
-      c.close();
-      await silent.close();
-    }
-  });
-
   it("a getOrSet waiter's deadline gets its maxWait on top", async () => {
     const ns = client.namespace(uniqueNamespace(), { serializer: string });
     const leased = await client.cache.getOrSet({ namespace: ns.name, key: "k" });
@@ -158,36 +138,61 @@ describe("errors", () => {
     assert.ok(Date.now() - t0 >= 950);
   });
 
-  it("aborting the signal rejects with cancelled", async () => {
-    const silent = await silentListener();
-    const c = new Client({ address: silent.address, timeoutMs: 10_000 });
-    try {
-      const ac = new AbortController();
-      const t0 = Date.now();
-      setTimeout(() => ac.abort(), 100);
-      await assert.rejects(c.namespace("users").get("k", { signal: ac.signal }), isError("cancelled"));
-      assert.ok(Date.now() - t0 < 2_000);
-      await assert.rejects(c.namespace("users").get("k", { signal: AbortSignal.abort() }), isError("cancelled"));
-    } finally {
-      c.close();
-      await silent.close();
-    }
-    // Against a real server too, and close() cancels what is in flight.
-    const ns = client.namespace("users", { serializer: string });
-    await assert.rejects(ns.set("k", "v", { signal: AbortSignal.abort() }), isError("cancelled"));
-  });
+  for (const pipeline of [true, false]) {
+    const mode = pipeline ? "pipelined" : "unary";
+    it(`a call past its deadline is deadline_exceeded, and is not retried (${mode})`, async () => {
+      const silent = await silentListener();
+      const count = counter();
+      const c = new Client({ address: silent.address, timeoutMs: 300, interceptors: [count.interceptor], pipeline });
+      try {
+        const t0 = Date.now();
+        await assert.rejects(c.namespace("users").get("k"), isError("deadline_exceeded"));
+        const took = Date.now() - t0;
+        assert.ok(took >= 250 && took < 3_000, `took ${took} ms`);
+        assert.equal(count.attempts(), 1);
+        // The per-call timeoutMs wins over the client's.
+        const t1 = Date.now();
+        await assert.rejects(c.namespace("users").get("k", { timeoutMs: 50 }), isError("deadline_exceeded"));
+        assert.ok(Date.now() - t1 < 1_000, `took ${Date.now() - t1} ms`);
+      } finally {
+        c.close();
+        await silent.close();
+      }
+    });
 
-  it("close() cancels calls in flight", async () => {
-    const silent = await silentListener();
-    const c = new Client({ address: silent.address, timeoutMs: 10_000 });
-    try {
-      const pending = c.namespace("users").get("k");
-      setTimeout(() => c.close(), 100);
-      await assert.rejects(pending, isError("cancelled"));
-    } finally {
-      await silent.close();
-    }
-  });
+    it(`aborting the signal rejects with cancelled (${mode})`, async () => {
+      const silent = await silentListener();
+      const c = new Client({ address: silent.address, timeoutMs: 10_000, pipeline });
+      try {
+        const ac = new AbortController();
+        const t0 = Date.now();
+        setTimeout(() => ac.abort(), 100);
+        await assert.rejects(c.namespace("users").get("k", { signal: ac.signal }), isError("cancelled"));
+        assert.ok(Date.now() - t0 < 2_000);
+        await assert.rejects(c.namespace("users").get("k", { signal: AbortSignal.abort() }), isError("cancelled"));
+      } finally {
+        c.close();
+        await silent.close();
+      }
+      // Against a real server too, and close() cancels what is in flight.
+      const ns = new Client({ address: cluster.memory.address, pipeline }).namespace("users", { serializer: string });
+      await assert.rejects(ns.set("k", "v", { signal: AbortSignal.abort() }), isError("cancelled"));
+      ns.client.close();
+    });
+
+    it(`close() cancels calls in flight (${mode})`, async () => {
+      const silent = await silentListener();
+      const c = new Client({ address: silent.address, timeoutMs: 10_000, pipeline });
+      try {
+        const pending = c.namespace("users").get("k");
+        setTimeout(() => c.close(), 100);
+        await assert.rejects(pending, isError("cancelled"));
+      } finally {
+        await silent.close();
+      }
+    });
+
+  }
 
   it("reads are retried on unavailable, then it is surfaced; writes are not retried", async () => {
     const port = await freePort();
@@ -214,21 +219,30 @@ describe("errors", () => {
   it("a read after its server stopped is retried, then unavailable is surfaced", async () => {
     const server = await Server.start(cluster.workdir);
     const count = counter();
+    // Unary, so that the interceptor counts every attempt (a pipelined attempt may ride the
+    // stream that is breaking and open none).
     const c = new Client({
       address: server.address,
       retries: { maxAttempts: 3, initialBackoffMs: 10, maxBackoffMs: 20 },
       interceptors: [count.interceptor],
+      pipeline: false,
     });
+    const piped = new Client({ address: server.address });
     try {
       const ns = c.namespace("users", { serializer: string });
       await ns.set("k", "v");
       assert.equal((await ns.get("k"))?.value, "v");
+      const pns = piped.namespace("users", { serializer: string });
+      assert.equal((await pns.get("k"))?.value, "v");
       await server.stop();
       const before = count.attempts();
       await assert.rejects(ns.get("k"), isError("unavailable"));
       assert.equal(count.attempts() - before, 3);
+      await assert.rejects(pns.get("k"), isError("unavailable"));
+      await assert.rejects(pns.set("k", "w"), isError("unavailable"));
     } finally {
       c.close();
+      piped.close();
       await server.stop();
     }
   });

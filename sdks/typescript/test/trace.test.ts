@@ -60,32 +60,37 @@ describe("trace context and headers", () => {
     assert.deepEqual(sent, [null]);
   });
 
-  it("the token and the client's headers go with every call", async () => {
-    const seen: Headers[] = [];
-    const c = new Client({
-      address: server.address,
-      token: "s3cret",
-      headers: { "x-tenant": "acme" },
-      interceptors: [
-        (next) => (req) => {
-          seen.push(req.header);
-          return next(req);
-        },
-      ],
-    });
-    try {
-      const ns = c.namespace("users", { serializer: string });
-      await ns.set("t", "v");
-      assert.equal((await ns.get("t"))?.value, "v");
-      assert.equal(seen.length, 2);
-      for (const h of seen) {
-        assert.equal(h.get("authorization"), "Bearer s3cret");
-        assert.equal(h.get("x-tenant"), "acme");
+  for (const pipeline of [true, false]) {
+    it(`the token and the client's headers go with every call (pipeline ${pipeline ? "on" : "off"})`, async () => {
+      const seen: Headers[] = [];
+      const c = new Client({
+        address: server.address,
+        token: "s3cret",
+        headers: { "x-tenant": "acme" },
+        pipeline,
+        interceptors: [
+          (next) => (req) => {
+            seen.push(req.header);
+            return next(req);
+          },
+        ],
+      });
+      try {
+        const ns = c.namespace("users", { serializer: string });
+        await ns.set("t", "v");
+        assert.equal((await ns.get("t"))?.value, "v");
+        assert.equal((await ns.delete("t")).outcome, "deleted");
+        // Pipelined, the three requests share one stream: the headers go once, when it opens.
+        assert.equal(seen.length, pipeline ? 1 : 3);
+        for (const h of seen) {
+          assert.equal(h.get("authorization"), "Bearer s3cret");
+          assert.equal(h.get("x-tenant"), "acme");
+        }
+      } finally {
+        c.close();
       }
-    } finally {
-      c.close();
-    }
-  });
+    });
+  }
 
   it("an unsampled span is sent with flags 00", async () => {
     const span = trace.wrapSpanContext({ traceId: TRACE_ID, spanId: SPAN_ID, traceFlags: TraceFlags.NONE });
