@@ -7,9 +7,9 @@
 // built, else the debug one; --bin or $TIERCACHE_BIN to choose), writes the same keys and values
 // to both (tiercache through `setMany`, Redis through MSET), warms up for a second, then keeps
 // `--concurrency` reads in flight for `--seconds` with each client (one connection each: what a
-// Node service would have) and prints reads per second and the ratio. A third line measures the
-// same Get framed by hand over node:http2 (no connect, no SDK): the floor of what any gRPC client
-// on this Node can reach, to tell the transport's cost from the server's. Not run in CI.
+// Node service would have) and prints reads per second and the ratio. For comparison it also
+// measures the SDK with `pipeline: false` (one unary call per get, connect's per-call cost) and a
+// unary Get framed by hand over node:http2 (no connect, no SDK). Not run in CI.
 
 import { accessSync, constants, mkdtempSync, rmSync } from "node:fs";
 import { connect as h2connect } from "node:http2";
@@ -75,6 +75,7 @@ async function main(): Promise<void> {
   const redis = await Redis.start(workdir);
   const server = await Server.start(workdir);
   const client = new Client({ address: server.address });
+  const unaryClient = new Client({ address: server.address, pipeline: false });
   const ioredis = new IORedis({ port: redis.port, host: "127.0.0.1" });
   try {
     const ns = client.namespace("default");
@@ -82,6 +83,10 @@ async function main(): Promise<void> {
     await ioredis.mset(...keys.flatMap((k) => [k, Buffer.from(value)]));
     const tcGet = async (k: string) => {
       if ((await ns.get(k)) === undefined) throw new Error(`tiercache: ${k} missing`);
+    };
+    const unaryNs = unaryClient.namespace("default");
+    const unaryGet = async (k: string) => {
+      if ((await unaryNs.get(k)) === undefined) throw new Error(`tiercache: ${k} missing`);
     };
     const redisGet = async (k: string) => {
       if ((await ioredis.getBuffer(k)) === null) throw new Error(`redis: ${k} missing`);
@@ -116,18 +121,22 @@ async function main(): Promise<void> {
     await measure(tcGet, keys, concurrency, 1);
     await measure(redisGet, keys, concurrency, 1);
     await measure(h2Get, keys, concurrency, 1);
+    await measure(unaryGet, keys, concurrency, 1);
     const tc = await measure(tcGet, keys, concurrency, seconds);
     const rd = await measure(redisGet, keys, concurrency, seconds);
     const h2 = await measure(h2Get, keys, concurrency, seconds);
+    const unary = await measure(unaryGet, keys, concurrency, seconds);
     session.close();
     console.log(`server binary: ${bin}`);
     console.log(`node ${process.version}, ${concurrency} reads in flight, ${seconds} s each, ${keys.length} keys of ${value.length} bytes`);
-    console.log(`tiercache Namespace.get (memory-only server): ${Math.round(tc)} reads/s`);
-    console.log(`ioredis getBuffer (redis-server):             ${Math.round(rd)} reads/s`);
+    console.log(`tiercache Namespace.get (memory-only server, pipelined): ${Math.round(tc)} reads/s`);
+    console.log(`ioredis getBuffer (redis-server):                        ${Math.round(rd)} reads/s`);
     console.log(`ratio tiercache / ioredis: ${(tc / rd).toFixed(2)}`);
-    console.log(`floor: Get framed by hand over node:http2:  ${Math.round(h2)} reads/s`);
+    console.log(`for comparison, unary calls (pipeline: false):           ${Math.round(unary)} reads/s`);
+    console.log(`  and a unary Get framed by hand over node:http2:        ${Math.round(h2)} reads/s`);
   } finally {
     client.close();
+    unaryClient.close();
     ioredis.disconnect();
     await server.stop();
     await redis.stop();
