@@ -212,7 +212,7 @@ export class Client {
 
   /** The pipeline for the next Get/Set/Delete, or undefined when it goes as a unary call (the
    * pipeline is off, or a span is active whose traceparent the call must carry). @internal */
-  pipeline(): Pipeline | undefined {
+  pipelineForCall(): Pipeline | undefined {
     if (this.#pipeline === undefined || activeTraceparent() !== undefined) return undefined;
     return this.#pipeline;
   }

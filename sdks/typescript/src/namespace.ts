@@ -222,7 +222,7 @@ export class Namespace<T = Uint8Array> {
     if (held !== undefined) return { ...entryOf(held, this.serializer), tier: "near" };
     const ticket = near?.ticket(key);
     const req = { namespace: this.name, key, freshOnly: options.freshOnly ?? false };
-    const pipeline = this.client.pipeline();
+    const pipeline = this.client.pipelineForCall();
     const reply: GetResponse = await this.client.call({ idempotent: true }, options, async (o) => {
       if (pipeline === undefined) return this.client.cache.get(req, o);
       const r = await pipeline.call({ case: "get", value: req }, o);
@@ -245,7 +245,7 @@ export class Namespace<T = Uint8Array> {
   async set(key: string, value: T, options: SetOptions = {}): Promise<SetResult> {
     const req = setRequestOf(this.name, key, this.serializer.encode(value), options);
     try {
-      const pipeline = this.client.pipeline();
+      const pipeline = this.client.pipelineForCall();
       const reply = await this.client.call({ idempotent: false }, options, async (o) => {
         if (pipeline === undefined) return this.client.cache.set(req, o);
         const r = await pipeline.call({ case: "set", value: req }, o);
@@ -316,7 +316,7 @@ export class Namespace<T = Uint8Array> {
     let reply;
     try {
       const req = { namespace: this.name, key, ifVersion: options.ifVersion };
-      const pipeline = this.client.pipeline();
+      const pipeline = this.client.pipelineForCall();
       reply = await this.client.call({ idempotent: false }, options, async (o) => {
         if (pipeline === undefined) return this.client.cache.delete(req, o);
         const r = await pipeline.call({ case: "delete", value: req }, o);
