@@ -8,6 +8,7 @@
 #   make api-release   rewrite the released-API image the breaking gate compares with (on purpose)
 #   make fmt     format Rust and proto files in place
 #   make nextest / make python / make typescript / make deny   single steps of `make test`
+#   make bench-typescript   the TypeScript client's get against ioredis GET (release build)
 #   make faults  the long fault suite (tests/tests/faults.rs, FAULTS_ROUNDS rounds per scenario)
 #   make soak    the soak of docs/performance.md (SOAK_MINUTES, default 20; release build)
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes;
@@ -131,6 +132,14 @@ clients:
 typescript:
 	cargo build -p tiercache-cli $(LOCKED)
 	bash sdks/typescript/check.sh
+
+# One run of sdks/typescript/bench/get.ts against the release server binary; not part of `make test`.
+.PHONY: bench-typescript
+bench-typescript:
+	cargo build --release -p tiercache-cli $(LOCKED)
+	bash scripts/setup-typescript.sh
+	cd sdks/typescript && rm -rf build && node_modules/.bin/tsc -p tsconfig.json \
+		&& node build/bench/get.js --bin $(CARGO_TARGET_DIR)/release/tiercache $(BENCH_ARGS)
 
 # cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
 # (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the

@@ -20,6 +20,12 @@ if ! cmp -s "$pkg/package-lock.json" "$stamp"; then
     say "installing the SDK's pinned packages into sdks/typescript/node_modules"
     npm ci --prefix "$pkg" --no-audit --no-fund --loglevel=error \
         || die "npm ci failed; retry with: npm ci --prefix sdks/typescript"
+    # The npm pack test installs the SDK's tarball offline with its runtime dependencies at the
+    # locked versions; `npm ci` caches their tarballs but not their metadata, which this adds.
+    deps=$(cd "$pkg" && node -e 'const l = require("./package-lock.json"), p = require("./package.json");
+        console.log(Object.keys(p.dependencies).map((n) => `${n}@${l.packages[`node_modules/${n}`].version}`).join(" "))')
+    # shellcheck disable=SC2086 # one word per package
+    npm cache add $deps --loglevel=error || die "npm cache add $deps failed"
     cp "$pkg/package-lock.json" "$stamp"
 fi
 say "ok (node $(node --version), tsc $("$pkg/node_modules/.bin/tsc" --version | cut -d' ' -f2))"

@@ -10,6 +10,7 @@ import {
   RetryInfoSchema,
 } from "./gen/google/rpc/error_details_pb.js";
 
+/** The gRPC status codes (connect's `Code`): `TiercacheError.code` is one of them. */
 export { Code };
 
 /** One field the server rejected, from a `google.rpc.BadRequest` detail. */

@@ -33,15 +33,23 @@ export const string: Serializer<string> = Object.freeze({
   },
 });
 
-/** Values are anything `JSON.stringify` takes, stored as UTF-8 JSON. */
-// biome-ignore lint: JSON values are untyped by nature; callers narrow with a type argument.
-export const json: Serializer<any> = Object.freeze({
+/**
+ * Values are anything `JSON.stringify` takes, stored as UTF-8 JSON, typed `T` on the way out (the
+ * SDK does not validate the shape it decodes): `jsonOf<User>()`.
+ */
+export function jsonOf<T>(): Serializer<T> {
+  return json as Serializer<T>;
+}
+
+/** Values are anything `JSON.stringify` takes, stored as UTF-8 JSON and read back as `unknown`
+ * (for a typed namespace: `jsonOf<User>()`). */
+export const json: Serializer<unknown> = Object.freeze({
   encode(value: unknown): Uint8Array {
     const text = JSON.stringify(value);
     if (text === undefined) throw new TypeError("the json serializer cannot encode undefined or a function");
     return utf8Encoder.encode(text);
   },
   decode(data: Uint8Array): unknown {
-    return JSON.parse(utf8Decoder.decode(data));
+    return JSON.parse(utf8Decoder.decode(data)) as unknown;
   },
 });

@@ -35,6 +35,7 @@ export function activeTraceparent(): string | undefined {
   return `00-${sc.traceId}-${sc.spanId}-${(sc.traceFlags & 0xff).toString(16).padStart(2, "0")}`;
 }
 
+/** The connect interceptor that adds the active trace context to every call. @internal */
 export const traceparentInterceptor: Interceptor = (next) => async (req) => {
   const o = otel();
   if (o !== null && !req.header.has("traceparent")) {
