@@ -1,11 +1,14 @@
 # The one task runner: CI runs `make test` (through .ci/run), and so can you.
 #
 #   make serve   run the server, memory-only on 127.0.0.1:50051
-#   make test    the whole suite: setup, lint, tests, cargo deny
+#   make test    the whole suite: setup, lint, tests, SDKs, generated clients, cargo deny
 #   make setup   install what the tests need (scripts/setup.sh)
-#   make lint    rustfmt check, clippy, buf lint and buf format check
+#   make lint    rustfmt check, clippy, buf lint, buf format check and the buf breaking gate
+#   make clients the generated Go and Java clients: generate, compile, run against the server
+#   make api-release   rewrite the released-API image the breaking gate compares with (on purpose)
 #   make fmt     format Rust and proto files in place
-#   make nextest / make deny   single steps of `make test`
+#   make nextest / make python / make typescript / make deny   single steps of `make test`
+#   make bench-typescript   the TypeScript client's get against ioredis GET (release build)
 #   make faults  the long fault suite (tests/tests/faults.rs, FAULTS_ROUNDS rounds per scenario)
 #   make soak    the soak of docs/performance.md (SOAK_MINUTES, default 20; release build)
 #   make bench   the full `tiercache bench` run of docs/performance.md (release build, minutes;
@@ -39,7 +42,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint nextest deny bench image deploy-check faults soak
+.PHONY: serve test setup lint fmt fmt-check clippy buf-lint buf-breaking api-release nextest deny bench image deploy-check faults soak
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -49,6 +52,8 @@ test:
 	$(call step,lint)
 	$(call step,nextest)
 	$(call step,python)
+	$(call step,clients)
+	$(call step,typescript)
 	$(call step,deny)
 	$(call step,deploy-check)
 
@@ -75,7 +80,7 @@ soak:
 	cargo run --release -p tiercache-e2e $(LOCKED) --example soak -- \
 		--minutes $(SOAK_MINUTES) --binary $(CARGO_TARGET_DIR)/release/tiercache --out $(SOAK_OUT) $(SOAK_ARGS)
 
-lint: fmt-check clippy buf-lint
+lint: fmt-check clippy buf-lint buf-breaking
 
 fmt:
 	cargo fmt --all
@@ -93,6 +98,18 @@ buf-lint:
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 
+# buf breaking of proto/ against the committed image of the released API, plus a self-test that a
+# renumbered or deleted field fails it (scripts/check-buf-breaking.sh, docs/clients.md).
+RELEASED_API := proto/released/tiercache-v1.binpb
+buf-breaking:
+	bash scripts/check-buf-breaking.sh
+
+# Makes the current proto/ the released API the gate compares with. Run it on purpose when an
+# API version ships (or to accept a deliberate break), and commit the image with the change.
+api-release:
+	$(BUF) build --exclude-source-info -o $(RELEASED_API)
+	@echo "wrote $(RELEASED_API); commit it"
+
 nextest:
 	cargo nextest run --workspace $(LOCKED) $(BENCH_FEATURE) --profile $(NEXTEST_PROFILE)
 
@@ -102,6 +119,27 @@ nextest:
 python:
 	cargo build -p tiercache-cli $(LOCKED)
 	bash sdks/python/check.sh
+
+# The generated Go and Java clients (docs/clients.md): generated with Debian's local plugins into
+# build/clients, compiled, and run against the debug server binary (scripts/check-clients.sh).
+.PHONY: clients
+clients:
+	cargo build -p tiercache-cli $(LOCKED)
+	bash scripts/check-clients.sh
+# The TypeScript SDK (sdks/typescript): generated code current, tsc --strict, node:test against
+# real servers (the debug server binary and redis-server).
+.PHONY: typescript
+typescript:
+	cargo build -p tiercache-cli $(LOCKED)
+	bash sdks/typescript/check.sh
+
+# One run of sdks/typescript/bench/get.ts against the release server binary; not part of `make test`.
+.PHONY: bench-typescript
+bench-typescript:
+	cargo build --release -p tiercache-cli $(LOCKED)
+	bash scripts/setup-typescript.sh
+	cd sdks/typescript && rm -rf build && node_modules/.bin/tsc -p tsconfig.json \
+		&& node build/bench/get.js --bin $(CARGO_TARGET_DIR)/release/tiercache $(BENCH_ARGS)
 
 # cargo-deny runs offline against the advisory database that setup cloned from the vendored bundle
 # (vendor/rustsec-advisory-db); it fails, naming the fix, if that clone is missing or older than the

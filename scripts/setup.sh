@@ -6,6 +6,8 @@
 #   buf            npm package pinned in .tools/node/package.json, installed into .tools/node
 #   cargo-nextest  cargo install, if missing
 #   cargo-deny     cargo install (pinned), if missing; takes a few minutes once, then cached
+#   Go, Java       Debian packages for the generated clients' check (scripts/setup-clients.sh)
+#   TypeScript     the SDK's npm packages (sdks/typescript/package-lock.json), scripts/setup-typescript.sh
 #   advisory DB    the RustSec bundle vendored in vendor/rustsec-advisory-db, cloned where deny.toml
 #                  looks (scripts/advisory-db.sh)
 #
@@ -75,6 +77,8 @@ if ! cargo deny --version >/dev/null 2>&1; then
 fi
 
 bash "$root/scripts/setup-python.sh"  # the Python SDK's venv (sdks/python)
+bash "$root/scripts/setup-clients.sh" # generated Go and Java clients: Debian's Go, protoc, grpc-java
+bash "$root/scripts/setup-typescript.sh"  # the TypeScript SDK's packages (sdks/typescript)
 bash "$root/scripts/setup-deploy.sh"  # image and chart checks: umoci, skopeo, runc, a Python venv
 
 # --- RustSec advisory database (offline, vendored) -----------------------------------------------
