@@ -215,6 +215,63 @@ def test_prometheus_rule_extra_rules_and_runbook_base():
         jsonschema.validate(bad, PROMETHEUS_RULE_SPEC)
 
 
+# --- the Grafana dashboard (dashboards/tiercache.json) ---------------------------------------------
+
+DASHBOARD = CHART / "dashboards" / "tiercache.json"
+
+
+def dashboard_targets() -> list[tuple[dict, dict]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p, t) for p in board["panels"] for t in p["targets"]]
+
+
+def test_dashboard_selects_tiercaches_own_series():
+    board = json.loads(DASHBOARD.read_text())
+    assert board["schemaVersion"] == 39
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert {"datasource", "job", "instance", "namespace"} <= set(variables)
+    assert variables["instance"]["multi"] and "$job" in variables["instance"]["query"]["query"]
+    assert "$instance" in variables["namespace"]["query"]["query"]
+    targets = dashboard_targets()
+    assert len(targets) >= 20
+    for panel, target in targets:
+        expr = target["expr"]
+        # Every selector of every query (each metric{...}) names the scope, the job and the instance.
+        selectors = re.findall(r"\b([a-z_0-9]+)\{([^}]*)\}", expr)
+        assert selectors, expr
+        for metric, labels in selectors:
+            assert 'otel_scope_name="tiercache"' in labels, (panel["title"], metric)
+            assert 'job=~"$job"' in labels and 'instance=~"$instance"' in labels, (panel["title"], metric)
+        # Panels that do not filter by namespace say so.
+        if "$namespace" not in expr:
+            assert "Ignores $namespace" in panel["description"], panel["title"]
+
+
+def test_dashboard_degraded_mode_maps_ok_and_degraded():
+    board = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in board["panels"] if p["title"] == "Degraded mode"]
+    assert panel["type"] == "state-timeline"
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    assert mapping["type"] == "value"
+    assert {k: (v["text"], v["color"]) for k, v in mapping["options"].items()} == {
+        "0": ("OK", "green"), "1": ("DEGRADED", "red")}
+    assert "by (instance)" in panel["targets"][0]["expr"]
+
+
+def test_dashboard_l1_views_are_per_instance_and_apart_from_rates():
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p, _ in dashboard_targets()}
+    for title, exprs in panels.items():
+        for expr in exprs:
+            # Every replica has its own L1: its gauges are never summed over replicas, or one
+            # replica at its limit would hide (and the budget would double with two).
+            assert not re.search(r"sum by \((?![^)]*instance)[^)]*\) \(tiercache_l1_(size_bytes|entries|budget)", expr), expr
+        if any(re.search(r"tiercache_l1_(size_bytes|entries)\{", e) for e in exprs):
+            assert "by (instance, tiercache_namespace)" in exprs[0], title
+        # The entries gauge has a panel of its own, without per-second rates.
+        if any("tiercache_l1_entries" in e for e in exprs):
+            assert not any("rate(" in e for e in exprs), title
+
+
 def test_secrets_stay_out_of_the_configmap():
     docs = render(SETS["secured"])
     secret = find(docs, "Secret")
