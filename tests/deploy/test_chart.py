@@ -264,7 +264,8 @@ def test_dashboard_l1_views_are_per_instance_and_apart_from_rates():
         for expr in exprs:
             # Every replica has its own L1: its gauges are never summed over replicas, or one
             # replica at its limit would hide (and the budget would double with two).
-            assert not re.search(r"sum by \((?![^)]*instance)[^)]*\) \(tiercache_l1_(size_bytes|entries|budget)", expr), expr
+            summed = r"sum by \((?![^)]*instance)[^)]*\) \(tiercache_l1_(size_bytes|entries|budget)"
+            assert not re.search(summed, expr), expr
         if any(re.search(r"tiercache_l1_(size_bytes|entries)\{", e) for e in exprs):
             assert "by (instance, tiercache_namespace)" in exprs[0], title
         # The entries gauge has a panel of its own, without per-second rates.
