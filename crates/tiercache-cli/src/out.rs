@@ -22,7 +22,9 @@ pub fn closed() -> bool {
 }
 
 /// Writes with `f` to stdout and flushes, so a pipe sees each line as it comes.
-pub fn write(f: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>) -> Result<(), Failure> {
+pub fn write(
+    f: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>,
+) -> Result<(), Failure> {
     if closed() {
         return Ok(());
     }

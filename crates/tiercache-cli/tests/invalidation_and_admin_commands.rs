@@ -206,7 +206,10 @@ fn watch_ends_quietly_when_its_reader_goes_away() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "watch still runs after its reader left");
+        assert!(
+            Instant::now() < deadline,
+            "watch still runs after its reader left"
+        );
         assert_exit(&run(&["set", "w", "1", "--addr", &a]), 0);
         std::thread::sleep(Duration::from_millis(100));
     };
