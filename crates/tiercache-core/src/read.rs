@@ -202,7 +202,13 @@ impl Cache {
         match visible {
             Some(true) => Some(Found::of(&e, now, Tier::L1)),
             Some(false) => {
-                l1.invalidate(key);
+                // In memory-only mode L1 is the store: like L2 in two-tier mode it keeps the
+                // hidden entry until it expires (its tag marks outlive it), so Inspect can still
+                // say which flush or tag hid it. Dropping it here freed nothing an invalidation
+                // without a later read does not hold anyway.
+                if two_tier {
+                    l1.invalidate(key);
+                }
                 None
             }
             None => None,

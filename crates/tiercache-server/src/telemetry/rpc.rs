@@ -153,6 +153,7 @@ fn known_methods() -> HashMap<String, Arc<str>> {
         "grpc.health.v1.Health/Check",
         "grpc.health.v1.Health/Watch",
         "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     ] {
         add(m.to_string());
     }
