@@ -261,3 +261,176 @@ async fn dashboard_queries_only_exported_metrics() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// The cumulative bucket counts of histogram `name` (`<name>_bucket`) whose series include
+/// every label pair of `with`, summed per `le` and sorted by bound (`+Inf` last).
+fn buckets(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let mut by_le: BTreeMap<String, f64> = BTreeMap::new();
+    for (n, labels, v) in samples {
+        if n != &format!("{name}_bucket")
+            || !with
+                .iter()
+                .all(|(k, val)| labels.get(*k).map(String::as_str) == Some(*val))
+        {
+            continue;
+        }
+        *by_le.entry(labels["le"].clone()).or_default() += v;
+    }
+    let mut out: Vec<(f64, f64)> = by_le
+        .into_iter()
+        .map(|(le, c)| {
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            (le, c)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// What Prometheus's `histogram_quantile(q, …)` computes from cumulative buckets: linear
+/// interpolation inside the bucket that holds rank `q × count` (the lower bound of the first
+/// bucket is 0; a rank in the `+Inf` bucket gives the highest finite bound).
+fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    assert!(total > 0.0, "no observations in {buckets:?}");
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return lower;
+            }
+            return lower + (le - lower) * (rank - below) / (count - below);
+        }
+        (lower, below) = (le, count);
+    }
+    lower
+}
+
+/// The per-`le` difference of two cumulative bucket lists (what `increase()` over the two
+/// scrapes would give).
+fn bucket_increase(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(le, c)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, c - was)
+        })
+        .collect()
+}
+
+/// Starts a GetOrSet of `key` that gets the lease, and a second one that waits for it; fills
+/// after `hold` and returns how long the waiter's call took (its outcome is FILLED).
+async fn waiter_served_by_fill(
+    client: &mut CacheServiceClient<tonic::transport::Channel>,
+    key: &str,
+    hold: std::time::Duration,
+) -> std::time::Duration {
+    let first = client
+        .get_or_set(req::get_or_set(key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.outcome(), pb::GetOrSetOutcome::Lease);
+    let token = first.lease.unwrap().token;
+    let mut waiter_client = client.clone();
+    let key_owned = key.to_string();
+    let waiter = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let r = waiter_client
+            .get_or_set(req::get_or_set(&key_owned))
+            .await
+            .unwrap()
+            .into_inner();
+        (start.elapsed(), r.outcome())
+    });
+    tokio::time::sleep(hold).await;
+    client.fill(req::fill(key, &token, "v")).await.unwrap();
+    let (took, outcome) = waiter.await.unwrap();
+    assert_eq!(outcome, pb::GetOrSetOutcome::Filled);
+    took
+}
+
+/// Issue 19, finding 1: a 1.5 s call must land in a bucket near 1.5 s, not in "1 s to 10 s",
+/// so its quantiles estimate it within 2× rather than at 5–10 s.
+#[tokio::test]
+async fn a_slow_call_lands_in_a_bucket_near_its_duration() {
+    let server = TestServer::memory().await;
+    let admin = server.admin_addr().unwrap();
+    let mut client = CacheServiceClient::new(server.channel());
+    let method = ("rpc_method", "tiercache.v1.CacheService/GetOrSet");
+    let hist = "rpc_server_call_duration_seconds";
+    // The lease holder's own (fast) GetOrSet is in the first scrape; the waiter's call is the
+    // difference between the two.
+    let first = client
+        .get_or_set(req::get_or_set("warm"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.outcome(), pb::GetOrSetOutcome::Lease);
+    let first_token = first.lease.unwrap().token;
+    client
+        .fill(req::fill("warm", &first_token, "v"))
+        .await
+        .unwrap();
+    // The lease holder's call for "slow" is counted before the first scrape too.
+    let slow = client
+        .get_or_set(req::get_or_set("slow"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(slow.outcome(), pb::GetOrSetOutcome::Lease);
+    let token = slow.lease.unwrap().token;
+    let before = buckets(&samples(&scrape(admin).await.2), hist, &[method]);
+    let mut waiter_client = client.clone();
+    let waiter = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let r = waiter_client
+            .get_or_set(req::get_or_set("slow"))
+            .await
+            .unwrap()
+            .into_inner();
+        (start.elapsed(), r.outcome())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    client.fill(req::fill("slow", &token, "v")).await.unwrap();
+    let (took, outcome) = waiter.await.unwrap();
+    assert_eq!(outcome, pb::GetOrSetOutcome::Filled);
+    let after = buckets(&samples(&scrape(admin).await.2), hist, &[method]);
+    let waiter_only = bucket_increase(&before, &after);
+    let (p50, p99) = (
+        histogram_quantile(0.5, &waiter_only),
+        histogram_quantile(0.99, &waiter_only),
+    );
+    eprintln!(
+        "a GetOrSet waiter that took {took:?}: p50 {p50:.3} s, p99 {p99:.3} s; buckets {waiter_only:?}"
+    );
+    let bucket = waiter_only
+        .iter()
+        .find(|b| b.1 >= 1.0)
+        .expect("the call is counted")
+        .0;
+    assert!(
+        bucket <= 2.5 && bucket >= took.as_secs_f64(),
+        "the {took:?} call landed in the bucket le={bucket}: {waiter_only:?}"
+    );
+    assert!(
+        p99 <= 2.0 * took.as_secs_f64(),
+        "p99 {p99} s for one call of {took:?}"
+    );
+    // Every duration histogram has the same boundaries, from 100 µs to 30 s.
+    let s = samples(&scrape(admin).await.2);
+    let bounds: Vec<f64> = buckets(&s, hist, &[method]).iter().map(|b| b.0).collect();
+    let chosen = tiercache_server::telemetry::DURATION_BUCKETS;
+    assert_eq!(chosen[0], 0.0001);
+    assert_eq!(chosen[chosen.len() - 1], 30.0);
+    assert!(chosen.windows(2).all(|w| w[1] / w[0] <= 2.5 + 1e-9), "{chosen:?}");
+    let mut want = chosen.to_vec();
+    want.push(f64::INFINITY);
+    assert_eq!(bounds, want);
+    server.shutdown().await.unwrap();
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::{
+    Aggregation, Instrument, InstrumentKind, PeriodicReader, SdkMeterProvider, Stream,
+};
 use tiercache_core::namespace::NamespaceStats;
 use tiercache_core::store::redis::{error_type, RedisObserver, RedisOp};
 use tiercache_core::{Cache, CoreError};
@@ -17,12 +19,31 @@ use super::otel::{resource, TelemetryError, SCOPE};
 use super::rpc::{ns_attr, RpcLayer};
 use crate::config::TelemetryConfig;
 
-/// Histogram buckets in seconds: 50 µs to 10 s, fine enough below a millisecond to tell an L1
-/// hit (tens of µs) from an L2 round trip (hundreds of µs).
-pub const DURATION_BUCKETS: [f64; 17] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 10.0,
+/// The bucket boundaries of every duration histogram, in seconds: 100 µs to 30 s, no step wider
+/// than ×2.5, so `histogram_quantile` estimates any call in that range within a factor of 2.5
+/// (a 1.5 s call lands in 1–2.5 s, not 1–10 s). Below 100 µs is an L1 hit (tens of µs); an L2
+/// round trip is hundreds of µs; 30 s is past every default wait bound (lease and lock waits
+/// default to 5 s). Applied by a view to every histogram whose unit is seconds, so the
+/// Prometheus and OTLP exports carry the same buckets (docs/observability.md).
+pub const DURATION_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 20.0, 30.0,
 ];
+
+/// The view that gives every histogram in seconds the [`DURATION_BUCKETS`], whatever
+/// boundaries its instrument asked for.
+fn duration_view(i: &Instrument) -> Option<Stream> {
+    if i.kind() != InstrumentKind::Histogram || i.unit() != "s" {
+        return None;
+    }
+    Stream::builder()
+        .with_aggregation(Aggregation::ExplicitBucketHistogram {
+            boundaries: DURATION_BUCKETS.to_vec(),
+            record_min_max: true,
+        })
+        .build()
+        .ok()
+}
 
 /// The meter provider and its instruments. Dropping it without [`Metrics::shutdown`] loses the
 /// last OTLP push.
@@ -50,6 +71,7 @@ impl Metrics {
             .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
         let mut builder = SdkMeterProvider::builder()
             .with_resource(resource(config))
+            .with_view(duration_view)
             .with_reader(prometheus);
         if let Some(endpoint) = &config.otlp_endpoint {
             let exporter = opentelemetry_otlp::MetricExporter::builder()
