@@ -434,3 +434,129 @@ async fn a_slow_call_lands_in_a_bucket_near_its_duration() {
     assert_eq!(bounds, want);
     server.shutdown().await.unwrap();
 }
+
+/// Issue 19, finding 6: lock RPCs carry the namespace label like cache RPCs, in memory-only
+/// and two-tier mode, so they stay on the RPC panels when a namespace is chosen.
+#[tokio::test]
+async fn lock_rpcs_carry_the_namespace_label() {
+    use tiercache_proto::v1::lock_service_client::LockServiceClient;
+    let redis = RedisServer::start();
+    for server in [
+        TestServer::memory().await,
+        TestServer::with_redis(&redis.url()).await,
+    ] {
+        let mut locks = LockServiceClient::new(server.channel());
+        let ttl = std::time::Duration::from_secs(10);
+        let got = locks
+            .acquire_lock(req::acquire_lock("nightly", ttl, std::time::Duration::ZERO))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.outcome(), pb::AcquireLockOutcome::Acquired);
+        locks
+            .renew_lock(req::renew_lock("nightly", &got.owner_token, ttl))
+            .await
+            .unwrap();
+        // A contended acquisition that waits and gives up, one that waits and gets the lock
+        // when it is released, and a lock in a namespace created by the lock call itself.
+        let busy = locks
+            .acquire_lock(req::acquire_lock(
+                "nightly",
+                ttl,
+                std::time::Duration::from_millis(100),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_ne!(busy.outcome(), pb::AcquireLockOutcome::Acquired);
+        let mut waiter = locks.clone();
+        let waiting = tokio::spawn(async move {
+            waiter
+                .acquire_lock(req::acquire_lock(
+                    "nightly",
+                    ttl,
+                    std::time::Duration::from_secs(5),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        locks
+            .release_lock(req::release_lock("nightly", &got.owner_token))
+            .await
+            .unwrap();
+        let second = waiting.await.unwrap();
+        assert_eq!(second.outcome(), pb::AcquireLockOutcome::Acquired);
+        locks
+            .release_lock(req::release_lock("nightly", &second.owner_token))
+            .await
+            .unwrap();
+        let other = locks
+            .acquire_lock(
+                req::acquire_lock("job", ttl, std::time::Duration::ZERO).in_namespace("jobs"),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(other.outcome(), pb::AcquireLockOutcome::Acquired);
+        let s = samples(&scrape(server.admin_addr().unwrap()).await.2);
+        let acquire = ("rpc_method", "tiercache.v1.LockService/AcquireLock");
+        let calls = "rpc_server_call_duration_seconds_count";
+        assert_eq!(
+            sum(&s, calls, &[acquire, ("tiercache_namespace", "default")]),
+            3.0
+        );
+        assert_eq!(
+            sum(&s, calls, &[acquire, ("tiercache_namespace", "jobs")]),
+            1.0
+        );
+        assert_eq!(
+            sum(&s, calls, &[("rpc_method", "tiercache.v1.LockService/ReleaseLock"), ("tiercache_namespace", "default")]),
+            2.0
+        );
+        for method in ["AcquireLock", "RenewLock", "ReleaseLock"] {
+            let method = format!("tiercache.v1.LockService/{method}");
+            let (with_ns, without): (Vec<&Sample>, Vec<&Sample>) = s
+                .iter()
+                .filter(|(n, l, _)| n == calls && l.get("rpc_method") == Some(&method))
+                .partition(|(_, l, _)| l.contains_key("tiercache_namespace"));
+            assert!(!with_ns.is_empty(), "no {method} with its namespace label");
+            assert!(without.is_empty(), "{method} without its namespace label: {without:?}");
+        }
+        server.shutdown().await.unwrap();
+    }
+}
+
+/// Issue 19, finding 7: a GetOrSet served by another caller's fill counts as its own result,
+/// `tiercache_cache_lookups_total{tiercache_result="filled"}`, not as a miss.
+#[tokio::test]
+async fn get_or_set_served_by_a_fill_counts_as_filled() {
+    let redis = RedisServer::start();
+    for server in [
+        TestServer::memory().await,
+        TestServer::with_redis(&redis.url()).await,
+    ] {
+        let mut client = CacheServiceClient::new(server.channel());
+        waiter_served_by_fill(&mut client, "k", std::time::Duration::from_millis(200)).await;
+        let s = samples(&scrape(server.admin_addr().unwrap()).await.2);
+        let ns = ("tiercache_namespace", "default");
+        let lookups = "tiercache_cache_lookups_total";
+        // The lease holder's lookup was the miss; the waiter's was served by its fill.
+        assert_eq!(sum(&s, lookups, &[ns, ("tiercache_result", "miss")]), 1.0);
+        assert_eq!(
+            sum(
+                &s,
+                lookups,
+                &[
+                    ns,
+                    ("tiercache_tier", "none"),
+                    ("tiercache_result", "filled")
+                ]
+            ),
+            1.0
+        );
+        assert_eq!(sum(&s, lookups, &[ns]), 2.0);
+        server.shutdown().await.unwrap();
+    }
+}
