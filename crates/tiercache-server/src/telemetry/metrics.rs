@@ -180,7 +180,8 @@ fn register_cache_instruments(meter: &Meter, cache: &Cache) {
     meter
         .u64_observable_counter("tiercache.cache.lookups")
         .with_description(
-            "Key lookups by namespace, tier that answered (none for a miss) and result",
+            "Key lookups by namespace, tier that answered (none for a miss or a fill) and result \
+             (hit, stale, miss, filled: a GetOrSet served by another caller's fill)",
         )
         .with_callback(move |o| {
             for ns in c.namespaces() {
@@ -191,6 +192,8 @@ fn register_cache_instruments(meter: &Meter, cache: &Cache) {
                     ("l2", "hit", &s.hits_l2),
                     ("l2", "stale", &s.stale_hits_l2),
                     ("none", "miss", &s.misses),
+                    // A GetOrSet served by another caller's fill: neither a hit nor a miss.
+                    ("none", "filled", &s.coalesced),
                 ] {
                     o.observe(
                         n.load(Relaxed),
