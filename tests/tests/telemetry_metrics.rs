@@ -560,3 +560,110 @@ async fn get_or_set_served_by_a_fill_counts_as_filled() {
         server.shutdown().await.unwrap();
     }
 }
+
+/// The value of the one sample of `name` whose labels are exactly `labels` (plus the scope
+/// label), or `None` when the series is not exported.
+fn series(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len() + 1
+                && l.get("otel_scope_name").map(String::as_str) == Some("tiercache")
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+/// Issue 19, finding 2: the series a dashboard or alert rates exist at 0 before their first
+/// event, so `increase()` over two scrapes counts that first event (a series born at 1 counts
+/// 0), and the Redis-errors panel shows 0 rather than "No data" while Redis is healthy.
+#[tokio::test]
+async fn series_exist_at_zero_so_the_first_event_counts() {
+    let redis = RedisServer::start();
+    let server = TestServer::with_redis(&redis.url()).await;
+    let admin = server.admin_addr().unwrap();
+    let requests = "tiercache_rpc_requests_total";
+    let flush = [
+        ("rpc_method", "tiercache.v1.CacheService/FlushNamespace"),
+        ("rpc_response_status_code", "OK"),
+        ("tiercache_namespace", "default"),
+    ];
+    let invalid_get = [
+        ("rpc_method", "tiercache.v1.CacheService/Get"),
+        ("rpc_response_status_code", "INVALID_ARGUMENT"),
+    ];
+    let before = samples(&scrape(admin).await.2);
+    // RPCs by method, status and namespace, for every code the server answers with.
+    for (method, ns) in [
+        ("tiercache.v1.CacheService/FlushNamespace", Some("default")),
+        ("tiercache.v1.CacheService/InvalidateTags", Some("default")),
+        ("tiercache.v1.CacheService/Delete", Some("default")),
+        ("tiercache.v1.LockService/AcquireLock", Some("default")),
+        ("tiercache.v1.CacheService/Get", None),
+        ("tiercache.v1.AdminService/ListNamespaces", None),
+    ] {
+        for code in [
+            "OK",
+            "INVALID_ARGUMENT",
+            "NOT_FOUND",
+            "UNAVAILABLE",
+            "RESOURCE_EXHAUSTED",
+            "DEADLINE_EXCEEDED",
+            "CANCELLED",
+            "INTERNAL",
+        ] {
+            let mut labels = vec![("rpc_method", method), ("rpc_response_status_code", code)];
+            if let Some(ns) = ns {
+                labels.push(("tiercache_namespace", ns));
+            }
+            assert_eq!(
+                series(&before, requests, &labels),
+                Some(0.0),
+                "{requests} {labels:?} is not there at 0"
+            );
+        }
+    }
+    // Redis errors by operation and kind, at 0 while Redis is healthy.
+    for op in ["read", "set", "flush", "acquire_lock", "health_check"] {
+        for kind in ["unavailable", "redis_error"] {
+            let labels = [("tiercache_redis_operation", op), ("error_type", kind)];
+            assert_eq!(
+                series(&before, "tiercache_redis_errors_total", &labels),
+                Some(0.0),
+                "tiercache_redis_errors_total {labels:?} is not there at 0"
+            );
+        }
+    }
+    // Per-namespace results, `filled` included.
+    for result in ["hit", "stale", "miss", "filled"] {
+        assert!(
+            before.iter().any(|(n, l, v)| n == "tiercache_cache_lookups_total"
+                && l.get("tiercache_result").map(String::as_str) == Some(result)
+                && l.get("tiercache_namespace").map(String::as_str) == Some("default")
+                && *v == 0.0),
+            "no lookups series for {result} at 0"
+        );
+    }
+
+    let mut client = CacheServiceClient::new(server.channel());
+    client.flush_namespace(req::flush()).await.unwrap();
+    for _ in 0..3 {
+        let bad = client
+            .get(req::get("k").in_namespace("Not Valid"))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    }
+    let after = samples(&scrape(admin).await.2);
+    // What `increase()` over the two scrapes gives.
+    let increase = |labels: &[(&str, &str)]| {
+        series(&after, requests, labels).unwrap_or(0.0)
+            - series(&before, requests, labels).unwrap_or(0.0)
+    };
+    assert_eq!(increase(&flush), 1.0);
+    assert_eq!(increase(&invalid_get), 3.0);
+    server.shutdown().await.unwrap();
+}
