@@ -617,9 +617,13 @@ async fn an_idle_replica_notices_an_outage_within_a_second() {
     // Redis.
     let sleeping = debug_sleep(&redis, 4.0).await;
     let stalled = Instant::now();
-    wait_for(Duration::from_millis(1500), Duration::from_millis(20), || async {
-        degraded(&a).await && health(&a, "tiercache.redis").await == ServingStatus::NotServing
-    })
+    wait_for(
+        Duration::from_millis(1500),
+        Duration::from_millis(20),
+        || async {
+            degraded(&a).await && health(&a, "tiercache.redis").await == ServingStatus::NotServing
+        },
+    )
     .await
     .unwrap_or_else(|e| {
         panic!(
@@ -643,12 +647,19 @@ async fn an_idle_replica_notices_an_outage_within_a_second() {
 
     sleeping.await.unwrap();
     let resumed = Instant::now();
-    wait_for(Duration::from_secs(5), Duration::from_millis(20), || async {
-        !degraded(&a).await && health(&a, "tiercache.redis").await == ServingStatus::Serving
-    })
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async {
+            !degraded(&a).await && health(&a, "tiercache.redis").await == ServingStatus::Serving
+        },
+    )
     .await
     .expect("the replica recovers when Redis answers again");
-    eprintln!("recovered {:?} after Redis answered again", resumed.elapsed());
+    eprintln!(
+        "recovered {:?} after Redis answered again",
+        resumed.elapsed()
+    );
     c.set(set("k", "w")).await.unwrap();
     assert_eq!(value(&mut c, "k").await.as_deref(), Some("w"));
 }

@@ -428,7 +428,10 @@ async fn a_slow_call_lands_in_a_bucket_near_its_duration() {
     let chosen = tiercache_server::telemetry::DURATION_BUCKETS;
     assert_eq!(chosen[0], 0.0001);
     assert_eq!(chosen[chosen.len() - 1], 30.0);
-    assert!(chosen.windows(2).all(|w| w[1] / w[0] <= 2.5 + 1e-9), "{chosen:?}");
+    assert!(
+        chosen.windows(2).all(|w| w[1] / w[0] <= 2.5 + 1e-9),
+        "{chosen:?}"
+    );
     let mut want = chosen.to_vec();
     want.push(f64::INFINITY);
     assert_eq!(bounds, want);
@@ -512,7 +515,14 @@ async fn lock_rpcs_carry_the_namespace_label() {
             1.0
         );
         assert_eq!(
-            sum(&s, calls, &[("rpc_method", "tiercache.v1.LockService/ReleaseLock"), ("tiercache_namespace", "default")]),
+            sum(
+                &s,
+                calls,
+                &[
+                    ("rpc_method", "tiercache.v1.LockService/ReleaseLock"),
+                    ("tiercache_namespace", "default")
+                ]
+            ),
             2.0
         );
         for method in ["AcquireLock", "RenewLock", "ReleaseLock"] {
@@ -522,7 +532,10 @@ async fn lock_rpcs_carry_the_namespace_label() {
                 .filter(|(n, l, _)| n == calls && l.get("rpc_method") == Some(&method))
                 .partition(|(_, l, _)| l.contains_key("tiercache_namespace"));
             assert!(!with_ns.is_empty(), "no {method} with its namespace label");
-            assert!(without.is_empty(), "{method} without its namespace label: {without:?}");
+            assert!(
+                without.is_empty(),
+                "{method} without its namespace label: {without:?}"
+            );
         }
         server.shutdown().await.unwrap();
     }
@@ -640,10 +653,12 @@ async fn series_exist_at_zero_so_the_first_event_counts() {
     // Per-namespace results, `filled` included.
     for result in ["hit", "stale", "miss", "filled"] {
         assert!(
-            before.iter().any(|(n, l, v)| n == "tiercache_cache_lookups_total"
-                && l.get("tiercache_result").map(String::as_str) == Some(result)
-                && l.get("tiercache_namespace").map(String::as_str) == Some("default")
-                && *v == 0.0),
+            before
+                .iter()
+                .any(|(n, l, v)| n == "tiercache_cache_lookups_total"
+                    && l.get("tiercache_result").map(String::as_str) == Some(result)
+                    && l.get("tiercache_namespace").map(String::as_str) == Some("default")
+                    && *v == 0.0),
             "no lookups series for {result} at 0"
         );
     }
