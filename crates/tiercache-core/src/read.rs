@@ -325,14 +325,25 @@ impl Cache {
 }
 
 fn count_lookup(ns: &Namespace, l: &Lookup) {
-    let s = &ns.stats;
+    count_result(ns, lookup_result(l));
+}
+
+/// What a lookup found, for the statistics: `None` for a miss, else the tier and staleness.
+pub(crate) fn lookup_result(l: &Lookup) -> Option<(Tier, bool)> {
     match l {
-        Lookup::Miss => bump(&s.misses),
-        Lookup::Hit(f) => bump(match (f.tier, f.stale) {
-            (Tier::L1, false) => &s.hits_l1,
-            (Tier::L1, true) => &s.stale_hits_l1,
-            (Tier::L2, false) => &s.hits_l2,
-            (Tier::L2, true) => &s.stale_hits_l2,
-        }),
+        Lookup::Miss => None,
+        Lookup::Hit(f) => Some((f.tier, f.stale)),
     }
+}
+
+/// Counts one lookup's result (see [`lookup_result`]) in the namespace statistics.
+pub(crate) fn count_result(ns: &Namespace, result: Option<(Tier, bool)>) {
+    let s = &ns.stats;
+    bump(match result {
+        None => &s.misses,
+        Some((Tier::L1, false)) => &s.hits_l1,
+        Some((Tier::L1, true)) => &s.stale_hits_l1,
+        Some((Tier::L2, false)) => &s.hits_l2,
+        Some((Tier::L2, true)) => &s.stale_hits_l2,
+    });
 }
