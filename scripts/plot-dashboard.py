@@ -15,13 +15,14 @@ Needs matplotlib (docs/observability.md, "What the dashboard shows", says where 
 
 import argparse
 import json
+import math
 import re
 import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def legend(fmt, labels):
@@ -47,13 +48,7 @@ def active(series):
 
 def plot(ax, targets, keep=lambda t: True):
     """Every active series of the targets, with its legend: 10 colours, then dashed, then dotted."""
-    lines = [
-        (legend(t["legendFormat"], s["labels"]), s)
-        for t in targets
-        if keep(t)
-        for s in t["series"]
-        if active(s)
-    ]
+    lines = [(legend(t["legendFormat"], s["labels"]), s) for t in targets if keep(t) for s in t["series"] if active(s)]
     colours = plt.get_cmap("tab10").colors
     for i, (name, s) in enumerate(sorted(lines, key=lambda x: x[0])):
         xs, ys = points(s, T0[0])
@@ -84,9 +79,7 @@ def main():
     T0[0] = t0
     stall = [s - t0 for s in run["stall"]]
 
-    fig, axes = plt.subplots(
-        4, 1, figsize=(11, 12), sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 1.3]}
-    )
+    fig, axes = plt.subplots(4, 1, figsize=(11, 12), sharex=True, gridspec_kw={"height_ratios": [3, 3, 3, 1.3]})
     fig.suptitle(
         "tiercache dashboard, two replicas on one Redis, 1 s scrapes "
         f"(Redis stalled {stall[1] - stall[0]:.0f} s, shaded)",
@@ -104,8 +97,13 @@ def main():
     # Hit ratio: every target of the hit ratio panel.
     ax = axes[1]
     plot(ax, find(targets, "hit ratio"))
-    ax.axhline(run["expected_hit_ratio"], color="black", linestyle=":", linewidth=1,
-               label=f"sent to 'ratio': {run['expected_hit_ratio']:.2f}")
+    ax.axhline(
+        run["expected_hit_ratio"],
+        color="black",
+        linestyle=":",
+        linewidth=1,
+        label=f"sent to 'ratio': {run['expected_hit_ratio']:.2f}",
+    )
     ax.set_title("Hit ratio by namespace (and tier)")
     ax.set_ylabel("ratio")
     ax.set_ylim(-0.05, 1.05)
@@ -128,7 +126,7 @@ def main():
         xs, ys = points(s, t0)
         names.append(s["labels"].get("instance", f"series {i}"))
         for x, y in zip(xs, ys):
-            if y == y:  # not NaN
+            if not math.isnan(y):
                 ax.barh(i, 1.0, left=x - 0.5, height=0.6, color="tab:red" if y >= 1 else "tab:green", linewidth=0)
     ax.set_yticks(range(len(names)), names)
     ax.set_title("Degraded mode per replica (green OK, red DEGRADED)")
