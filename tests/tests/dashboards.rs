@@ -5,8 +5,9 @@
 //! (`/api/v1/query_range`), template variables substituted.
 //!
 //! Asserted: every query parses and returns at least one series; the hit ratio panel matches the
-//! traffic sent; the degraded panel shows the stall; every RPC and Redis latency quantile stays within 2× of
-//! the slowest call the client measured (docs/observability.md, "What the dashboard shows").
+//! traffic sent; the degraded panel shows the stall; every RPC and Redis latency quantile stays
+//! within 2× of the slowest call the client measured (docs/observability.md, "What the dashboard
+//! shows"); no template variable is defined twice.
 //!
 //! `TIERCACHE_DASHBOARD_DUMP=<file.json>` writes every evaluated target and its series there, for
 //! `scripts/plot-dashboard.py`.
@@ -88,8 +89,9 @@ impl Prometheus {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
         let config = format!(
-            "global:\n  scrape_interval: {s}s\n  scrape_timeout: {s}s\n  evaluation_interval: {s}s\n\
-             scrape_configs:\n  - job_name: tiercache\n    static_configs:\n      - targets: [{}]\n",
+            "global:\n  scrape_interval: {s}s\n  scrape_timeout: {s}s\n\
+             \x20 evaluation_interval: {s}s\nscrape_configs:\n  - job_name: tiercache\n\
+             \x20   static_configs:\n      - targets: [{}]\n",
             targets.join(", "),
             s = SCRAPE.as_secs()
         );
@@ -246,6 +248,16 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A series as the dump file holds it: labels and `[time, value]` pairs, `null` for NaN.
+fn series_json(s: &Series) -> Value {
+    let points: Vec<Value> = s
+        .points
+        .iter()
+        .map(|(t, v)| json!([t, if v.is_finite() { json!(v) } else { Value::Null }]))
+        .collect();
+    json!({"labels": s.labels, "points": points})
 }
 
 /// One series of a range query: labels and (unix time, value) points.
@@ -949,9 +961,7 @@ async fn dashboards_show_known_traffic_through_prometheus() {
             dump.push(json!({
                 "dashboard": t.dashboard, "panel": t.panel, "refId": t.ref_id,
                 "legendFormat": t.legend, "expr": expr,
-                "series": series.iter().map(|s| json!({"labels": s.labels, "points": s.points
-                    .iter().map(|(t, v)| json!([t, if v.is_finite() { json!(v) } else { Value::Null }]))
-                    .collect::<Vec<_>>()})).collect::<Vec<_>>(),
+                "series": series.iter().map(series_json).collect::<Vec<_>>(),
             }));
         }
     }
