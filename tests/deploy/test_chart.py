@@ -228,6 +228,8 @@ def dashboard_targets() -> list[tuple[dict, dict]]:
 def test_dashboard_selects_tiercaches_own_series():
     board = json.loads(DASHBOARD.read_text())
     assert board["schemaVersion"] == 39
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert len(names) == len(set(names)), names  # one variable per name
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert {"datasource", "job", "instance", "namespace"} <= set(variables)
     assert variables["instance"]["multi"] and "$job" in variables["instance"]["query"]["query"]
