@@ -228,6 +228,8 @@ def dashboard_targets() -> list[tuple[dict, dict]]:
 def test_dashboard_selects_tiercaches_own_series():
     board = json.loads(DASHBOARD.read_text())
     assert board["schemaVersion"] == 39
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert len(names) == len(set(names)), names  # one variable per name
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert {"datasource", "job", "instance", "namespace"} <= set(variables)
     assert variables["instance"]["multi"] and "$job" in variables["instance"]["query"]["query"]
@@ -271,6 +273,33 @@ def test_dashboard_l1_views_are_per_instance_and_apart_from_rates():
         # The entries gauge has a panel of its own, without per-second rates.
         if any("tiercache_l1_entries" in e for e in exprs):
             assert not any("rate(" in e for e in exprs), title
+
+
+def test_dashboard_and_alerts_count_with_the_zero_series_counters():
+    rules = {r["alert"]: r["expr"] for g in yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+             for r in g["rules"]}
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p, _ in dashboard_targets()}
+    for title, exprs in panels.items():
+        for expr in exprs:
+            # A histogram's _count series appears on its first observation, which rate() then
+            # misses: RPCs and Redis errors are counted with counters whose series exist at 0.
+            assert "_seconds_count" not in expr, (title, expr)
+            # The health check's pings (4/s) stay out of the Redis latency quantiles.
+            assert expr.count("db_client_operation_duration_seconds_bucket{") == expr.count(
+                'tiercache_redis_operation!="health_check"'), (title, expr)
+    assert all("tiercache_redis_errors_total{" in e for e in panels["Redis errors"])
+    assert "tiercache_redis_errors_total{" in rules["TiercacheRedisErrors"]
+    for alert in ("TiercacheHighErrorRatio", "TiercacheSlowP99"):
+        assert "rpc_server_call_duration_seconds_count" not in rules[alert], alert
+        assert "tiercache_rpc_requests_total{" in rules[alert], alert
+    # One hit ratio (docs/observability.md, "Hit ratio"): hit + stale + filled over all lookups,
+    # on the dashboard ("served from cache") and in TiercacheHitRatioDrop.
+    served = 'tiercache_result!="miss"'
+    (total,) = [e for e in panels["Hit ratio by tier and namespace"] if served in e]
+    assert total.count("tiercache_cache_lookups_total{") == 2
+    assert total.count("tiercache_result") == 1  # the denominator: every lookup
+    drop = rules["TiercacheHitRatioDrop"]
+    assert drop.count(served) == 2 and drop.count("tiercache_result") == 2
 
 
 def test_secrets_stay_out_of_the_configmap():
