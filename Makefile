@@ -15,6 +15,7 @@
 #                the bench is a cargo feature of tiercache-cli, off in the shipped binary)
 #   make image   the OCI image from the stripped release binary, no Docker (dist/image, docs/deploy.md)
 #   make deploy-check   the image run with runc, the Helm chart's checks and the kubelet check
+#   make alerts  the Prometheus alerting rules: promtool check rules and their unit tests
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -42,7 +43,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup lint fmt fmt-check clippy buf-lint buf-breaking api-release nextest deny bench image deploy-check faults soak
+.PHONY: serve test setup alerts lint fmt fmt-check clippy buf-lint buf-breaking api-release nextest deny bench image deploy-check faults soak
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -55,6 +56,7 @@ test:
 	$(call step,clients)
 	$(call step,typescript)
 	$(call step,deny)
+	$(call step,alerts)
 	$(call step,deploy-check)
 
 setup:
@@ -155,6 +157,15 @@ deny:
 image:
 	cargo build --release -p tiercache-cli $(LOCKED)
 	bash scripts/build-image.sh
+
+# The alerting rules shipped with the chart (helm/tiercache/alerts, docs/observability.md "Alerts
+# and runbooks"): promtool (Debian package prometheus, installed by setup) checks them and runs
+# their unit tests, input series -> the alerts that fire and those that do not.
+ALERT_RULES := helm/tiercache/alerts/tiercache-alerts.yaml
+alerts:
+	@command -v promtool >/dev/null || { echo "promtool missing: sudo apt-get install -y prometheus (or make setup)" >&2; exit 1; }
+	promtool check rules $(ALERT_RULES)
+	promtool test rules tests/alerts/tiercache-alerts.test.yaml
 
 # The deploy checks (tests/deploy, pytest in the venv of scripts/setup-deploy.sh; runc needs root):
 # the image run locked down with runc, the chart linted, rendered and validated offline, and the

@@ -5,12 +5,14 @@ kubernetes-validate bundles, and values.schema.json checked and shown to reject 
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import helm_python as helm
+import jsonschema  # check-jsonschema's dependency
 import kubernetes_validate
 import pytest
 import yaml
@@ -49,7 +51,8 @@ def test_manifests_validate(name, version):
     checked = 0
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            # A CRD kind: no bundled schema. Checked by test_service_monitor_scrapes_the_service.
+            # A CRD kind: no bundled schema. Checked by test_service_monitor_scrapes_the_service
+            # and test_prometheus_rule_validates.
             continue
         try:
             used = kubernetes_validate.validate(doc, version, strict=True)
@@ -113,6 +116,190 @@ def test_service_monitor_scrapes_the_service():
     svc = find(docs, "Service", "rel-tiercache")
     assert sm["spec"]["endpoints"][0]["port"] in [p["name"] for p in svc["spec"]["ports"]]
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+
+
+# --- the PrometheusRule (alerts/tiercache-alerts.yaml) ----------------------------------------------
+
+ALERTS_FILE = CHART / "alerts" / "tiercache-alerts.yaml"
+RULE_VALUES = {"prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}}}
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+# The PrometheusRule kind (monitoring.coreos.com/v1) as the Prometheus Operator's CRD defines its
+# spec, made strict like kubernetes-validate --strict: no property the CRD does not know.
+PROMETHEUS_RULE_SPEC = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"groups": {"type": "array", "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "interval": {"type": "string", "pattern": DURATION},
+            "limit": {"type": "integer"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "rules": {"type": "array", "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["expr"],
+                "properties": {
+                    "alert": {"type": "string"},
+                    "record": {"type": "string"},
+                    "expr": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                    "for": {"type": "string", "pattern": DURATION},
+                    "keep_firing_for": {"type": "string", "minLength": 1, "pattern": DURATION},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            }},
+        },
+    }}},
+}
+
+
+def test_prometheus_rule_is_opt_in():
+    assert not [d for d in render() if d["kind"] == "PrometheusRule"]
+    assert [d for d in render(SETS["ha"]) if d["kind"] == "PrometheusRule"]
+
+
+def test_prometheus_rule_carries_the_plain_rules_file():
+    rule = find(render(RULE_VALUES), "PrometheusRule", "rel-tiercache")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"] == {"groups": yaml.safe_load(ALERTS_FILE.read_text())["groups"]}
+    alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert len(alerts) >= 8, alerts
+    for g in rule["spec"]["groups"]:
+        for r in g["rules"]:
+            assert r["for"] and r["labels"]["severity"] in ("warning", "critical"), r
+            assert {"summary", "description", "runbook_url"} <= set(r["annotations"]), r
+            # Every runbook link points to a heading of docs/observability.md.
+            anchor = r["annotations"]["runbook_url"].removeprefix("docs/observability.md#")
+            assert anchor == r["alert"].lower(), r["annotations"]["runbook_url"]
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    headings = {h.lower() for h in re.findall(r"^#+ (\w+)$", doc, re.M)}
+    assert {a.lower() for a in alerts} <= headings, sorted({a.lower() for a in alerts} - headings)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_prometheus_rule_validates(version, tmp_path):
+    rule = find(render(RULE_VALUES), "PrometheusRule")
+    assert set(rule) == {"apiVersion", "kind", "metadata", "spec"}
+    # The metadata is a Kubernetes ObjectMeta: kubernetes-validate --strict checks it on a kind it
+    # bundles a schema for (the CRD's own kind has none).
+    carrier = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": rule["metadata"]}
+    kubernetes_validate.validate(carrier, version, strict=True)
+    jsonschema.validate(rule["spec"], PROMETHEUS_RULE_SPEC)
+    # And Prometheus itself parses the rules (PromQL, templates).
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    if not shutil.which("promtool"):
+        pytest.fail("promtool missing: sudo apt-get install -y prometheus (or make setup)")
+    r = subprocess.run(["promtool", "check", "rules", path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_prometheus_rule_extra_rules_and_runbook_base():
+    base = "https://git.example.com/tiercache/blob/main/docs/observability.md"
+    extra = [{"alert": "TiercacheDown", "expr": 'up{job="rel-tiercache"} == 0', "for": "5m",
+              "labels": {"severity": "critical"}}]
+    rule = find(render({"prometheusRule": {"enabled": True, "runbookBaseUrl": base,
+                                           "additionalRules": extra}}), "PrometheusRule")
+    *shipped, added = rule["spec"]["groups"]
+    assert added == {"name": "tiercache-additional", "rules": extra}
+    urls = [r["annotations"]["runbook_url"] for g in shipped for r in g["rules"]]
+    assert urls and all(u.startswith(base + "#tiercache") for u in urls), urls
+    # The spec schema is strict: a label put at the rule's level is refused.
+    bad = copy.deepcopy(rule["spec"])
+    bad["groups"][0]["rules"][0]["severity"] = "page"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, PROMETHEUS_RULE_SPEC)
+
+
+# --- the Grafana dashboard (dashboards/tiercache.json) ---------------------------------------------
+
+DASHBOARD = CHART / "dashboards" / "tiercache.json"
+
+
+def dashboard_targets() -> list[tuple[dict, dict]]:
+    board = json.loads(DASHBOARD.read_text())
+    return [(p, t) for p in board["panels"] for t in p["targets"]]
+
+
+def test_dashboard_selects_tiercaches_own_series():
+    board = json.loads(DASHBOARD.read_text())
+    assert board["schemaVersion"] == 39
+    names = [v["name"] for v in board["templating"]["list"]]
+    assert len(names) == len(set(names)), names  # one variable per name
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert {"datasource", "job", "instance", "namespace"} <= set(variables)
+    assert variables["instance"]["multi"] and "$job" in variables["instance"]["query"]["query"]
+    assert "$instance" in variables["namespace"]["query"]["query"]
+    targets = dashboard_targets()
+    assert len(targets) >= 20
+    for panel, target in targets:
+        expr = target["expr"]
+        # Every selector of every query (each metric{...}) names the scope, the job and the instance.
+        selectors = re.findall(r"\b([a-z_0-9]+)\{([^}]*)\}", expr)
+        assert selectors, expr
+        for metric, labels in selectors:
+            assert 'otel_scope_name="tiercache"' in labels, (panel["title"], metric)
+            assert 'job=~"$job"' in labels and 'instance=~"$instance"' in labels, (panel["title"], metric)
+        # Panels that do not filter by namespace say so.
+        if "$namespace" not in expr:
+            assert "Ignores $namespace" in panel["description"], panel["title"]
+
+
+def test_dashboard_degraded_mode_maps_ok_and_degraded():
+    board = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in board["panels"] if p["title"] == "Degraded mode"]
+    assert panel["type"] == "state-timeline"
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    assert mapping["type"] == "value"
+    assert {k: (v["text"], v["color"]) for k, v in mapping["options"].items()} == {
+        "0": ("OK", "green"), "1": ("DEGRADED", "red")}
+    assert "by (instance)" in panel["targets"][0]["expr"]
+
+
+def test_dashboard_l1_views_are_per_instance_and_apart_from_rates():
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p, _ in dashboard_targets()}
+    for title, exprs in panels.items():
+        for expr in exprs:
+            # Every replica has its own L1: its gauges are never summed over replicas, or one
+            # replica at its limit would hide (and the budget would double with two).
+            summed = r"sum by \((?![^)]*instance)[^)]*\) \(tiercache_l1_(size_bytes|entries|budget)"
+            assert not re.search(summed, expr), expr
+        if any(re.search(r"tiercache_l1_(size_bytes|entries)\{", e) for e in exprs):
+            assert "by (instance, tiercache_namespace)" in exprs[0], title
+        # The entries gauge has a panel of its own, without per-second rates.
+        if any("tiercache_l1_entries" in e for e in exprs):
+            assert not any("rate(" in e for e in exprs), title
+
+
+def test_dashboard_and_alerts_count_with_the_zero_series_counters():
+    rules = {r["alert"]: r["expr"] for g in yaml.safe_load(ALERTS_FILE.read_text())["groups"]
+             for r in g["rules"]}
+    panels = {p["title"]: [t["expr"] for t in p["targets"]] for p, _ in dashboard_targets()}
+    for title, exprs in panels.items():
+        for expr in exprs:
+            # A histogram's _count series appears on its first observation, which rate() then
+            # misses: RPCs and Redis errors are counted with counters whose series exist at 0.
+            assert "_seconds_count" not in expr, (title, expr)
+            # The health check's pings (4/s) stay out of the Redis latency quantiles.
+            assert expr.count("db_client_operation_duration_seconds_bucket{") == expr.count(
+                'tiercache_redis_operation!="health_check"'), (title, expr)
+    assert all("tiercache_redis_errors_total{" in e for e in panels["Redis errors"])
+    assert "tiercache_redis_errors_total{" in rules["TiercacheRedisErrors"]
+    for alert in ("TiercacheHighErrorRatio", "TiercacheSlowP99"):
+        assert "rpc_server_call_duration_seconds_count" not in rules[alert], alert
+        assert "tiercache_rpc_requests_total{" in rules[alert], alert
+    # One hit ratio (docs/observability.md, "Hit ratio"): hit + stale + filled over all lookups,
+    # on the dashboard ("served from cache") and in TiercacheHitRatioDrop.
+    served = 'tiercache_result!="miss"'
+    (total,) = [e for e in panels["Hit ratio by tier and namespace"] if served in e]
+    assert total.count("tiercache_cache_lookups_total{") == 2
+    assert total.count("tiercache_result") == 1  # the denominator: every lookup
+    drop = rules["TiercacheHitRatioDrop"]
+    assert drop.count(served) == 2 and drop.count("tiercache_result") == 2
 
 
 def test_secrets_stay_out_of_the_configmap():
@@ -183,6 +370,8 @@ BAD_VALUES = [
     # Gone: the L1 budget no longer grows with namespaces, so an old values file saying it
     # fails loudly instead of being ignored.
     ("removed sizing.dynamicNamespaces", {"sizing": {"dynamicNamespaces": 4}}, True),
+    ("additional rule without expr", {"prometheusRule": {"additionalRules": [{"alert": "X"}]}}, True),
+    ("additional rule neither alert nor record", {"prometheusRule": {"additionalRules": [{"expr": "up"}]}}, True),
     ("key prefix with a brace", {"redis": {"keyPrefix": "team{a}"}}, True),
     ("empty key prefix", {"redis": {"keyPrefix": ""}}, True),
     ("L1 budget above the memory limit", {"config": {"l1": {"maxBytes": 1073741824}}}, False),

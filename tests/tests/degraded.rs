@@ -597,3 +597,69 @@ async fn memory_only_is_never_degraded() {
     assert_eq!(d.outcome(), pb::DeleteOutcome::Deleted);
     assert!(!degraded(&server).await);
 }
+
+/// Issue 19, finding 8: an idle replica notices a Redis outage by itself. With no cache traffic
+/// at all, a background health check turns degraded mode and the `tiercache.redis` health
+/// sub-status within about a second of Redis stalling, so the first write after it is refused at
+/// once instead of waiting for the Redis response timeout; both recover when Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_notices_an_outage_within_a_second() {
+    let redis = RedisServer::start();
+    let a = replica(&redis).await;
+    let mut c = CacheServiceClient::new(a.channel());
+    c.set(set("k", "v")).await.unwrap();
+    c.set(set("kept", "in-l1")).await.unwrap();
+    assert_eq!(value(&mut c, "kept").await.as_deref(), Some("in-l1"));
+    assert_eq!(health(&a, "tiercache.redis").await, ServingStatus::Serving);
+    assert!(!degraded(&a).await);
+
+    // From here on no cache call until the checks: only GetStats and health, which touch no
+    // Redis.
+    let sleeping = debug_sleep(&redis, 4.0).await;
+    let stalled = Instant::now();
+    wait_for(
+        Duration::from_millis(1500),
+        Duration::from_millis(20),
+        || async {
+            degraded(&a).await && health(&a, "tiercache.redis").await == ServingStatus::NotServing
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "an idle replica did not notice the stall within 1.5 s ({:?} after it): {e}",
+            stalled.elapsed()
+        )
+    });
+    let noticed = stalled.elapsed();
+    // Degraded mode proper: the first write is refused without a Redis round trip.
+    let start = Instant::now();
+    let refused = c.set(set("k", "w")).await.unwrap_err();
+    let took = start.elapsed();
+    assert_refused(&refused);
+    assert!(
+        took < RESPONSE_TIMEOUT / 2,
+        "the first write after the stall waited {took:?} for Redis (noticed after {noticed:?})"
+    );
+    // Reads keep serving L1.
+    assert_eq!(value(&mut c, "kept").await.as_deref(), Some("in-l1"));
+    eprintln!("the idle replica noticed the stall after {noticed:?}");
+
+    sleeping.await.unwrap();
+    let resumed = Instant::now();
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async {
+            !degraded(&a).await && health(&a, "tiercache.redis").await == ServingStatus::Serving
+        },
+    )
+    .await
+    .expect("the replica recovers when Redis answers again");
+    eprintln!(
+        "recovered {:?} after Redis answered again",
+        resumed.elapsed()
+    );
+    c.set(set("k", "w")).await.unwrap();
+    assert_eq!(value(&mut c, "k").await.as_deref(), Some("w"));
+}

@@ -505,6 +505,20 @@ async fn inspect_explains_visibility(server: &TestServer, two_tier: bool) {
     );
     assert!(r.explanation.contains(&expected), "{}", r.explanation);
     assert_eq!(get(&mut c, ns, "tagged").await, None);
+    // A Get that found it hidden does not make it look never written: the store (L2, or L1 in
+    // memory-only mode) keeps the hidden entry until it expires, so Inspect still names the tag.
+    let r = inspect(&mut admin, ns, "tagged").await;
+    let t = truth(&r, two_tier);
+    assert_eq!(t.visibility(), pb::Visibility::HiddenByTag, "{r:?}");
+    assert_eq!(
+        t.tag_marks[1],
+        pb::TagMark {
+            tag: "b".into(),
+            mark
+        }
+    );
+    assert!(r.explanation.contains(&expected), "{}", r.explanation);
+    assert_eq!(get(&mut c, ns, "tagged").await, None);
 
     // Stale: a short fresh period, a long stale window.
     let mut req = set_req(ns, "stale", "x", &[]);

@@ -729,3 +729,93 @@ async fn closed_client_connection_ends_its_watch_and_waiters() {
         .await
         .expect("the server ends the RPCs of a closed connection");
 }
+
+// ---- Reflection ----
+
+/// Asks one version of gRPC reflection, over real gRPC, for the service list and for the file
+/// that defines `tiercache.v1.CacheService`; returns the services listed and the services that
+/// file defines (`package.Service`). One function per version: each has its own generated types.
+macro_rules! ask_reflection {
+    ($name:ident, $($pb:ident)::+) => {
+        async fn $name(server: &TestServer) -> (Vec<String>, Vec<String>) {
+            use $($pb)::+ as r;
+            use r::server_reflection_request::MessageRequest;
+            use r::server_reflection_response::MessageResponse;
+            let ask = |m| r::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(m),
+            };
+            let requests = vec![
+                ask(MessageRequest::ListServices(String::new())),
+                ask(MessageRequest::FileContainingSymbol(
+                    "tiercache.v1.CacheService".into(),
+                )),
+            ];
+            let mut replies = r::server_reflection_client::ServerReflectionClient::new(
+                server.channel(),
+            )
+            .server_reflection_info(tokio_stream::iter(requests))
+            .await
+            .expect("ServerReflectionInfo")
+            .into_inner();
+            let listed = match replies.message().await.expect("a reply").expect("a reply") {
+                r::ServerReflectionResponse {
+                    message_response: Some(MessageResponse::ListServicesResponse(l)),
+                    ..
+                } => l.service.into_iter().map(|s| s.name).collect(),
+                other => panic!("expected the service list, got {other:?}"),
+            };
+            let defined = match replies.message().await.expect("a reply").expect("a reply") {
+                r::ServerReflectionResponse {
+                    message_response: Some(MessageResponse::FileDescriptorResponse(f)),
+                    ..
+                } => f
+                    .file_descriptor_proto
+                    .iter()
+                    .flat_map(|raw| {
+                        let file = prost_types::FileDescriptorProto::decode(raw.as_slice())
+                            .expect("a FileDescriptorProto");
+                        let package = file.package().to_string();
+                        file.service
+                            .into_iter()
+                            .map(move |s| format!("{package}.{}", s.name()))
+                    })
+                    .collect(),
+                other => panic!("expected file descriptors, got {other:?}"),
+            };
+            (listed, defined)
+        }
+    };
+}
+
+ask_reflection!(ask_reflection_v1, tonic_reflection::pb::v1);
+ask_reflection!(ask_reflection_v1alpha, tonic_reflection::pb::v1alpha);
+
+/// Both reflection versions are served: clients that speak only v1alpha (grpcio-reflection's
+/// stock client, older grpcurl, grpcui, Evans) list and describe the services as v1 clients do.
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_and_describe_the_services() {
+    let server = TestServer::memory().await;
+    for (version, (listed, defined)) in [
+        ("v1", ask_reflection_v1(&server).await),
+        ("v1alpha", ask_reflection_v1alpha(&server).await),
+    ] {
+        for service in [
+            "tiercache.v1.CacheService",
+            "tiercache.v1.LockService",
+            "tiercache.v1.AdminService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                listed.iter().any(|s| s == service),
+                "{version}: {service} not listed in {listed:?}"
+            );
+        }
+        assert!(
+            defined.iter().any(|s| s == "tiercache.v1.CacheService"),
+            "{version}: the file of tiercache.v1.CacheService defines {defined:?}"
+        );
+    }
+}

@@ -209,6 +209,25 @@ async fn traces_continue_the_callers_trace_and_metrics_arrive() {
         .map(|p| p.count)
         .sum();
     assert_eq!(gets, 2);
+    // Every duration histogram is pushed with the same buckets as /metrics serves.
+    for name in ["rpc.server.call.duration", "db.client.operation.duration"] {
+        let m = receiver
+            .metrics()
+            .into_iter()
+            .rfind(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} was not pushed"));
+        let Some(Data::Histogram(h)) = m.data else {
+            panic!("{name} is not a histogram: {m:?}")
+        };
+        assert!(!h.data_points.is_empty(), "{name}");
+        for p in &h.data_points {
+            assert_eq!(
+                p.explicit_bounds,
+                tiercache_server::telemetry::DURATION_BUCKETS,
+                "{name}"
+            );
+        }
+    }
 
     server.shutdown().await.unwrap();
     let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;

@@ -21,6 +21,7 @@ use crate::args::{
     InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, WatchArgs,
 };
 use crate::exit::{Exit, Failure};
+use crate::out::{self, outln};
 
 /// Connects with `--timeout` bounding each call; calls that wait on purpose (lock acquisition,
 /// get-or-set waiting for another caller's fill) get their wait on top, from the SDK.
@@ -56,7 +57,7 @@ pub async fn get(args: GetArgs) -> Result<Exit, Failure> {
                     "namespace": args.namespace,
                     "key": args.key,
                     "outcome": "miss",
-                }));
+                }))?;
             } else {
                 eprintln!("(miss)");
             }
@@ -68,7 +69,7 @@ pub async fn get(args: GetArgs) -> Result<Exit, Failure> {
         v["namespace"] = json!(args.namespace);
         v["key"] = json!(args.key);
         v["outcome"] = json!("hit");
-        print_json(&v);
+        print_json(&v)?;
     } else {
         if entry.absent {
             eprintln!("(negative entry)");
@@ -125,7 +126,7 @@ pub async fn set(args: SetArgs) -> Result<Exit, Failure> {
             format!("not stored: key exists (current version {current})"),
         ),
     };
-    report(args.conn.json, v, &text);
+    report(args.conn.json, v, &text)?;
     Ok(exit)
 }
 
@@ -157,7 +158,7 @@ pub async fn del(args: DelArgs) -> Result<Exit, Failure> {
             format!("not deleted: version mismatch (current version {current})"),
         ),
     };
-    report(args.conn.json, v, &text);
+    report(args.conn.json, v, &text)?;
     Ok(exit)
 }
 
@@ -187,14 +188,14 @@ pub async fn stats(args: StatsArgs) -> Result<Exit, Failure> {
             "mode": mode,
             "degraded": stats.degraded,
             "namespaces": namespaces,
-        }));
+        }))?;
     } else {
-        println!("mode: {mode}");
-        println!("degraded: {}", stats.degraded);
+        outln!("mode: {mode}")?;
+        outln!("degraded: {}", stats.degraded)?;
         for ns in &stats.namespaces {
-            println!("namespace {}", ns.namespace);
+            outln!("namespace {}", ns.namespace)?;
             for (name, n) in counters(ns) {
-                println!("  {name:<16} {n}");
+                outln!("  {name:<16} {n}")?;
             }
         }
     }
@@ -210,7 +211,7 @@ pub async fn health(args: HealthArgs) -> Result<Exit, Failure> {
         HealthStatus::NotServing => (Exit::Failure, "not_serving"),
         HealthStatus::Unknown => (Exit::Failure, "unknown"),
     };
-    report(args.conn.json, json!({"status": name}), name);
+    report(args.conn.json, json!({"status": name}), name)?;
     Ok(exit)
 }
 
@@ -243,7 +244,7 @@ pub async fn get_or_set(args: GetOrSetArgs) -> Result<Exit, Failure> {
     };
     let Some(value) = value else {
         if args.conn.json {
-            print_json(&json!({"key": args.key, "outcome": "absent", "source": source}));
+            print_json(&json!({"key": args.key, "outcome": "absent", "source": source}))?;
         } else {
             eprintln!("(negative entry)");
         }
@@ -252,7 +253,7 @@ pub async fn get_or_set(args: GetOrSetArgs) -> Result<Exit, Failure> {
     if args.conn.json {
         let mut v = json!({"key": args.key, "outcome": "hit", "source": source});
         put_value(&mut v, &value);
-        print_json(&v);
+        print_json(&v)?;
     } else {
         write_value(&value)?;
     }
@@ -299,7 +300,7 @@ pub async fn invalidate_tags(args: InvalidateTagsArgs) -> Result<Exit, Failure> 
         args.conn.json,
         json!({"outcome": "invalidated", "tags": args.tags, "sequence": seq}),
         &format!("invalidated (sequence {seq})"),
-    );
+    )?;
     Ok(Exit::Ok)
 }
 
@@ -311,7 +312,7 @@ pub async fn flush(args: FlushArgs) -> Result<Exit, Failure> {
         args.conn.json,
         json!({"outcome": "flushed", "namespace": args.namespace, "sequence": seq}),
         &format!("flushed {} (sequence {seq})", args.namespace),
-    );
+    )?;
     Ok(Exit::Ok)
 }
 
@@ -347,23 +348,34 @@ pub async fn inspect(args: InspectArgs) -> Result<Exit, Failure> {
             "lease_remaining_ms": r.lease_remaining.map(|d| millis(duration::from_proto_saturating(&d))).unwrap_or(0),
             "lease_born": r.lease_born,
             "explanation": r.explanation,
-        }));
+        }))?;
     } else {
-        println!("{}", r.explanation);
-        println!("sequence {} flush mark {}", r.sequence, r.flush_mark);
-        for t in &tiers {
-            println!(
-                "  {:<6} present={} visibility={} version={}",
+        outln!("{}", r.explanation)?;
+        outln!("sequence {} flush mark {}", r.sequence, r.flush_mark)?;
+        for (t, view) in tiers.iter().zip(&r.tiers) {
+            // The entry's tags with their current marks: the one above its born hid it.
+            let marks: Vec<String> = view
+                .tag_marks
+                .iter()
+                .map(|m| format!("{}@{}", m.tag, m.mark))
+                .collect();
+            outln!(
+                "  {:<6} present={} visibility={} version={}{}",
                 t["tier"].as_str().unwrap_or("?"),
                 t["present"],
                 t["visibility"].as_str().unwrap_or("?"),
                 t.get("entry")
                     .map(|e| e["version"].clone())
                     .unwrap_or(json!(null)),
-            );
+                if marks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" tag_marks={}", marks.join(","))
+                },
+            )?;
         }
         if r.lease_held {
-            println!("lease held (born at {})", r.lease_born);
+            outln!("lease held (born at {})", r.lease_born)?;
         }
     }
     Ok(Exit::Ok)
@@ -409,12 +421,14 @@ pub async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
         if args.conn.json {
             v["sequence"] = json!(event.sequence);
             v["event"] = json!(kind);
-            print_json(&v);
+            print_json(&v)?;
         } else {
-            println!("{} {kind}{text}", event.sequence);
+            outln!("{} {kind}{text}", event.sequence)?;
         }
-        // Line by line, so a pipe sees each event as it comes.
-        let _ = std::io::stdout().flush();
+        // Each line is flushed as it comes; a reader that went away ends the watch.
+        if out::closed() {
+            return Ok(Exit::Ok);
+        }
         if event.kind != WatchEventKind::Started {
             seen += 1;
         }
@@ -431,7 +445,7 @@ pub async fn lock(args: LockArgs) -> Result<Exit, Failure> {
             args.conn.json,
             json!({"lock": args.name, "outcome": "timeout"}),
             &format!("lock {} not acquired within {:?}", args.name, args.wait),
-        );
+        )?;
         return Ok(Exit::Negative);
     };
     let token = guard.fencing_token();
@@ -439,8 +453,7 @@ pub async fn lock(args: LockArgs) -> Result<Exit, Failure> {
         args.conn.json,
         json!({"lock": args.name, "outcome": "acquired", "fencing_token": token}),
         &format!("fencing token {token}"),
-    );
-    let _ = std::io::stdout().flush();
+    )?;
     let (prog, rest) = args
         .command
         .split_first()
@@ -488,12 +501,7 @@ fn visibility_name(v: i32) -> &'static str {
 }
 
 fn write_value(value: &[u8]) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(value)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-        .context("cannot write to stdout")
-        .map_err(Failure::server)
+    out::write(|out| out.write_all(value).and_then(|()| out.write_all(b"\n")))
 }
 
 fn put_value(v: &mut Value, value: &[u8]) {
@@ -503,16 +511,16 @@ fn put_value(v: &mut Value, value: &[u8]) {
     }
 }
 
-fn report(as_json: bool, v: Value, text: &str) {
+fn report(as_json: bool, v: Value, text: &str) -> Result<(), Failure> {
     if as_json {
-        print_json(&v);
+        print_json(&v)
     } else {
-        println!("{text}");
+        outln!("{text}")
     }
 }
 
-fn print_json(v: &Value) {
-    println!("{v}");
+fn print_json(v: &Value) -> Result<(), Failure> {
+    outln!("{v}")
 }
 
 /// Returns the entry's metadata and value as JSON: `value` when it is UTF-8, else `value_hex`.

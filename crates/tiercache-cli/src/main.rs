@@ -9,12 +9,14 @@
 //! - `bench`: `tiercache bench`, the benchmark harness (docs/performance.md); only with the
 //!   `bench` feature, which the shipped binary leaves out.
 //! - `exit`: exit codes and the failure type that carries one.
+//! - `out`: stdout that lets its reader go away (a broken pipe ends the output quietly).
 
 mod args;
 #[cfg(feature = "bench")]
 mod bench;
 mod commands;
 mod exit;
+mod out;
 mod serve;
 
 use std::process::ExitCode;

@@ -1,12 +1,13 @@
-//! invalidate-tags, flush, watch, inspect and health against a real `tiercache serve` child
-//! process, and the exit code 3 of commands whose server cannot be reached.
+//! invalidate-tags, flush, watch, inspect, stats and health against a real `tiercache serve`
+//! child process, output into a pipe whose reader went away, and the exit code 3 of commands
+//! whose server cannot be reached.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{assert_exit, json, run, stderr, stdout, tiercache, ServerProcess};
 use serde_json::Value;
@@ -81,10 +82,6 @@ fn health_and_inspect() {
 
     assert_exit(&run(&["set", "i", "v", "--tag", "t", "--addr", a]), 0);
     let o = run(&["inspect", "i", "--addr", a, "--json"]);
-    // Inspect is being added to the server; until then it answers UNIMPLEMENTED (exit 3).
-    if o.status.code() == Some(3) && stderr(&o).contains("unimplemented") {
-        return;
-    }
     assert_exit(&o, 0);
     let v = json(&o);
     assert_eq!(v["key"], "i");
@@ -110,4 +107,113 @@ fn server_errors_exit_3() {
     ] {
         assert_exit(&run(args), 3);
     }
+}
+
+/// Memory-only mode (this server has no Redis): a Get that found the key hidden by a tag does
+/// not turn it into "never written"; inspect names the tag, its invalidation and the tag marks.
+#[test]
+fn inspect_names_the_tag_that_hid_a_key_after_a_get() {
+    let server = ServerProcess::start(&[]);
+    let a = server.addr.as_str();
+    assert_exit(&run(&["set", "h", "v", "--tag", "team:7", "--addr", a]), 0);
+    let o = run(&["invalidate-tags", "team:7", "--addr", a, "--json"]);
+    assert_exit(&o, 0);
+    let mark = json(&o)["sequence"].as_u64().unwrap();
+    assert_exit(&run(&["get", "h", "--addr", a]), 1);
+
+    let o = run(&["inspect", "h", "--addr", a]);
+    assert_exit(&o, 0);
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "is hidden: tag \"team:7\" was invalidated at sequence {mark}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("visibility=hidden_by_tag"), "{text}");
+    assert!(text.contains(&format!("team:7@{mark}")), "{text}");
+
+    let v = json(&run(&["inspect", "h", "--addr", a, "--json"]));
+    let tier = &v["tiers"][0];
+    assert_eq!(tier["visibility"], "hidden_by_tag", "{v}");
+    assert_eq!(
+        tier["tag_marks"],
+        serde_json::json!([{"tag": "team:7", "mark": mark}]),
+        "{v}"
+    );
+}
+
+/// Runs `tiercache args…` with stdout a pipe whose reader is already gone, as in
+/// `tiercache stats | head -0`: every write to it fails with EPIPE.
+fn run_into_closed_pipe(args: &[&str]) -> Output {
+    let mut child = tiercache()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tiercache");
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+/// `tiercache stats | head`: a reader that goes away ends the output quietly (exit 0, no
+/// panic, no error), for every command that prints.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let server = ServerProcess::start(&[]);
+    let a = server.addr.as_str();
+    assert_exit(&run(&["set", "p", "v", "--tag", "t", "--addr", a]), 0);
+    for args in [
+        &["stats", "--addr", a][..],
+        &["stats", "--addr", a, "--json"],
+        &["get", "p", "--addr", a],
+        &["inspect", "p", "--addr", a],
+        &["health", "--addr", a],
+        &["set", "q", "w", "--addr", a],
+        &["invalidate-tags", "none", "--addr", a],
+        &["--help"],
+    ] {
+        let o = run_into_closed_pipe(args);
+        assert!(
+            o.status.code() == Some(0) && o.stderr.is_empty(),
+            "tiercache {}: {:?}, stderr:\n{}",
+            args.join(" "),
+            o.status,
+            stderr(&o)
+        );
+    }
+}
+
+/// `tiercache watch | head -1`: the next event after the reader left ends the watch quietly.
+#[test]
+fn watch_ends_quietly_when_its_reader_goes_away() {
+    let server = ServerProcess::start(&[]);
+    let a = server.addr.clone();
+    let mut child = tiercache()
+        .args(["watch", "--addr", &a])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.ends_with("started\n"), "{first}");
+    // The reader is gone; the next events hit the closed pipe.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watch still runs after its reader left"
+        );
+        assert_exit(&run(&["set", "w", "1", "--addr", &a]), 0);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "stderr:\n{}", stderr(&o));
 }

@@ -4,18 +4,29 @@
 //! error reply changes no mode. See docs/architecture.md, "Degraded mode".
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::engine::Cache;
+use crate::engine::{Cache, Inner};
 use crate::error::CoreError;
 use crate::namespace::Namespace;
 use crate::store::{RedisStore, Store};
 
 /// How often a degraded replica checks whether Redis answers again.
 pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a healthy replica checks, in the background, that Redis answers (a `PING` on the
+/// data connection). With no answer within the response timeout the replica enters degraded mode,
+/// traffic or not: within `REDIS_HEALTH_INTERVAL + response_timeout` of an outage (1.25 s with
+/// the default 1 s timeout).
+pub const REDIS_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Cache {
+    /// Starts the background health check (two-tier mode); it lives as long as the engine.
+    pub(crate) fn start_health_check(&self) {
+        let task = tokio::spawn(health_loop(Arc::downgrade(&self.inner)));
+        *self.inner.health_task.lock() = Some(task);
+    }
+
     /// The Redis store when it is configured and reachable.
     pub(crate) fn healthy_l2(&self) -> Option<&RedisStore> {
         self.inner.store.redis().filter(|_| !self.redis_down())
@@ -99,6 +110,36 @@ impl Cache {
                 }
             }
         });
+    }
+}
+
+/// Pings Redis every [`REDIS_HEALTH_INTERVAL`] while the replica is not degraded, and trips
+/// degraded mode when the ping finds Redis unreachable, the same rule as a failed data call
+/// (refused, reset, or no answer within the response timeout; an error reply trips nothing).
+/// Once tripped, the probe in [`Cache::trip`] takes over until Redis answers again.
+async fn health_loop(inner: Weak<Inner>) {
+    let mut ticker = tokio::time::interval(REDIS_HEALTH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(i) = inner.upgrade() else { return };
+        let cache = Cache { inner: i };
+        if cache.redis_down() {
+            continue;
+        }
+        let Some(l2) = cache.inner.store.redis() else {
+            return;
+        };
+        let timeout = l2.options().response_timeout;
+        let r = match tokio::time::timeout(timeout, l2.health_check()).await {
+            Ok(r) => r,
+            Err(_) => Err(CoreError::Unavailable(
+                "no answer to the health check within the response timeout".into(),
+            )),
+        };
+        if let Err(e) = r {
+            cache.trip(&e);
+        }
     }
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) bus_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The periodic comparison of applied sequences with Redis's (`bus.rs`).
     pub(crate) check_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The background Redis health check (`degraded.rs`).
+    pub(crate) health_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The deployment's Redis names (prefix and database).
     pub(crate) key_space: crate::keys::KeySpace,
     /// Test hook: a sync read of the namespace waits here between reading Redis and taking the
@@ -80,6 +82,9 @@ impl Drop for Inner {
         if let Some(t) = self.check_task.lock().take() {
             t.abort();
         }
+        if let Some(t) = self.health_task.lock().take() {
+            t.abort();
+        }
     }
 }
 
@@ -98,6 +103,7 @@ impl Cache {
         let cache = Self::build(config, Store::Redis(redis));
         cache.start_bus(client);
         cache.start_sequence_check();
+        cache.start_health_check();
         let deadline = Instant::now() + connect_timeout;
         while !cache.inner.bus_up.load(Ordering::Acquire) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -147,6 +153,7 @@ impl Cache {
                 bus_generation: AtomicU64::new(0),
                 bus_task: parking_lot::Mutex::new(None),
                 check_task: parking_lot::Mutex::new(None),
+                health_task: parking_lot::Mutex::new(None),
                 key_space,
                 sync_pause: parking_lot::Mutex::new(None),
                 flights: Default::default(),

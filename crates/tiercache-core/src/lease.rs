@@ -18,6 +18,7 @@ use crate::engine::Cache;
 use crate::error::CoreError;
 use crate::namespace::{bump, Namespace};
 use crate::policy::lifetimes;
+use crate::read::{count_result, lookup_result};
 use crate::store::{LeaseGrant, StoreFill};
 use crate::types::{Found, Lookup, ReadOptions};
 
@@ -103,15 +104,40 @@ pub(crate) fn new_token() -> String {
 
 impl Cache {
     /// Reads a key; on a miss grants this caller the lease or waits for another caller's fill.
+    ///
+    /// The lookup counts in the namespace statistics once the result is known: a caller served
+    /// by another caller's fill counts as `coalesced` (the `filled` result of the lookups metric),
+    /// not as the miss it first found, so stampedes do not pull the hit ratio down.
     pub async fn get_or_set(
         &self,
         ns: &Namespace,
         key: &str,
         opts: GetOrSetOptions,
     ) -> Result<GetOrSetResult, CoreError> {
+        let first = self
+            .lookup_many(ns, &[key], ReadOptions::default(), false, None)
+            .await?
+            .pop()
+            .unwrap_or(Lookup::Miss);
+        let result = lookup_result(&first);
+        let r = self.get_or_set_after(ns, key, opts, first).await;
+        if !matches!(r, Ok(GetOrSetResult::Filled(_))) {
+            count_result(ns, result);
+        }
+        r
+    }
+
+    /// [`Cache::get_or_set`] once the first lookup found `first`.
+    async fn get_or_set_after(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        opts: GetOrSetOptions,
+        first: Lookup,
+    ) -> Result<GetOrSetResult, CoreError> {
         let deadline = Instant::now() + opts.wait.min(ns.policy.max_wait_max);
         let lease_ttl = ns.policy.effective_lease_ttl(opts.lease_ttl);
-        if let Lookup::Hit(found) = self.get(ns, key, ReadOptions::default()).await? {
+        if let Lookup::Hit(found) = first {
             if !found.stale {
                 return Ok(GetOrSetResult::Hit {
                     found,

@@ -202,7 +202,13 @@ impl Cache {
         match visible {
             Some(true) => Some(Found::of(&e, now, Tier::L1)),
             Some(false) => {
-                l1.invalidate(key);
+                // In memory-only mode L1 is the store: like L2 in two-tier mode it keeps the
+                // hidden entry until it expires (its tag marks outlive it), so Inspect can still
+                // say which flush or tag hid it. Dropping it here freed nothing an invalidation
+                // without a later read does not hold anyway.
+                if two_tier {
+                    l1.invalidate(key);
+                }
                 None
             }
             None => None,
@@ -319,14 +325,25 @@ impl Cache {
 }
 
 fn count_lookup(ns: &Namespace, l: &Lookup) {
-    let s = &ns.stats;
+    count_result(ns, lookup_result(l));
+}
+
+/// What a lookup found, for the statistics: `None` for a miss, else the tier and staleness.
+pub(crate) fn lookup_result(l: &Lookup) -> Option<(Tier, bool)> {
     match l {
-        Lookup::Miss => bump(&s.misses),
-        Lookup::Hit(f) => bump(match (f.tier, f.stale) {
-            (Tier::L1, false) => &s.hits_l1,
-            (Tier::L1, true) => &s.stale_hits_l1,
-            (Tier::L2, false) => &s.hits_l2,
-            (Tier::L2, true) => &s.stale_hits_l2,
-        }),
+        Lookup::Miss => None,
+        Lookup::Hit(f) => Some((f.tier, f.stale)),
     }
+}
+
+/// Counts one lookup's result (see [`lookup_result`]) in the namespace statistics.
+pub(crate) fn count_result(ns: &Namespace, result: Option<(Tier, bool)>) {
+    let s = &ns.stats;
+    bump(match result {
+        None => &s.misses,
+        Some((Tier::L1, false)) => &s.hits_l1,
+        Some((Tier::L1, true)) => &s.stale_hits_l1,
+        Some((Tier::L2, false)) => &s.hits_l2,
+        Some((Tier::L2, true)) => &s.stale_hits_l2,
+    });
 }

@@ -201,10 +201,20 @@ async fn serve_grpc(
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tiercache_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: v1, and v1alpha for the clients that speak only it
+    // (grpcio-reflection's stock client, older grpcurl, grpcui, Evans). Each lists both.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tiercache_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+            .include_reflection_service(false)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let storage_health = (config.redis.is_some()).then(|| {
         let (reporter, cache) = (reporter.clone(), cache.clone());
@@ -250,7 +260,12 @@ async fn serve_grpc(
                 .max_encoding_message_size(max),
         )
         .add_service(
-            reflection
+            reflection_v1
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            reflection_v1alpha
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

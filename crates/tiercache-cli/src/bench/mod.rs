@@ -18,6 +18,7 @@ mod report;
 mod scenarios;
 mod stampede;
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -25,6 +26,7 @@ use bytes::Bytes;
 
 use crate::args::{BenchArgs, Switch};
 use crate::exit::{Exit, Failure};
+use crate::out::outln;
 
 pub use report::Report;
 
@@ -45,17 +47,17 @@ pub fn scenario_names() -> Vec<&'static str> {
 pub async fn bench(args: BenchArgs) -> Result<Exit, Failure> {
     if args.scenarios.iter().any(|s| s == "list") {
         for s in scenarios::SCENARIOS {
-            println!("{:<18} {}", s.name, s.about);
+            outln!("{:<18} {}", s.name, s.about)?;
         }
-        println!(
+        outln!(
             "{:<18} redis-benchmark -t get (when installed)",
             "redis_benchmark"
-        );
-        println!(
+        )?;
+        outln!(
             "{:<18} concurrent GetOrSet per cold key over replicas",
             "stampede"
-        );
-        println!("{:<18} L1 bytes vs budget, RSS per entry", "memory");
+        )?;
+        outln!("{:<18} L1 bytes vs budget, RSS per entry", "memory")?;
         return Ok(Exit::Ok);
     }
     let names = scenario_names();
@@ -75,9 +77,9 @@ pub async fn bench(args: BenchArgs) -> Result<Exit, Failure> {
     }
     let report = run(&args).await.map_err(Failure::server)?;
     if args.json {
-        println!("{}", report.json());
+        outln!("{}", report.json())?;
     } else {
-        print!("{}", report.table());
+        crate::out::write(|out| out.write_all(report.table().as_bytes()))?;
     }
     match report.problems() {
         problems if problems.is_empty() => Ok(Exit::Ok),

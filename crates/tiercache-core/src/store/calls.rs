@@ -18,7 +18,8 @@ pub trait RedisObserver: Send + Sync + 'static {
 pub struct RedisOp {
     /// The tiercache operation (`read`, `set`, `delete`, `namespace_marks`, `tag_marks`,
     /// `invalidate_tags`, `flush`, `acquire_lease`, `fill`, `release_lease`, `lease_info`,
-    /// `acquire_lock`, `renew_lock`, `release_lock`, `inspect`, `ping`, `sequence_check`).
+    /// `acquire_lock`, `renew_lock`, `release_lock`, `inspect`, `ping`, `sequence_check`,
+    /// `health_check`).
     pub name: &'static str,
     /// The Redis command it sends (`EVALSHA`, `MGET`, `PING`).
     pub command: &'static str,
@@ -58,6 +59,33 @@ impl RedisOp {
         name: "ping",
         command: "PING",
     };
+    /// The background health check of the data connection (`crate::degraded`).
+    pub(super) const HEALTH_CHECK: RedisOp = RedisOp {
+        name: "health_check",
+        command: "PING",
+    };
+
+    /// Every kind of call, so metrics can create their series before the first one.
+    pub const ALL: [RedisOp; 18] = [
+        Self::READ,
+        Self::SET,
+        Self::DELETE,
+        Self::INVALIDATE_TAGS,
+        Self::FLUSH,
+        Self::NAMESPACE_MARKS,
+        Self::SEQUENCE_CHECK,
+        Self::TAG_MARKS,
+        Self::ACQUIRE_LEASE,
+        Self::FILL,
+        Self::RELEASE_LEASE,
+        Self::LEASE_INFO,
+        Self::ACQUIRE_LOCK,
+        Self::RENEW_LOCK,
+        Self::RELEASE_LOCK,
+        Self::INSPECT,
+        Self::PING,
+        Self::HEALTH_CHECK,
+    ];
 
     const fn script(name: &'static str) -> RedisOp {
         RedisOp {
@@ -66,6 +94,9 @@ impl RedisOp {
         }
     }
 }
+
+/// Every `error.type` a failed call can carry ([`error_type`]).
+pub const ERROR_TYPES: [&str; 4] = ["unavailable", "redis_error", "corrupt", "other"];
 
 /// The `error.type` of a failed call.
 pub fn error_type(e: &CoreError) -> &'static str {

@@ -21,7 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 use tracing::Instrument;
 
-pub use super::calls::{classify, error_type, RedisObserver, RedisOp};
+pub use super::calls::{classify, error_type, RedisObserver, RedisOp, ERROR_TYPES};
 use super::outcome::{LeaseGrant, StoreDelete, StoreFill, StoreSet, StoredEntry};
 use super::scripts::Scripts;
 use crate::codec::{self, EntryData};
@@ -589,6 +589,15 @@ impl RedisStore {
     /// Sends PING; used by health checks.
     pub async fn ping(&self) -> Result<(), CoreError> {
         let _: String = self.query(RedisOp::PING, &redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// The background health check (`crate::degraded`): a `PING` on the data connection,
+    /// reported as its own operation so it can be told apart from the probe and the data path.
+    pub async fn health_check(&self) -> Result<(), CoreError> {
+        let _: String = self
+            .query(RedisOp::HEALTH_CHECK, &redis::cmd("PING"))
+            .await?;
         Ok(())
     }
 }

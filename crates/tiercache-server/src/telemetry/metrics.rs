@@ -5,24 +5,55 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::metrics::{
+    Aggregation, Instrument, InstrumentKind, PeriodicReader, SdkMeterProvider, Stream,
+};
 use tiercache_core::namespace::NamespaceStats;
-use tiercache_core::store::redis::{error_type, RedisObserver, RedisOp};
-use tiercache_core::{Cache, CoreError};
+use tiercache_core::store::redis::{error_type, RedisObserver, RedisOp, ERROR_TYPES};
+use tiercache_core::{Cache, CoreError, Mode};
 
 use super::otel::{resource, TelemetryError, SCOPE};
-use super::rpc::{ns_attr, RpcLayer};
+use super::rpc::{ns_attr, precreate_requests, RpcLayer};
 use crate::config::TelemetryConfig;
 
-/// Histogram buckets in seconds: 50 µs to 10 s, fine enough below a millisecond to tell an L1
-/// hit (tens of µs) from an L2 round trip (hundreds of µs).
-pub const DURATION_BUCKETS: [f64; 17] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 10.0,
+/// The bucket boundaries of every duration histogram, in seconds: 100 µs to 30 s, no step wider
+/// than ×2.5, so `histogram_quantile` estimates any call in that range within a factor of 2.5
+/// (a 1.5 s call lands in 1–2.5 s, not 1–10 s). Below 100 µs is an L1 hit (tens of µs); an L2
+/// round trip is hundreds of µs; 30 s is past every default wait bound (lease and lock waits
+/// default to 5 s). Applied by a view to every histogram whose unit is seconds, so the
+/// Prometheus and OTLP exports carry the same buckets (docs/observability.md).
+pub const DURATION_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 20.0, 30.0,
 ];
+
+/// The view that gives every histogram in seconds the [`DURATION_BUCKETS`], whatever
+/// boundaries its instrument asked for.
+///
+/// It also lifts the cardinality limit of `tiercache.rpc.requests` (the SDK's default is 2000
+/// series per instrument), whose zero series grow with the configured namespaces (about 150
+/// each).
+fn duration_view(i: &Instrument) -> Option<Stream> {
+    if i.name() == "tiercache.rpc.requests" {
+        return Stream::builder()
+            .with_cardinality_limit(20_000)
+            .build()
+            .ok();
+    }
+    if i.kind() != InstrumentKind::Histogram || i.unit() != "s" {
+        return None;
+    }
+    Stream::builder()
+        .with_aggregation(Aggregation::ExplicitBucketHistogram {
+            boundaries: DURATION_BUCKETS.to_vec(),
+            record_min_max: true,
+        })
+        .build()
+        .ok()
+}
 
 /// The meter provider and its instruments. Dropping it without [`Metrics::shutdown`] loses the
 /// last OTLP push.
@@ -30,7 +61,9 @@ pub struct Metrics {
     provider: SdkMeterProvider,
     registry: prometheus::Registry,
     rpc_duration: Histogram<f64>,
+    rpc_requests: Counter<u64>,
     redis_duration: Histogram<f64>,
+    redis_errors: Counter<u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -50,6 +83,7 @@ impl Metrics {
             .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
         let mut builder = SdkMeterProvider::builder()
             .with_resource(resource(config))
+            .with_view(duration_view)
             .with_reader(prometheus);
         if let Some(endpoint) = &config.otlp_endpoint {
             let exporter = opentelemetry_otlp::MetricExporter::builder()
@@ -77,23 +111,50 @@ impl Metrics {
             .with_unit("s")
             .with_boundaries(DURATION_BUCKETS.to_vec())
             .build();
+        let rpc_requests = meter
+            .u64_counter("tiercache.rpc.requests")
+            .with_description(
+                "RPCs handled, by method, status code and namespace; the series of known methods \
+                 and codes exist at 0 from the start, so rate() and increase() count the first one",
+            )
+            .build();
+        let namespaces: Vec<Arc<str>> = cache.namespaces().iter().map(|n| n.name.clone()).collect();
+        precreate_requests(&rpc_requests, &namespaces);
+        let redis_errors = meter
+            .u64_counter("tiercache.redis.errors")
+            .with_description(
+                "Failed Redis calls, by operation and error.type; at 0 while Redis is healthy",
+            )
+            .build();
+        if cache.mode() == Mode::TwoTier {
+            for op in RedisOp::ALL {
+                for kind in ERROR_TYPES {
+                    redis_errors.add(0, &redis_error_attrs(op, kind));
+                }
+            }
+        }
         register_cache_instruments(&meter, cache);
         Ok(Metrics {
             provider,
             registry,
             rpc_duration,
+            rpc_requests,
             redis_duration,
+            redis_errors,
         })
     }
 
     /// Returns the tower layer that traces and times every RPC.
     pub fn rpc_layer(&self) -> RpcLayer {
-        RpcLayer::new(self.rpc_duration.clone())
+        RpcLayer::new(self.rpc_duration.clone(), self.rpc_requests.clone())
     }
 
     /// Returns the observer the engine reports Redis calls to.
     pub fn redis_observer(&self) -> Arc<dyn RedisObserver> {
-        Arc::new(RedisMetrics(self.redis_duration.clone()))
+        Arc::new(RedisMetrics {
+            duration: self.redis_duration.clone(),
+            errors: self.redis_errors.clone(),
+        })
     }
 
     /// Collects every instrument now and returns the Prometheus text exposition.
@@ -112,7 +173,17 @@ impl Metrics {
     }
 }
 
-struct RedisMetrics(Histogram<f64>);
+struct RedisMetrics {
+    duration: Histogram<f64>,
+    errors: Counter<u64>,
+}
+
+fn redis_error_attrs(op: RedisOp, kind: &'static str) -> [KeyValue; 2] {
+    [
+        KeyValue::new("tiercache.redis.operation", op.name),
+        KeyValue::new("error.type", kind),
+    ]
+}
 
 impl RedisObserver for RedisMetrics {
     fn record(&self, op: RedisOp, elapsed: Duration, error: Option<&CoreError>) {
@@ -122,11 +193,12 @@ impl RedisObserver for RedisMetrics {
             KeyValue::new("tiercache.redis.operation", op.name),
         ];
         match error {
-            None => self.0.record(elapsed.as_secs_f64(), &base),
+            None => self.duration.record(elapsed.as_secs_f64(), &base),
             Some(e) => {
                 let [a, b, c] = base;
                 let attrs = [a, b, c, KeyValue::new("error.type", error_type(e))];
-                self.0.record(elapsed.as_secs_f64(), &attrs)
+                self.duration.record(elapsed.as_secs_f64(), &attrs);
+                self.errors.add(1, &redis_error_attrs(op, error_type(e)));
             }
         }
     }
@@ -158,7 +230,8 @@ fn register_cache_instruments(meter: &Meter, cache: &Cache) {
     meter
         .u64_observable_counter("tiercache.cache.lookups")
         .with_description(
-            "Key lookups by namespace, tier that answered (none for a miss) and result",
+            "Key lookups by namespace, tier that answered (none for a miss or a fill) and result \
+             (hit, stale, miss, filled: a GetOrSet served by another caller's fill)",
         )
         .with_callback(move |o| {
             for ns in c.namespaces() {
@@ -169,6 +242,8 @@ fn register_cache_instruments(meter: &Meter, cache: &Cache) {
                     ("l2", "hit", &s.hits_l2),
                     ("l2", "stale", &s.stale_hits_l2),
                     ("none", "miss", &s.misses),
+                    // A GetOrSet served by another caller's fill: neither a hit nor a miss.
+                    ("none", "filled", &s.coalesced),
                 ] {
                     o.observe(
                         n.load(Relaxed),

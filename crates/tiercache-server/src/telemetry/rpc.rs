@@ -1,5 +1,6 @@
 //! The RPC layer: a tower layer on the tonic server that makes one span per RPC (continued from
-//! the caller's W3C trace context) and records `rpc.server.call.duration`, with the namespace,
+//! the caller's W3C trace context) and records `rpc.server.call.duration` and
+//! `tiercache.rpc.requests` (a counter whose series exist at 0 from the start), with the namespace,
 //! outcome and tier the services note while the RPC runs ([`note_namespace`], [`note_lookup`]).
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use opentelemetry::metrics::Histogram;
+use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{KeyValue, Value};
@@ -153,14 +154,62 @@ fn known_methods() -> HashMap<String, Arc<str>> {
         "grpc.health.v1.Health/Check",
         "grpc.health.v1.Health/Watch",
         "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     ] {
         add(m.to_string());
     }
     out
 }
 
+/// The status codes whose `tiercache.rpc.requests` series exist from the start (at 0), for every
+/// known method: OK and every code the server answers with on its own or sees when a caller
+/// goes away. Rarer codes (DATA_LOSS, UNIMPLEMENTED) get their series on first use.
+pub(crate) const PRECREATED_CODES: [Code; 8] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::ResourceExhausted,
+    Code::Unavailable,
+    Code::Internal,
+];
+
+/// True for the methods whose requests name a namespace (so their series carry it).
+fn names_a_namespace(method: &str) -> bool {
+    method.starts_with("tiercache.v1.CacheService/")
+        || method.starts_with("tiercache.v1.LockService/")
+        || method == "tiercache.v1.AdminService/Inspect"
+        || method == "tiercache.v1.AdminService/GetStats"
+}
+
+/// Creates the `tiercache.rpc.requests` series at 0 (see [`PRECREATED_CODES`]): every known
+/// method without a namespace (requests refused before their namespace is resolved, and the
+/// methods that name none), and the namespaced methods in each of `namespaces`. A series that
+/// first appears at 1 counts 0 in `rate()`/`increase()`; one that is there at 0 counts it.
+pub(crate) fn precreate_requests(requests: &Counter<u64>, namespaces: &[Arc<str>]) {
+    let mut methods: Vec<Arc<str>> = known_methods().into_values().collect();
+    methods.sort();
+    for method in &methods {
+        for code in PRECREATED_CODES {
+            let base = [
+                KeyValue::new("rpc.method", Value::from(method.clone())),
+                KeyValue::new("rpc.response.status_code", code_name(code)),
+            ];
+            requests.add(0, &base);
+            if names_a_namespace(method) {
+                for ns in namespaces {
+                    let [a, b] = base.clone();
+                    requests.add(0, &[a, b, ns_attr(ns)]);
+                }
+            }
+        }
+    }
+}
+
 struct RpcShared {
     duration: Histogram<f64>,
+    requests: Counter<u64>,
     methods: HashMap<String, Arc<str>>,
     other: Arc<str>,
     propagator: TraceContextPropagator,
@@ -177,9 +226,10 @@ impl std::fmt::Debug for RpcLayer {
 }
 
 impl RpcLayer {
-    pub(crate) fn new(duration: Histogram<f64>) -> Self {
+    pub(crate) fn new(duration: Histogram<f64>, requests: Counter<u64>) -> Self {
         RpcLayer(Arc::new(RpcShared {
             duration,
+            requests,
             methods: known_methods(),
             // Unknown paths share one label value, so clients cannot blow up cardinality.
             other: Arc::from("_OTHER"),
@@ -332,13 +382,23 @@ impl Drop for RpcGuard {
         ));
         attrs.push(KeyValue::new("rpc.response.status_code", code_name(code)));
         attrs.push(KeyValue::new("tiercache.outcome", outcome));
-        if let Some(ns) = &notes.namespace {
+        let mut counted = [
+            KeyValue::new("rpc.method", Value::from(self.method.clone())),
+            KeyValue::new("rpc.response.status_code", code_name(code)),
+            KeyValue::new("tiercache.namespace", ""),
+        ];
+        let counted: &[KeyValue] = if let Some(ns) = &notes.namespace {
             attrs.push(ns_attr(ns));
             self.span.record("tiercache.namespace", &**ns);
-        }
+            counted[2] = ns_attr(ns);
+            &counted
+        } else {
+            &counted[..2]
+        };
         self.shared
             .duration
             .record(self.start.elapsed().as_secs_f64(), &attrs);
+        self.shared.requests.add(1, counted);
         self.span
             .record("rpc.response.status_code", code_name(code));
         self.span.record("tiercache.outcome", outcome);
