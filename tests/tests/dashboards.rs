@@ -717,44 +717,6 @@ async fn invalid_get(c: &mut CacheServiceClient<Channel>, counts: &Counts, slowe
     counts.invalid.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Makes Redis stop answering for `STALL` (`DEBUG SLEEP` on its own connection); returns once it
-/// sleeps. The task ends when Redis answers again.
-async fn stall_redis(redis: &RedisServer) -> tokio::task::JoinHandle<()> {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
-    let probe_config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_millis(50)));
-    let probe = redis
-        .client()
-        .get_multiplexed_async_connection_with_config(&probe_config)
-        .await
-        .unwrap();
-    let task = tokio::spawn(async move {
-        let () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(STALL.as_secs_f64())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    });
-    wait_for(Duration::from_secs(5), Duration::from_millis(5), || {
-        let mut probe = probe.clone();
-        async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut probe)
-                .await
-                .is_err()
-        }
-    })
-    .await
-    .expect("redis is asleep");
-    task
-}
-
 // ---------------------------------------------------------------------------------------------
 // The test
 
@@ -836,7 +798,7 @@ async fn dashboards_show_known_traffic_through_prometheus() {
     pause.store(true, Ordering::SeqCst);
     let ratio_paused = unix_now();
     let stall_start = unix_now();
-    let sleeping = stall_redis(&redis).await;
+    let sleeping = redis.debug_sleep(STALL).await;
     sleeping.await.unwrap();
     let stall_end = unix_now();
     wait_for(

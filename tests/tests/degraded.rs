@@ -138,45 +138,6 @@ fn assert_refused(status: &tonic::Status) {
         .is_some());
 }
 
-/// Makes Redis stop answering for `seconds` (`DEBUG SLEEP` on its own connection). Returns once
-/// Redis no longer answers; the task ends when it answers again.
-async fn debug_sleep(redis: &RedisServer, seconds: f64) -> tokio::task::JoinHandle<()> {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
-    // Connected before the sleep: a PING on it that does not answer at once means Redis sleeps.
-    let probe_config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_millis(50)));
-    let probe = redis
-        .client()
-        .get_multiplexed_async_connection_with_config(&probe_config)
-        .await
-        .unwrap();
-    let task = tokio::spawn(async move {
-        let () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(seconds)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    });
-    wait_for(Duration::from_secs(5), Duration::from_millis(5), || {
-        let mut probe = probe.clone();
-        async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut probe)
-                .await
-                .is_err()
-        }
-    })
-    .await
-    .expect("redis is asleep");
-    task
-}
-
 /// Makes `server` notice that Redis is unreachable: reads of keys it does not hold go to Redis
 /// and time out.
 async fn trip(server: &TestServer) {
@@ -222,7 +183,7 @@ async fn delete_while_redis_sleeps_is_refused_not_undone() {
     assert_eq!(value(&mut ca, "k").await.as_deref(), Some("old"));
     assert_eq!(value(&mut cb, "k").await.as_deref(), Some("old"));
 
-    let sleeping = debug_sleep(&redis, 3.0).await;
+    let sleeping = redis.debug_sleep(Duration::from_secs(3)).await;
     trip(&a).await;
     let refused = ca.delete(delete("k")).await.unwrap_err();
     assert_refused(&refused);
@@ -528,7 +489,7 @@ async fn acknowledged_writes_survive_an_outage_and_refused_ones_do_not_apply() {
         assert_eq!(value(c, "amb").await.as_deref(), Some("before"));
     }
 
-    let sleeping = debug_sleep(&redis, 3.0).await;
+    let sleeping = redis.debug_sleep(Duration::from_secs(3)).await;
     // B discovers the outage with a write: it times out, so it may or may not apply once Redis
     // answers again, but B no longer serves its old copy.
     let started = Instant::now();
@@ -615,7 +576,7 @@ async fn an_idle_replica_notices_an_outage_within_a_second() {
 
     // From here on no cache call until the checks: only GetStats and health, which touch no
     // Redis.
-    let sleeping = debug_sleep(&redis, 4.0).await;
+    let sleeping = redis.debug_sleep(Duration::from_secs(4)).await;
     let stalled = Instant::now();
     wait_for(
         Duration::from_millis(1500),

@@ -533,39 +533,6 @@ async fn direct(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
         .expect("cannot connect to redis-server")
 }
 
-/// Makes Redis stop answering for `seconds`; returns once it no longer answers. The task ends
-/// when it answers again.
-async fn debug_sleep(redis: &RedisServer, seconds: f64) -> tokio::task::JoinHandle<()> {
-    let mut conn = direct(redis).await;
-    let probe_config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_millis(50)));
-    let probe = redis
-        .client()
-        .get_multiplexed_async_connection_with_config(&probe_config)
-        .await
-        .unwrap();
-    let task = tokio::spawn(async move {
-        let () = redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(seconds)
-            .query_async(&mut conn)
-            .await
-            .expect("DEBUG SLEEP");
-    });
-    wait_for(Duration::from_secs(5), Duration::from_millis(5), || {
-        let mut probe = probe.clone();
-        async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut probe)
-                .await
-                .is_err()
-        }
-    })
-    .await
-    .expect("redis is asleep");
-    task
-}
-
 /// Kills Redis like a crash (SIGKILL) and waits for it to exit.
 fn sigkill(redis: &mut RedisServer) {
     tokio::task::block_in_place(|| redis.stop());
@@ -599,7 +566,7 @@ macro_rules! rounds {
 async fn debug_sleep_then_every_replica_serves_the_acknowledged_writes() {
     let mut h = Harness::start().await;
     rounds!(h, {
-        let sleeping = debug_sleep(h.redis(), 2.0).await;
+        let sleeping = h.redis().debug_sleep(Duration::from_secs(2)).await;
         h.ops_while(400, || !sleeping.is_finished()).await;
         sleeping.await.unwrap();
     });

@@ -140,6 +140,50 @@ impl RedisServer {
             .expect("CLIENT KILL TYPE pubsub")
     }
 
+    /// Makes Redis stop answering for `duration` (`DEBUG SLEEP` on a connection of its own) and
+    /// returns once it no longer answers (a `PING` on a connection opened before the sleep gets
+    /// no answer within 50 ms). The returned task ends when Redis answers again.
+    ///
+    /// # Panics
+    ///
+    /// Panics if Redis cannot be reached, or is not asleep within 5 s; the task panics if the
+    /// `DEBUG SLEEP` fails.
+    pub async fn debug_sleep(&self, duration: Duration) -> tokio::task::JoinHandle<()> {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut conn = self
+            .client()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("cannot connect to redis-server");
+        let probe_config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(50)));
+        let probe = self
+            .client()
+            .get_multiplexed_async_connection_with_config(&probe_config)
+            .await
+            .expect("cannot connect to redis-server");
+        let task = tokio::spawn(async move {
+            let () = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(duration.as_secs_f64())
+                .query_async(&mut conn)
+                .await
+                .expect("DEBUG SLEEP");
+        });
+        crate::wait_for(Duration::from_secs(5), Duration::from_millis(5), || {
+            let mut probe = probe.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut probe)
+                    .await
+                    .is_err()
+            }
+        })
+        .await
+        .expect("redis is asleep");
+        task
+    }
+
     /// Returns the server's log so far (empty if it wrote none yet).
     pub fn log(&self) -> String {
         std::fs::read_to_string(log_path(self.dir.path())).unwrap_or_default()
