@@ -1,7 +1,8 @@
 # The one task runner: CI runs `make test` (through .ci/run), and so can you.
 #
 #   make serve   run the server, memory-only on 127.0.0.1:50051
-#   make test    the whole suite: setup, lint, tests, SDKs, generated clients, cargo deny
+#   make test    the whole suite: setup, lint, tests, SDKs, generated clients, cargo deny,
+#                alert rules, deploy checks
 #   make setup   install what the tests need (scripts/setup.sh)
 #   make lint    rustfmt check, clippy, buf lint, buf format check and the buf breaking gate
 #   make clients the generated Go and Java clients: generate, compile, run against the server
@@ -128,6 +129,7 @@ python:
 clients:
 	cargo build -p tiercache-cli $(LOCKED)
 	bash scripts/check-clients.sh
+
 # The TypeScript SDK (sdks/typescript): generated code current, tsc --strict, node:test against
 # real servers (the debug server binary and redis-server).
 .PHONY: typescript
