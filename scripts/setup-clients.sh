@@ -13,6 +13,8 @@
 set -euo pipefail
 
 say() { echo "setup-clients: $*"; }
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 # Each pair is a file the check uses and the Debian package that ships it.
 needs=(
@@ -36,20 +38,9 @@ missing=()
 for pair in "${needs[@]}"; do
     [ -e "${pair%%:*}" ] || missing+=("${pair#*:}")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ]; then
-        say "installing ${missing[*]} with apt-get"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q
-        apt-get install -y -q "${missing[@]}"
-        for pair in "${needs[@]}"; do
-            [ -e "${pair%%:*}" ] || { echo "setup-clients: error: ${pair%%:*} still missing after apt-get install ${pair#*:}" >&2; exit 1; }
-        done
-    else
-        echo "setup-clients: missing ${missing[*]}; install with:" >&2
-        echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+apt_get_install setup-clients "${missing[@]}"
+for pair in "${needs[@]}"; do
+    [ -e "${pair%%:*}" ] || { echo "setup-clients: error: ${pair%%:*} still missing after apt-get install ${pair#*:}" >&2; exit 1; }
+done
 say "ok ($(go version | cut -d' ' -f3), protoc $(protoc --version | cut -d' ' -f2)," \
     "$(javac -version 2>&1), grpc-java $(basename "$(readlink -f /usr/share/java/grpc-stub.jar)" .jar | cut -d- -f3))"

@@ -24,6 +24,8 @@ packages=(
 
 say() { echo "setup-deploy: $*"; }
 die() { echo "setup-deploy: error: $*" >&2; exit 1; }
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 missing=()
 for pair in umoci:umoci skopeo:skopeo runc:runc objcopy:binutils python3:python3 \
@@ -31,18 +33,7 @@ for pair in umoci:umoci skopeo:skopeo runc:runc objcopy:binutils python3:python3
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ]; then
-        say "installing ${missing[*]} with apt-get"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q
-        apt-get install -y -q "${missing[@]}"
-    else
-        echo "setup-deploy: missing ${missing[*]}; install with:" >&2
-        echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+apt_get_install setup-deploy "${missing[@]}"
 
 want=$(printf '%s\n' "${packages[@]}")
 if [ "$(cat "$venv/.tiercache-packages" 2>/dev/null)" != "$want" ]; then

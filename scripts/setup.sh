@@ -33,22 +33,14 @@ cargo clippy --version >/dev/null 2>&1 || die "clippy is missing: rustup compone
 
 # --- Debian packages: redis-server, promtool -----------------------------------------------------
 # apt_install TOOL PACKAGE: installs PACKAGE when TOOL is not on PATH (as root), or prints the
-# command and stops.
-apt_updated=
+# command and stops (scripts/apt.sh).
+# shellcheck source=scripts/apt.sh
+. "$root/scripts/apt.sh"
 apt_install() {
     local tool=$1 package=$2
     command -v "$tool" >/dev/null && return 0
-    if [ "$(id -u)" -eq 0 ]; then
-        say "installing $package with apt-get (for $tool)"
-        export DEBIAN_FRONTEND=noninteractive
-        if [ -z "$apt_updated" ]; then apt-get update -q; apt_updated=1; fi
-        apt-get install -y -q "$package"
-        command -v "$tool" >/dev/null || die "$tool still not on PATH after apt-get install $package"
-    else
-        echo "setup: $tool is missing and this is not root; install it with:" >&2
-        echo "  sudo apt-get update && sudo apt-get install -y $package" >&2
-        exit 1
-    fi
+    apt_get_install setup "$package"
+    command -v "$tool" >/dev/null || die "$tool still not on PATH after apt-get install $package"
 }
 apt_install redis-server redis-server
 # promtool checks the Prometheus exposition format of /metrics (tests/tests/telemetry_metrics.rs).
