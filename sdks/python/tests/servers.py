@@ -14,26 +14,8 @@ import tiercache
 
 ROOT = Path(__file__).resolve().parents[3]
 
-CONFIG = """
-dynamic_namespaces = {dynamic}
-
-[telemetry]
-metrics = false
-
-[namespaces.default]
-
-[namespaces.users]
-
-[namespaces.stale]
-default_ttl = "1s"
-stale_ttl = "60s"
-
-[namespaces.tiny]
-max_value_bytes = 16
-
-[namespaces.nol1]
-l1_enabled = false
-"""
+CONFIG = (ROOT / "tests/conformance/server.toml").read_text()
+"""The server config the SDK test kits share (dynamic namespaces on)."""
 
 
 def free_port() -> int:
@@ -107,7 +89,11 @@ class Server:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         config = workdir / f"tiercache-{self.port}.toml"
-        config.write_text(CONFIG.format(dynamic=str(dynamic).lower()))
+        config.write_text(
+            CONFIG.replace(
+                "dynamic_namespaces = true", f"dynamic_namespaces = {str(dynamic).lower()}", 1
+            )
+        )
         self.log = workdir / f"tiercache-{self.port}.log"
         args = [tiercache_bin(), "serve", "--config", str(config), "--listen", self.address]
         if redis_url:

@@ -4,9 +4,8 @@
 // the SDK's stubs and Client.call (deadline, errors); `sdk_get_or_set` through Namespace.getOrSet.
 
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, it } from "node:test";
 import { Client, TiercacheError, string } from "../src/index.js";
@@ -21,7 +20,7 @@ import {
 } from "../src/gen/tiercache/v1/cache_pb.js";
 import type { Entry as PbEntry } from "../src/gen/tiercache/v1/common_pb.js";
 import { durationOf, setRequestOf } from "../src/namespace.js";
-import { Cluster, type Server } from "./servers.js";
+import { Cluster, type Server, repoPath } from "./servers.js";
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Value = Json | bigint | undefined;
@@ -42,19 +41,7 @@ interface Case {
   steps: Step[];
 }
 
-/** tests/conformance, found by walking up from this file (build/test/ or test/ of the package). */
-function casesDir(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const candidate = join(dir, "tests", "conformance");
-    if (existsSync(join(candidate, "README.md"))) return candidate;
-    const parent = dirname(dir);
-    if (parent === dir) throw new Error(`no tests/conformance above ${fileURLToPath(import.meta.url)}`);
-    dir = parent;
-  }
-}
-
-const DIR = casesDir();
+const DIR = repoPath("tests", "conformance");
 const CASES = readdirSync(DIR)
   .filter((f) => f.endsWith(".json"))
   .sort()

@@ -2,33 +2,28 @@
 // `stop()` (and killed if the test process exits first).
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, accessSync, constants } from "node:fs";
+import { accessSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { homedir, tmpdir } from "node:os";
-import { join } from "node:path";
-import { Client } from "../src/index.js";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Client, type ClientOptions } from "../src/index.js";
 
-/** The config every test server gets: namespaces the tests use, dynamic namespaces on. */
-export const CONFIG = `
-dynamic_namespaces = true
+/** A file of the repository, found by walking up from this file (build/test/ or test/ of the
+ * package) to the folder that holds `tests/conformance`. */
+export function repoPath(...parts: string[]): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, "tests", "conformance", "README.md"))) return join(dir, ...parts);
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`no tests/conformance above ${fileURLToPath(import.meta.url)}`);
+    dir = parent;
+  }
+}
 
-[telemetry]
-metrics = false
-
-[namespaces.default]
-
-[namespaces.users]
-
-[namespaces.stale]
-default_ttl = "1s"
-stale_ttl = "60s"
-
-[namespaces.tiny]
-max_value_bytes = 16
-
-[namespaces.nol1]
-l1_enabled = false
-`;
+/** The config every test server gets, shared with the Python kit (tests/conformance/server.toml):
+ * the namespaces the tests use, dynamic namespaces on. */
+export const CONFIG = readFileSync(repoPath("tests", "conformance", "server.toml"), "utf8");
 
 const children = new Set<ChildProcess>();
 process.on("exit", () => {
@@ -223,6 +218,32 @@ export class Cluster {
     await this.redis.stop();
     rmSync(this.workdir, { recursive: true, force: true });
   }
+}
+
+/** A Cluster with a client on each replica: what the two-replica suites share. */
+export interface ReplicaClients {
+  cluster: Cluster;
+  /** A client of replica A (`aOptions` added to its options). */
+  a: Client;
+  /** A client of replica B. */
+  b: Client;
+}
+
+/** Starts a Cluster and a client on each of its two replicas. */
+export async function startReplicaClients(aOptions: Partial<ClientOptions> = {}): Promise<ReplicaClients> {
+  const cluster = await Cluster.start();
+  return {
+    cluster,
+    a: new Client({ ...aOptions, address: cluster.replicas[0].address }),
+    b: new Client({ address: cluster.replicas[1].address }),
+  };
+}
+
+/** Closes both clients and stops the cluster. */
+export async function stopReplicaClients(r: ReplicaClients): Promise<void> {
+  r.a.close();
+  r.b.close();
+  await r.cluster.stop();
 }
 
 let unique = 0;
