@@ -337,15 +337,7 @@ export class Namespace<T = Uint8Array> {
     } finally {
       this.near?.forget(key);
     }
-    const outcome =
-      reply.outcome === DeleteOutcome.DELETED
-        ? "deleted"
-        : reply.outcome === DeleteOutcome.NOT_FOUND
-          ? "not_found"
-          : reply.outcome === DeleteOutcome.VERSION_MISMATCH
-            ? "version_mismatch"
-            : undefined;
-    if (outcome === undefined) throw new UnexpectedResponse(`Delete: unexpected outcome ${reply.outcome}`);
+    const outcome = outcomeName("Delete", DELETE_OUTCOMES, reply.outcome);
     return { deleted: outcome === "deleted", outcome, currentVersion: reply.currentVersion };
   }
 
@@ -652,17 +644,29 @@ export function setRequestOf(
   };
 }
 
+const SET_OUTCOMES: Partial<Record<SetOutcome, SetResult["outcome"]>> = {
+  [SetOutcome.STORED]: "stored",
+  [SetOutcome.VERSION_MISMATCH]: "version_mismatch",
+  [SetOutcome.EXISTS]: "exists",
+};
+
+const DELETE_OUTCOMES: Partial<Record<DeleteOutcome, DeleteResult["outcome"]>> = {
+  [DeleteOutcome.DELETED]: "deleted",
+  [DeleteOutcome.NOT_FOUND]: "not_found",
+  [DeleteOutcome.VERSION_MISMATCH]: "version_mismatch",
+};
+
+/** The SDK's name of a reply's outcome; an outcome it does not know (a newer server) is an
+ * UnexpectedResponse naming the call. */
+function outcomeName<O extends number, N extends string>(call: string, names: Partial<Record<O, N>>, outcome: O): N {
+  const name = names[outcome];
+  if (name === undefined) throw new UnexpectedResponse(`${call}: unexpected outcome ${outcome}`);
+  return name;
+}
+
 /** @internal */
 export function setResultOf(reply: SetResponse): SetResult {
-  const outcome =
-    reply.outcome === SetOutcome.STORED
-      ? "stored"
-      : reply.outcome === SetOutcome.VERSION_MISMATCH
-        ? "version_mismatch"
-        : reply.outcome === SetOutcome.EXISTS
-          ? "exists"
-          : undefined;
-  if (outcome === undefined) throw new UnexpectedResponse(`Set: unexpected outcome ${reply.outcome}`);
+  const outcome = outcomeName("Set", SET_OUTCOMES, reply.outcome);
   return { stored: outcome === "stored", outcome, version: reply.version, currentVersion: reply.currentVersion };
 }
 

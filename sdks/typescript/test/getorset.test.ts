@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, it } from "node:test";
 import { Client, type Namespace, TiercacheError, json, string } from "../src/index.js";
-import { Cluster, uniqueNamespace } from "./servers.js";
+import { Cluster, startReplicaClients, stopReplicaClients, uniqueNamespace } from "./servers.js";
 
 class LoaderError extends Error {}
 
@@ -23,16 +23,8 @@ describe("getOrSet", () => {
   let a: Client;
   let b: Client;
   const warnings: string[] = [];
-  before(async () => {
-    cluster = await Cluster.start();
-    a = new Client({ address: cluster.replicas[0].address, logger: { warn: (m) => warnings.push(m) } });
-    b = new Client({ address: cluster.replicas[1].address });
-  });
-  after(async () => {
-    a.close();
-    b.close();
-    await cluster.stop();
-  });
+  before(async () => ({ cluster, a, b } = await startReplicaClients({ logger: { warn: (m) => warnings.push(m) } })));
+  after(() => stopReplicaClients({ cluster, a, b }));
 
   it("500 concurrent callers on one cold key over 2 replicas run the loader once", async () => {
     const name = uniqueNamespace();

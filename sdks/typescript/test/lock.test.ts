@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Redis as RedisClient } from "ioredis";
 import { Client, Lock, LockNotAcquired, type Namespace, TiercacheError } from "../src/index.js";
-import { Cluster, uniqueNamespace } from "./servers.js";
+import { Cluster, startReplicaClients, stopReplicaClients, uniqueNamespace } from "./servers.js";
 import { TcpProxy, isPending, waitFor } from "./streams-kit.js";
 
 describe("locks", () => {
@@ -11,17 +11,13 @@ describe("locks", () => {
   let b: Client;
   let redis: RedisClient;
   before(async () => {
-    cluster = await Cluster.start();
-    a = new Client({ address: cluster.replicas[0].address });
-    b = new Client({ address: cluster.replicas[1].address });
+    ({ cluster, a, b } = await startReplicaClients());
     redis = new RedisClient(cluster.redis.port, "127.0.0.1", { lazyConnect: true, maxRetriesPerRequest: 1 });
     await redis.connect();
   });
   after(async () => {
-    a.close();
-    b.close();
     redis.disconnect();
-    await cluster.stop();
+    await stopReplicaClients({ cluster, a, b });
   });
 
   /** The same namespace through replica a and through replica b. */

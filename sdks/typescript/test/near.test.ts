@@ -6,7 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { EntrySchema } from "../src/gen/tiercache/v1/common_pb.js";
 import { durationOf } from "../src/namespace.js";
 import { Client, NearCache, type Namespace, TiercacheError, json } from "../src/index.js";
-import { Cluster, uniqueNamespace } from "./servers.js";
+import { Cluster, startReplicaClients, stopReplicaClients, uniqueNamespace } from "./servers.js";
 import { TcpProxy, waitFor, within } from "./streams-kit.js";
 
 /** A wire entry as the server sends it: fresh for `freshMs`. */
@@ -141,16 +141,8 @@ describe("near cache against two replicas", () => {
   let cluster: Cluster;
   let a: Client;
   let b: Client;
-  before(async () => {
-    cluster = await Cluster.start();
-    a = new Client({ address: cluster.replicas[0].address });
-    b = new Client({ address: cluster.replicas[1].address });
-  });
-  after(async () => {
-    a.close();
-    b.close();
-    await cluster.stop();
-  });
+  before(async () => ({ cluster, a, b } = await startReplicaClients()));
+  after(() => stopReplicaClients({ cluster, a, b }));
 
   /** A namespace of client a with a near cache whose stream has started. */
   async function nearNamespace(): Promise<{ ns: Namespace<unknown>; near: NearCache; name: string }> {

@@ -1,23 +1,15 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Client, TiercacheError, type WatchEvent, string } from "../src/index.js";
-import { CONFIG, Cluster, Server, uniqueNamespace } from "./servers.js";
+import { CONFIG, Cluster, Server, startReplicaClients, stopReplicaClients, uniqueNamespace } from "./servers.js";
 import { nextWithin } from "./streams-kit.js";
 
 describe("watch", () => {
   let cluster: Cluster;
   let a: Client;
   let b: Client;
-  before(async () => {
-    cluster = await Cluster.start();
-    a = new Client({ address: cluster.replicas[0].address });
-    b = new Client({ address: cluster.replicas[1].address });
-  });
-  after(async () => {
-    a.close();
-    b.close();
-    await cluster.stop();
-  });
+  before(async () => ({ cluster, a, b } = await startReplicaClients()));
+  after(() => stopReplicaClients({ cluster, a, b }));
 
   it("sees key changes, tag invalidations and flushes written through the other replica", async () => {
     const name = uniqueNamespace();
