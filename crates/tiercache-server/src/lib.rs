@@ -28,6 +28,7 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod identity;
 pub mod lock;
 pub mod pipeline;
 pub mod request;
