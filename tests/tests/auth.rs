@@ -46,8 +46,14 @@ fn config_toml() -> String {
     for r in Right::ALL {
         principal(r.as_str(), &format!("\"a*\" = [\"{}\"]", r.as_str()));
     }
-    principal("all", "\"a*\" = [\"read\", \"write\", \"invalidate\", \"lock\", \"admin\"]");
-    principal("root", "\"*\" = [\"read\", \"write\", \"invalidate\", \"lock\", \"admin\"]");
+    principal(
+        "all",
+        "\"a*\" = [\"read\", \"write\", \"invalidate\", \"lock\", \"admin\"]",
+    );
+    principal(
+        "root",
+        "\"*\" = [\"read\", \"write\", \"invalidate\", \"lock\", \"admin\"]",
+    );
     principal("nobody", "");
     toml
 }
@@ -115,7 +121,11 @@ async fn call(c: &mut Clients, rpc: &str, ns: &str, token: Option<&str>) -> Resu
     let t = token;
     let key = "k";
     match rpc {
-        "Get" => c.cache.get(with_token(req::get(key).in_namespace(ns), t)).await.map(drop),
+        "Get" => c
+            .cache
+            .get(with_token(req::get(key).in_namespace(ns), t))
+            .await
+            .map(drop),
         "GetMany" => c
             .cache
             .get_many(with_token(
@@ -148,12 +158,21 @@ async fn call(c: &mut Clients, rpc: &str, ns: &str, token: Option<&str>) -> Resu
         "Watch" => {
             let mut stream = c
                 .cache
-                .watch(with_token(pb::WatchRequest { namespace: ns.into() }, t))
+                .watch(with_token(
+                    pb::WatchRequest {
+                        namespace: ns.into(),
+                    },
+                    t,
+                ))
                 .await?
                 .into_inner();
             stream.message().await.map(drop)
         }
-        "Set" => c.cache.set(with_token(req::set(key, "v").in_namespace(ns), t)).await.map(drop),
+        "Set" => c
+            .cache
+            .set(with_token(req::set(key, "v").in_namespace(ns), t))
+            .await
+            .map(drop),
         "SetMany" => c
             .cache
             .set_many(with_token(
@@ -171,7 +190,10 @@ async fn call(c: &mut Clients, rpc: &str, ns: &str, token: Option<&str>) -> Resu
             .map(drop),
         "Fill" => c
             .cache
-            .fill(with_token(req::fill("f", "no-such-lease", "v").in_namespace(ns), t))
+            .fill(with_token(
+                req::fill("f", "no-such-lease", "v").in_namespace(ns),
+                t,
+            ))
             .await
             .map(drop),
         "FillMany" => c
@@ -258,14 +280,18 @@ async fn call(c: &mut Clients, rpc: &str, ns: &str, token: Option<&str>) -> Resu
                 id: 7,
                 operation: Some(operation),
             }]);
-            let mut answers = c.cache.pipeline(with_token(requests, t)).await?.into_inner();
+            let mut answers = c
+                .cache
+                .pipeline(with_token(requests, t))
+                .await?
+                .into_inner();
             let answer = answers.message().await?.expect("an answer");
             assert_eq!(answer.id, 7);
             match answer.result {
                 Some(pb::pipeline_response::Result::Error(e)) => Err(Status::with_details(
                     Code::from_i32(e.code),
                     e.message,
-                    bytes::Bytes::from(e.details),
+                    e.details,
                 )),
                 Some(_) => Ok(()),
                 None => panic!("an empty pipeline answer"),
@@ -289,10 +315,20 @@ async fn seed(c: &mut Clients) {
 #[track_caller]
 fn assert_denied(s: &Status, right: Right, ns: &str, what: &str) {
     assert_eq!(s.code(), Code::PermissionDenied, "{what}: {s:?}");
-    let info = s.get_details_error_info().unwrap_or_else(|| panic!("{what}: no ErrorInfo: {s:?}"));
+    let info = s
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("{what}: no ErrorInfo: {s:?}"));
     assert_eq!(info.reason, "PERMISSION_DENIED", "{what}");
-    assert_eq!(info.metadata.get("right").map(String::as_str), Some(right.as_str()), "{what}");
-    assert_eq!(info.metadata.get("namespace").map(String::as_str), Some(ns), "{what}");
+    assert_eq!(
+        info.metadata.get("right").map(String::as_str),
+        Some(right.as_str()),
+        "{what}"
+    );
+    assert_eq!(
+        info.metadata.get("namespace").map(String::as_str),
+        Some(ns),
+        "{what}"
+    );
 }
 
 /// Every RPC × every right × own namespace and another: exactly the documented calls succeed,
@@ -356,11 +392,22 @@ async fn missing_or_unknown_credentials_are_unauthenticated_and_health_is_open()
     let server = server().await;
     let mut c = Clients::new(&server);
     for t in [None, Some("tc_not_a_known_token"), Some("")] {
-        for rpc in ["Get", "Set", "Watch", "Pipeline.get", "AcquireLock", "Inspect", "GetStats"] {
+        for rpc in [
+            "Get",
+            "Set",
+            "Watch",
+            "Pipeline.get",
+            "AcquireLock",
+            "Inspect",
+            "GetStats",
+        ] {
             let s = call(&mut c, rpc, OWN, t).await.unwrap_err();
             assert_eq!(s.code(), Code::Unauthenticated, "{rpc} with {t:?}: {s:?}");
             assert!(!s.message().contains("tc_not_a_known_token"), "{s:?}");
-            assert_eq!(s.get_details_error_info().unwrap().reason, "UNAUTHENTICATED");
+            assert_eq!(
+                s.get_details_error_info().unwrap().reason,
+                "UNAUTHENTICATED"
+            );
         }
         let s = c
             .admin
@@ -372,10 +419,15 @@ async fn missing_or_unknown_credentials_are_unauthenticated_and_health_is_open()
     let mut r = Request::new(req::get("k").in_namespace(OWN));
     r.metadata_mut()
         .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
-    assert_eq!(c.cache.get(r).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        c.cache.get(r).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 
     let health = HealthClient::new(server.channel())
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .expect("health needs no credential")
         .into_inner();
@@ -408,17 +460,24 @@ async fn reflection_needs_a_valid_credential() {
     let server = server().await;
     let s = list_services(server.channel(), None).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
-    let s = list_services(server.channel(), Some("tc_unknown")).await.unwrap_err();
+    let s = list_services(server.channel(), Some("tc_unknown"))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
     let listed = list_services(server.channel(), Some(&token("nobody")))
         .await
         .expect("a valid credential");
-    assert!(listed.iter().any(|s| s == "tiercache.v1.CacheService"), "{listed:?}");
+    assert!(
+        listed.iter().any(|s| s == "tiercache.v1.CacheService"),
+        "{listed:?}"
+    );
 
     // `reflection = false` turns it off, credential or not.
     let config = Config::from_toml(&format!("reflection = false\n{}", config_toml())).unwrap();
     let server = TestServer::start(config).await;
-    let s = list_services(server.channel(), Some(&token("root"))).await.unwrap_err();
+    let s = list_services(server.channel(), Some(&token("root")))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::Unimplemented, "{s:?}");
 }
 
@@ -441,7 +500,10 @@ async fn list_namespaces_and_stats_show_only_the_callers_namespaces() {
     ] {
         let listed = c
             .admin
-            .list_namespaces(with_token(pb::ListNamespacesRequest {}, Some(&token(principal))))
+            .list_namespaces(with_token(
+                pb::ListNamespacesRequest {},
+                Some(&token(principal)),
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -454,7 +516,10 @@ async fn list_namespaces_and_stats_show_only_the_callers_namespaces() {
     ] {
         let stats = c
             .admin
-            .get_stats(with_token(pb::GetStatsRequest::default(), Some(&token(principal))))
+            .get_stats(with_token(
+                pb::GetStatsRequest::default(),
+                Some(&token(principal)),
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -476,13 +541,19 @@ async fn get_or_set_leases_need_write() {
     // A miss: the reader would get the lease.
     let s = c
         .cache
-        .get_or_set(with_token(req::get_or_set("miss").in_namespace(OWN), Some(&reader)))
+        .get_or_set(with_token(
+            req::get_or_set("miss").in_namespace(OWN),
+            Some(&reader),
+        ))
         .await
         .unwrap_err();
     assert_denied(&s, Right::Write, OWN, "GetOrSet lease");
     let inspect = c
         .admin
-        .inspect(with_token(req::inspect("miss").in_namespace(OWN), Some(&root)))
+        .inspect(with_token(
+            req::inspect("miss").in_namespace(OWN),
+            Some(&root),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -514,7 +585,10 @@ async fn get_or_set_leases_need_write() {
     // A writer takes the lease; the reader waits for its fill and gets the value.
     let lease = c
         .cache
-        .get_or_set(with_token(req::get_or_set("miss").in_namespace(OWN), Some(&all)))
+        .get_or_set(with_token(
+            req::get_or_set("miss").in_namespace(OWN),
+            Some(&all),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -541,12 +615,22 @@ async fn get_or_set_leases_need_write() {
         ))
         .await
         .unwrap();
-    let got = wait.await.unwrap().expect("read suffices to wait").into_inner();
-    assert_eq!(got.entry.expect("the filled value").value, "computed".as_bytes());
+    let got = wait
+        .await
+        .unwrap()
+        .expect("read suffices to wait")
+        .into_inner();
+    assert_eq!(
+        got.entry.expect("the filled value").value,
+        "computed".as_bytes()
+    );
     // And a hit.
     let got = c
         .cache
-        .get_or_set(with_token(req::get_or_set("miss").in_namespace(OWN), Some(&reader)))
+        .get_or_set(with_token(
+            req::get_or_set("miss").in_namespace(OWN),
+            Some(&reader),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -556,7 +640,9 @@ async fn get_or_set_leases_need_write() {
 /// Sends `GET /metrics`, with a bearer token when given; returns the status code and body.
 async fn scrape(addr: SocketAddr, token: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     stream
         .write_all(
             format!("GET /metrics HTTP/1.1\r\nHost: tiercache\r\n{auth}Connection: close\r\n\r\n")
@@ -568,14 +654,21 @@ async fn scrape(addr: SocketAddr, token: Option<&str>) -> (u16, String) {
     stream.read_to_end(&mut raw).await.unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
 }
 
 /// The value of the sample of `name` whose labels include every `labels` pair.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
@@ -587,7 +680,10 @@ fn assert_rate_limited(s: &Status, limit: &str) {
     assert_eq!(info.metadata.get("limit").map(String::as_str), Some(limit));
     let retry = s.get_details_retry_info().expect("RetryInfo");
     let delay = retry.retry_delay.expect("a retry delay");
-    assert!(delay > Duration::ZERO && delay <= Duration::from_secs(2), "{delay:?}");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(2),
+        "{delay:?}"
+    );
 }
 
 /// A principal's and a namespace's token buckets: past the burst, RESOURCE_EXHAUSTED with
@@ -599,7 +695,7 @@ async fn rate_limits_refuse_with_retry_info_and_are_counted() {
         "{}\n[namespaces.c1]\nrate_limit = {{ per_second = 1, burst = 2 }}\n\
          [auth.principals.limited]\ntoken_sha256 = [\"{}\"]\nrate_limit = {{ per_second = 1, burst = 2 }}\n\
          [auth.principals.limited.rights]\n\"a*\" = [\"read\"]\n",
-        config_toml().replace("[namespaces.b1]\n", "[namespaces.b1]\n"),
+        config_toml(),
         token_hash_hex(&token("limited"))
     );
     let server = TestServer::start(Config::from_toml(&toml).unwrap()).await;
@@ -607,8 +703,14 @@ async fn rate_limits_refuse_with_retry_info_and_are_counted() {
     let mut c = Clients::new(&server);
     let (_, before) = scrape(admin, None).await;
     for labels in [
-        [("tiercache_limit", "principal"), ("tiercache_namespace", OWN)],
-        [("tiercache_limit", "namespace"), ("tiercache_namespace", "c1")],
+        [
+            ("tiercache_limit", "principal"),
+            ("tiercache_namespace", OWN),
+        ],
+        [
+            ("tiercache_limit", "namespace"),
+            ("tiercache_namespace", "c1"),
+        ],
     ] {
         assert_eq!(
             sample(&before, "tiercache_rate_limited_total", &labels),
@@ -625,14 +727,18 @@ async fn rate_limits_refuse_with_retry_info_and_are_counted() {
     let s = call(&mut c, "Get", OWN, Some(&limited)).await.unwrap_err();
     assert_rate_limited(&s, "principal");
     // Other principals are not held back by it.
-    call(&mut c, "Get", OWN, Some(&token("root"))).await.unwrap();
+    call(&mut c, "Get", OWN, Some(&token("root")))
+        .await
+        .unwrap();
 
     // The namespace's bucket, whoever calls.
     let root = token("root");
     for _ in 0..2 {
         call(&mut c, "Get", "c1", Some(&root)).await.unwrap();
     }
-    let s = call(&mut c, "Get", "c1", Some(&token("all"))).await.unwrap_err();
+    let s = call(&mut c, "Get", "c1", Some(&token("all")))
+        .await
+        .unwrap_err();
     // `all` has no right on c1: authorization comes first.
     assert_eq!(s.code(), Code::PermissionDenied);
     let s = call(&mut c, "Set", "c1", Some(&root)).await.unwrap_err();
@@ -644,17 +750,47 @@ async fn rate_limits_refuse_with_retry_info_and_are_counted() {
     let (_, text) = scrape(admin, None).await;
     let value = |name, labels: &[(&str, &str)]| sample(&text, name, labels).unwrap_or(-1.0);
     assert_eq!(
-        value("tiercache_rate_limited_total", &[("tiercache_limit", "principal"), ("tiercache_namespace", OWN)]),
+        value(
+            "tiercache_rate_limited_total",
+            &[
+                ("tiercache_limit", "principal"),
+                ("tiercache_namespace", OWN)
+            ]
+        ),
         1.0,
         "{text}"
     );
     assert_eq!(
-        value("tiercache_rate_limited_total", &[("tiercache_limit", "namespace"), ("tiercache_namespace", "c1")]),
+        value(
+            "tiercache_rate_limited_total",
+            &[
+                ("tiercache_limit", "namespace"),
+                ("tiercache_namespace", "c1")
+            ]
+        ),
         1.0
     );
-    assert_eq!(value("tiercache_auth_refusals_total", &[("reason", "missing_credential")]), 1.0);
-    assert_eq!(value("tiercache_auth_refusals_total", &[("reason", "unknown_credential")]), 1.0);
-    assert_eq!(value("tiercache_auth_refusals_total", &[("reason", "permission_denied")]), 1.0);
+    assert_eq!(
+        value(
+            "tiercache_auth_refusals_total",
+            &[("reason", "missing_credential")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "tiercache_auth_refusals_total",
+            &[("reason", "unknown_credential")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "tiercache_auth_refusals_total",
+            &[("reason", "permission_denied")]
+        ),
+        1.0
+    );
     assert!(!text.contains(&limited), "no token in the metrics");
 
     // The bucket refills: after the retry delay the principal may call again.
@@ -673,7 +809,10 @@ async fn namespace_rate_limits_apply_without_auth() {
     for _ in 0..3 {
         call(&mut c, "Get", "default", None).await.unwrap();
     }
-    assert_rate_limited(&call(&mut c, "Get", "default", None).await.unwrap_err(), "namespace");
+    assert_rate_limited(
+        &call(&mut c, "Get", "default", None).await.unwrap_err(),
+        "namespace",
+    );
     // Another (dynamic) namespace has a bucket of its own.
     call(&mut c, "Get", "other", None).await.unwrap();
 }
@@ -709,7 +848,14 @@ async fn non_loopback_listen_needs_auth_or_allow_insecure() {
             .connect_lazy();
         wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
             let mut health = HealthClient::new(channel.clone());
-            async move { health.check(HealthCheckRequest { service: String::new() }).await.is_ok() }
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+            }
         })
         .await
         .expect("serves");
@@ -721,11 +867,18 @@ async fn non_loopback_listen_needs_auth_or_allow_insecure() {
             .await
             .unwrap();
         if secured {
-            let s = cache.get(req::get("k").in_namespace("a1")).await.unwrap_err();
+            let s = cache
+                .get(req::get("k").in_namespace("a1"))
+                .await
+                .unwrap_err();
             assert_eq!(s.code(), Code::Unauthenticated);
         }
         let s = list_services(channel, t.as_deref()).await.unwrap_err();
-        assert_eq!(s.code(), Code::Unimplemented, "reflection is off off loopback: {s:?}");
+        assert_eq!(
+            s.code(),
+            Code::Unimplemented,
+            "reflection is off off loopback: {s:?}"
+        );
         let _ = stop.send(());
         served.await.unwrap().unwrap();
     }
@@ -738,7 +891,11 @@ async fn tokens_file_rotation_needs_no_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens");
     let (old, new) = ("tc_rotate_old", "tc_rotate_new");
-    std::fs::write(&path, format!("# rotation test\nrotor {}\n", token_hash_hex(old))).unwrap();
+    std::fs::write(
+        &path,
+        format!("# rotation test\nrotor {}\n", token_hash_hex(old)),
+    )
+    .unwrap();
     let toml = format!(
         "[auth]\ntokens_file = {:?}\n[auth.principals.rotor.rights]\n\"default\" = [\"read\"]\n",
         path.display().to_string()
@@ -747,40 +904,71 @@ async fn tokens_file_rotation_needs_no_restart() {
     let c = Clients::new(&server);
     let works = |c: &Clients, t: &'static str| {
         let mut cache = c.cache.clone();
-        async move { cache.get(with_token(req::get("k"), Some(t))).await.map(drop) }
+        async move {
+            cache
+                .get(with_token(req::get("k"), Some(t)))
+                .await
+                .map(drop)
+        }
     };
-    works(&c, old).await.expect("the file's token works at start");
-    assert_eq!(works(&c, new).await.unwrap_err().code(), Code::Unauthenticated);
+    works(&c, old)
+        .await
+        .expect("the file's token works at start");
+    assert_eq!(
+        works(&c, new).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 
     // Add the new token: both work.
     std::fs::write(
         &path,
-        format!("rotor {}\nrotor {}\n", token_hash_hex(old), token_hash_hex(new)),
+        format!(
+            "rotor {}\nrotor {}\n",
+            token_hash_hex(old),
+            token_hash_hex(new)
+        ),
     )
     .unwrap();
-    wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
-        works(&c, new).await.is_ok()
-    })
+    wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { works(&c, new).await.is_ok() },
+    )
     .await
     .expect("the added token works without a restart");
     works(&c, old).await.expect("the old one still works");
 
     // Remove the old one.
     std::fs::write(&path, format!("rotor {}\n", token_hash_hex(new))).unwrap();
-    wait_for(Duration::from_secs(10), Duration::from_millis(50), || async {
-        works(&c, old).await.is_err()
-    })
+    wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { works(&c, old).await.is_err() },
+    )
     .await
     .expect("the removed token stops working");
-    assert_eq!(works(&c, old).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        works(&c, old).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     works(&c, new).await.unwrap();
 
     // A bad line is skipped, the rest applies.
-    std::fs::write(&path, format!("nobody {}\nrotor {}\n", token_hash_hex(old), token_hash_hex(new)))
-        .unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "nobody {}\nrotor {}\n",
+            token_hash_hex(old),
+            token_hash_hex(new)
+        ),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     works(&c, new).await.unwrap();
-    assert_eq!(works(&c, old).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        works(&c, old).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }
 
 /// A tokens file naming an unknown principal fails at start, naming the line, not the hash.
@@ -792,11 +980,19 @@ async fn a_bad_tokens_file_fails_at_start() {
     std::fs::write(&path, format!("\nghost {hash}\n")).unwrap();
     let toml = format!("[auth]\ntokens_file = {:?}\n", path.display().to_string());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let e = tiercache_server::run_with_admin(listener, None, Config::from_toml(&toml).unwrap(), async {})
-        .await
-        .expect_err("refuses to start")
-        .to_string();
-    assert!(e.contains("auth.tokens_file line 2") && e.contains("ghost"), "{e}");
+    let e = tiercache_server::run_with_admin(
+        listener,
+        None,
+        Config::from_toml(&toml).unwrap(),
+        async {},
+    )
+    .await
+    .expect_err("refuses to start")
+    .to_string();
+    assert!(
+        e.contains("auth.tokens_file line 2") && e.contains("ghost"),
+        "{e}"
+    );
     assert!(!e.contains(&hash), "{e}");
 }
 
@@ -804,7 +1000,10 @@ async fn a_bad_tokens_file_fails_at_start() {
 /// wrong one), 200 with it.
 #[tokio::test]
 async fn admin_port_takes_a_bearer_token() {
-    let toml = format!("[telemetry]\nadmin_token_sha256 = \"{}\"\n", token_hash_hex("tc_scrape"));
+    let toml = format!(
+        "[telemetry]\nadmin_token_sha256 = \"{}\"\n",
+        token_hash_hex("tc_scrape")
+    );
     let server = TestServer::start(Config::from_toml(&toml).unwrap()).await;
     let admin = server.admin_addr().unwrap();
     assert_eq!(scrape(admin, None).await.0, 401);
@@ -831,5 +1030,7 @@ async fn without_auth_every_caller_has_every_right() {
     for (rpc, r) in results {
         assert!(r.is_ok(), "{rpc}: {r:?}");
     }
-    call(&mut c, "Get", "default", Some("tc_anything")).await.unwrap();
+    call(&mut c, "Get", "default", Some("tc_anything"))
+        .await
+        .unwrap();
 }

@@ -98,7 +98,12 @@ pub struct ConnArgs {
     #[arg(long)]
     pub json: bool,
     /// The bearer token sent with every call (`authorization: Bearer <token>`).
-    #[arg(long, env = "TIERCACHE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "TIERCACHE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
 }
 

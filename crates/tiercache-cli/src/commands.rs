@@ -27,7 +27,12 @@ use crate::out::{self, outln};
 /// get-or-set waiting for another caller's fill) get their wait on top, from the SDK.
 async fn connect(conn: &ConnArgs) -> Result<Client, Failure> {
     let mut builder = ClientBuilder::new(conn.addr.clone());
-    if let Some(token) = conn.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    if let Some(token) = conn
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         builder = builder.bearer_token(token);
     }
     builder

@@ -84,8 +84,7 @@ pub fn add_auth_tokens(config: &mut Config, lines: Option<&str>) -> Result<(), C
         None => {
             return Err(ConfigError::Invalid {
                 field: AUTH_TOKENS_ENV.into(),
-                message: "is set but the config has no [auth] with the principals it names"
-                    .into(),
+                message: "is set but the config has no [auth] with the principals it names".into(),
             })
         }
     }
@@ -282,8 +281,14 @@ mod tests {
             "[auth.principals.app.rights]\n\"app*\" = [\"read\"]\n[auth.principals.ops]\n",
         )
         .unwrap();
-        add_auth_tokens(&mut c, Some(&format!("# from the secret\napp {hash};ops {}", "0".repeat(64))))
-            .unwrap();
+        add_auth_tokens(
+            &mut c,
+            Some(&format!(
+                "# from the secret\napp {hash};ops {}",
+                "0".repeat(64)
+            )),
+        )
+        .unwrap();
         let auth = c.auth.as_ref().unwrap();
         assert_eq!(auth.principals["app"].token_sha256.len(), 1);
         assert_eq!(auth.principals["ops"].token_sha256.len(), 1);

@@ -32,7 +32,10 @@ fn token_output_round_trips_through_a_config() {
     assert!(token.starts_with("tc_") && token.len() == 67, "{token}");
     let hash = file_line.split_whitespace().nth(1).unwrap().to_string();
     assert_eq!(config_line, format!("token_sha256 = [\"{hash}\"]"));
-    assert!(!config_line.contains(&token[3..]), "only the hash goes in the config");
+    assert!(
+        !config_line.contains(&token[3..]),
+        "only the hash goes in the config"
+    );
     // Each run makes a new token.
     assert_ne!(new_token("app").0, token);
 
@@ -66,7 +69,10 @@ fn token_output_round_trips_through_a_config() {
     assert_exit(&run(&["get", "k", "--addr", a, "--token", "tc_nope"]), 3);
     // Neither the tokens nor their hashes reach the server's log.
     let log = server.log();
-    assert!(!log.contains(&token) && !log.contains(&env_token) && !log.contains(&hash), "{log}");
+    assert!(
+        !log.contains(&token) && !log.contains(&env_token) && !log.contains(&hash),
+        "{log}"
+    );
 }
 
 #[test]
@@ -85,10 +91,19 @@ fn token_json_names_every_line() {
 #[test]
 fn serve_refuses_a_non_loopback_listen_without_auth() {
     let o = tiercache()
-        .args(["serve", "--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_exit(&o, 2);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("auth") && err.contains("allow_insecure"), "{err}");
+    assert!(
+        err.contains("auth") && err.contains("allow_insecure"),
+        "{err}"
+    );
 }

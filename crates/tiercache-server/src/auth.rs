@@ -186,7 +186,10 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 
 /// Returns the SHA-256 of `token` as 64 lowercase hex digits (what the config holds).
 pub fn token_hash_hex(token: &str) -> String {
-    token_hash(token).iter().map(|b| format!("{b:02x}")).collect()
+    token_hash(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Returns a new token: `tc_` and 32 random bytes as 64 hex digits.
@@ -375,14 +378,21 @@ impl Auth {
                 .ok()
                 .and_then(|v| {
                     let (scheme, token) = v.trim().split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then_some(token.trim())
                 })
                 .filter(|t| !t.is_empty())
                 .ok_or(Refusal::Unknown)?;
             // A lookup on the hash: what is compared is not the secret, so the comparison's
             // timing tells an attacker nothing about a valid token.
             let hash = token_hash(token);
-            return self.tokens.read().get(&hash).cloned().ok_or(Refusal::Unknown);
+            return self
+                .tokens
+                .read()
+                .get(&hash)
+                .cloned()
+                .ok_or(Refusal::Unknown);
         }
         match peer {
             Some(peer) if !peer.cert_names.is_empty() => peer
@@ -736,7 +746,12 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        if let Some(auth) = self.guard.auth.as_ref().filter(|_| !is_open(req.uri().path())) {
+        if let Some(auth) = self
+            .guard
+            .auth
+            .as_ref()
+            .filter(|_| !is_open(req.uri().path()))
+        {
             match auth.authenticate(req.headers(), req.extensions().get::<PeerIdentity>()) {
                 Ok(principal) => {
                     req.extensions_mut().insert(Caller(principal));
@@ -821,7 +836,9 @@ mod tests {
             remote_addr: None,
             cert_names: vec!["other.svc".into(), "checkout.prod.svc".into()],
         };
-        let p = a.authenticate(&http::HeaderMap::new(), Some(&peer)).unwrap();
+        let p = a
+            .authenticate(&http::HeaderMap::new(), Some(&peer))
+            .unwrap();
         assert_eq!(&*p.name, "checkout");
         let stranger = PeerIdentity {
             remote_addr: None,

@@ -70,7 +70,9 @@ impl TokenHash {
 pub fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
     let hex = hex.trim();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("must be 64 hex digits (the SHA-256 of the token, see `tiercache token`)".into());
+        return Err(
+            "must be 64 hex digits (the SHA-256 of the token, see `tiercache token`)".into(),
+        );
     }
     let mut out = [0u8; 32];
     for (i, byte) in out.iter_mut().enumerate() {
@@ -1076,17 +1078,41 @@ mod tests {
     #[test]
     fn bad_auth_names_the_field() {
         let cases = [
-            ("[auth.principals.a]\ntoken_sha256 = [\"abc\"]\n", "auth.principals.a.token_sha256[0]"),
-            ("[auth.principals.a.rights]\n\"x\" = [\"reed\"]\n", "auth.principals.a.rights.\"x\""),
-            ("[auth.principals.a.rights]\n\"X*\" = [\"read\"]\n", "auth.principals.a.rights.\"X*\""),
-            ("[auth.principals.a.rights]\n\"a*b\" = [\"read\"]\n", "auth.principals.a.rights.\"a*b\""),
+            (
+                "[auth.principals.a]\ntoken_sha256 = [\"abc\"]\n",
+                "auth.principals.a.token_sha256[0]",
+            ),
+            (
+                "[auth.principals.a.rights]\n\"x\" = [\"reed\"]\n",
+                "auth.principals.a.rights.\"x\"",
+            ),
+            (
+                "[auth.principals.a.rights]\n\"X*\" = [\"read\"]\n",
+                "auth.principals.a.rights.\"X*\"",
+            ),
+            (
+                "[auth.principals.a.rights]\n\"a*b\" = [\"read\"]\n",
+                "auth.principals.a.rights.\"a*b\"",
+            ),
             ("[auth.principals.a]\ntokens = []\n", "tokens"),
             ("[auth]\ntoken_file = \"x\"\n", "token_file"),
             ("[auth.principals.\"a b\"]\n", "auth.principals.a b"),
-            ("[auth.principals.a]\nrate_limit = { per_second = 0 }\n", "auth.principals.a.rate_limit"),
-            ("[defaults]\nrate_limit = { per_second = 0 }\n", "defaults.rate_limit"),
-            ("[namespaces.n]\nrate_limit = { per_second = 1, burst = 0 }\n", "namespaces.n.rate_limit"),
-            ("[telemetry]\nadmin_token_sha256 = \"zz\"\n", "telemetry.admin_token_sha256"),
+            (
+                "[auth.principals.a]\nrate_limit = { per_second = 0 }\n",
+                "auth.principals.a.rate_limit",
+            ),
+            (
+                "[defaults]\nrate_limit = { per_second = 0 }\n",
+                "defaults.rate_limit",
+            ),
+            (
+                "[namespaces.n]\nrate_limit = { per_second = 1, burst = 0 }\n",
+                "namespaces.n.rate_limit",
+            ),
+            (
+                "[telemetry]\nadmin_token_sha256 = \"zz\"\n",
+                "telemetry.admin_token_sha256",
+            ),
         ];
         for (toml, field) in cases {
             let e = Config::from_toml(toml).unwrap_err();
@@ -1097,7 +1123,10 @@ mod tests {
             "[auth.principals.a]\ntoken_sha256 = [\"{HASH}\"]\n[auth.principals.b]\ntoken_sha256 = [\"{HASH}\"]\n"
         ))
         .unwrap_err();
-        assert!(e.to_string().contains("auth.principals.b.token_sha256[0]"), "{e}");
+        assert!(
+            e.to_string().contains("auth.principals.b.token_sha256[0]"),
+            "{e}"
+        );
         assert!(!e.to_string().contains(HASH), "{e}");
     }
 
@@ -1116,14 +1145,29 @@ mod tests {
         // Reflection follows the listen address unless set.
         assert!(Config::default().reflection_on(local));
         assert!(!Config::default().reflection_on(open));
-        assert!(Config::from_toml("reflection = true\n").unwrap().reflection_on(open));
+        assert!(Config::from_toml("reflection = true\n")
+            .unwrap()
+            .reflection_on(open));
     }
 
     #[test]
     fn token_lines_parse_and_errors_hide_the_hash() {
-        let lines = parse_token_lines("f", &format!("# c\n\napp {HASH} # x\n;ops {}", HASH.to_uppercase())).unwrap();
-        assert_eq!(lines, [("app".to_string(), HASH.to_string()), ("ops".to_string(), HASH.to_string())]);
+        let lines = parse_token_lines(
+            "f",
+            &format!("# c\n\napp {HASH} # x\n;ops {}", HASH.to_uppercase()),
+        )
+        .unwrap();
+        assert_eq!(
+            lines,
+            [
+                ("app".to_string(), HASH.to_string()),
+                ("ops".to_string(), HASH.to_string())
+            ]
+        );
         let e = parse_token_lines("f", &format!("app {HASH} extra")).unwrap_err();
-        assert!(e.to_string().contains("f line 1") && !e.to_string().contains(HASH), "{e}");
+        assert!(
+            e.to_string().contains("f line 1") && !e.to_string().contains(HASH),
+            "{e}"
+        );
     }
 }

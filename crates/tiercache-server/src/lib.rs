@@ -169,7 +169,9 @@ pub async fn run_with_admin(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let bound = listener.local_addr().map_err(|source| ServerError::Listen { source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { source })?;
     config.check_exposure(bound)?;
     if !bound.ip().is_loopback() && config.auth.is_none() {
         tracing::warn!(
