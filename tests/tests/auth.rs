@@ -14,7 +14,7 @@ use tiercache_proto::v1::lock_service_client::LockServiceClient;
 use tiercache_server::auth::{token_hash_hex, Right};
 use tiercache_server::config::Config;
 use tiercache_testkit::req::{self, InNamespace};
-use tiercache_testkit::{wait_for, TestServer};
+use tiercache_testkit::{redis_config, wait_for, RedisServer, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
@@ -534,7 +534,19 @@ async fn list_namespaces_and_stats_show_only_the_callers_namespaces() {
 /// is left behind (a writer gets it at once).
 #[tokio::test]
 async fn get_or_set_leases_need_write() {
-    let server = server().await;
+    get_or_set_leases_need_write_on(server().await).await;
+}
+
+/// The same over Redis: the read-only caller only looks at the lease in Redis, never takes it.
+#[tokio::test]
+async fn get_or_set_leases_need_write_over_redis() {
+    let redis = RedisServer::start();
+    let mut config = Config::from_toml(&config_toml()).unwrap();
+    config.redis = Some(redis_config(&redis.url()));
+    get_or_set_leases_need_write_on(TestServer::start(config).await).await;
+}
+
+async fn get_or_set_leases_need_write_on(server: TestServer) {
     let mut c = Clients::new(&server);
     let (reader, all, root) = (token("read"), token("all"), token("root"));
 
