@@ -1,6 +1,7 @@
 //! `tiercache token` and the client commands' `--token` / `TIERCACHE_TOKEN` against a real
-//! `tiercache serve` with `[auth]`: the printed hash line goes into a config, and the printed
-//! token authenticates.
+//! `tiercache serve` with `[auth]` (the printed hash line goes into a config, and the printed
+//! token authenticates), and `serve` on a non-loopback address: refused without `[auth]`, a
+//! warning with `allow_insecure = true`.
 
 mod common;
 
@@ -106,4 +107,52 @@ fn serve_refuses_a_non_loopback_listen_without_auth() {
         err.contains("auth") && err.contains("allow_insecure"),
         "{err}"
     );
+}
+
+#[test]
+fn allow_insecure_starts_with_a_warning() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiercache.toml");
+    std::fs::write(&config, "allow_insecure = true\n").unwrap();
+    let mut child = tiercache()
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let warned = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let warning = line.contains("\"WARN\"") && line.contains("allow_insecure");
+                seen.push(line);
+                if warning {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no allow_insecure warning in:\n{}", seen.join("\n"));
 }
