@@ -159,7 +159,11 @@ fn build_client(options: &RedisOptions) -> Result<redis::Client, CoreError> {
             e.category()
         ))
     };
-    let info = options.url.as_str().into_connection_info().map_err(bad_url)?;
+    let info = options
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad_url)?;
     let mut settings = info.redis_settings().clone();
     if let Some(user) = &options.username {
         settings = settings.set_username(user);
@@ -1024,7 +1028,10 @@ mod tests {
     #[test]
     fn urls_lose_their_password_in_logs() {
         assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
-        assert_eq!(redact_url("rediss://u:p%40ss@h:6380/0"), "rediss://u:***@h:6380/0");
+        assert_eq!(
+            redact_url("rediss://u:p%40ss@h:6380/0"),
+            "rediss://u:***@h:6380/0"
+        );
         assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
         assert_eq!(redact_url("redis://user@h"), "redis://user@h");
         assert_eq!(redact_url("redis://u:a@b@h/1"), "redis://u:***@h/1");
@@ -1080,7 +1087,10 @@ mod tests {
         assert_eq!(undeclared_tags(&reply), Some(vec!["a".into(), "b".into()]));
         let none = Value::Array(vec![bulk("tags"), Value::Array(vec![])]);
         assert_eq!(undeclared_tags(&none), Some(vec![]));
-        assert_eq!(undeclared_tags(&Value::Array(vec![Value::Int(0), Value::Int(1)])), None);
+        assert_eq!(
+            undeclared_tags(&Value::Array(vec![Value::Int(0), Value::Int(1)])),
+            None
+        );
         let inspect = Value::Array(vec![bulk("tags"), Value::Int(5), Value::Int(0)]);
         assert_eq!(undeclared_tags(&inspect), None);
     }
