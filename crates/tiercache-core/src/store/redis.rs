@@ -206,10 +206,15 @@ fn build_client(options: &RedisOptions) -> Result<redis::Client, CoreError> {
 /// settings to fix.
 fn connect_error(e: redis::RedisError, tls: bool) -> CoreError {
     let text = e.to_string();
+    if text.contains("NOPERM") {
+        return CoreError::Unavailable(format!(
+            "the redis ACL user (redis.username) may not run a command tiercache needs: {text} \
+             (docs/security.md lists them)"
+        ));
+    }
     if e.kind() == redis::ErrorKind::AuthenticationFailed
         || text.contains("WRONGPASS")
         || text.contains("NOAUTH")
-        || text.contains("NOPERM")
     {
         let code = e.code().unwrap_or("WRONGPASS");
         return CoreError::Unavailable(format!(
