@@ -94,6 +94,25 @@ pub struct ConnArgs {
     /// Prints one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS to the server; any of them (or an `https://` address) turns TLS on.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM CA certificates to verify the server with, instead of the system roots.
+    #[arg(long, env = "TIERCACHE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (with --tls-key).
+    #[arg(long, env = "TIERCACHE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TIERCACHE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name to verify the server certificate against, instead of the address's host.
+    #[arg(long, env = "TIERCACHE_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

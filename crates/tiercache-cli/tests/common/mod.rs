@@ -22,6 +22,10 @@ pub fn tiercache() -> Command {
         "TIERCACHE_REDIS_URL",
         "TIERCACHE_ADDR",
         "TIERCACHE_ADMIN_LISTEN",
+        "TIERCACHE_TLS_CA",
+        "TIERCACHE_TLS_CERT",
+        "TIERCACHE_TLS_KEY",
+        "TIERCACHE_TLS_SERVER_NAME",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         cmd.env_remove(var);
