@@ -105,10 +105,20 @@ pub struct TlsArgs {
     #[arg(long, env = "TIERCACHE_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// PEM client certificate, for mutual TLS (with --tls-key).
-    #[arg(long, env = "TIERCACHE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "TIERCACHE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// The name to verify the server certificate against, instead of the address's host.
     #[arg(long, env = "TIERCACHE_TLS_SERVER_NAME", value_name = "NAME")]

@@ -17,8 +17,8 @@ use tiercache_client::{
 };
 
 use crate::args::{
-    ConnArgs, DelArgs, TlsArgs, FlushArgs, GetArgs, GetOrSetArgs, HealthArgs, InspectArgs,
-    InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, WatchArgs,
+    ConnArgs, DelArgs, FlushArgs, GetArgs, GetOrSetArgs, HealthArgs, InspectArgs,
+    InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, TlsArgs, WatchArgs,
 };
 use crate::exit::{Exit, Failure};
 use crate::out::{self, outln};

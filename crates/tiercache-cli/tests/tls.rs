@@ -47,7 +47,16 @@ fn commands_talk_tls_with_a_ca_from_a_flag_or_the_environment() {
     assert_eq!(stdout(&o).trim_end(), "secret");
     // The server name override: connect by IP, verify the certificate's name.
     let ip = server.addr.replace("http://", "https://");
-    let o = run(&["get", "k", "--addr", &ip, "--tls-ca", &ca, "--tls-server-name", "localhost"]);
+    let o = run(&[
+        "get",
+        "k",
+        "--addr",
+        &ip,
+        "--tls-ca",
+        &ca,
+        "--tls-server-name",
+        "localhost",
+    ]);
     assert_exit(&o, 0);
 
     // A CA that did not sign the server's certificate: a connection failure, exit 3.
@@ -58,7 +67,14 @@ fn commands_talk_tls_with_a_ca_from_a_flag_or_the_environment() {
     assert_exit(&o, 3);
     assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
     // A CA file that is not there is a usage error naming the flag.
-    let o = run(&["get", "k", "--addr", &addr, "--tls-ca", "/nonexistent/ca.crt"]);
+    let o = run(&[
+        "get",
+        "k",
+        "--addr",
+        &addr,
+        "--tls-ca",
+        "/nonexistent/ca.crt",
+    ]);
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("--tls-ca"), "{}", stderr(&o));
 }
@@ -85,7 +101,18 @@ fn commands_present_a_client_certificate_under_mutual_tls() {
         .output()
         .unwrap();
     assert_exit(&o, 0);
-    let o = run(&["get", "k", "--addr", &addr, "--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key]);
+    let o = run(&[
+        "get",
+        "k",
+        "--addr",
+        &addr,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
     assert_exit(&o, 0);
     // No client certificate: refused.
     let o = run(&["get", "k", "--addr", &addr, "--tls-ca", &ca]);
@@ -100,7 +127,19 @@ fn a_bad_tls_section_stops_serve_naming_the_field() {
     let pki = TestPki::new();
     let path = config(&pki, false);
     std::fs::remove_file(pki.path("tls.key")).unwrap();
-    let o = run(&["serve", "--config", &path, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    let o = run(&[
+        "serve",
+        "--config",
+        &path,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     assert_exit(&o, 2);
-    assert!(stderr(&o).contains("tls.key_file: cannot read"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tls.key_file: cannot read"),
+        "{}",
+        stderr(&o)
+    );
 }

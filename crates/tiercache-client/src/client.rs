@@ -640,7 +640,9 @@ mod tests {
             .endpoint()
             .unwrap();
         assert_eq!(ep.uri().scheme_str(), Some("https"));
-        ClientBuilder::new("https://localhost:1").endpoint().unwrap();
+        ClientBuilder::new("https://localhost:1")
+            .endpoint()
+            .unwrap();
         let err = ClientBuilder::new("http://localhost:1")
             .tls(TlsConfig::default())
             .endpoint()

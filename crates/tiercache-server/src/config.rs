@@ -652,7 +652,11 @@ impl Config {
                 return Err(invalid("redis.key_prefix".into(), why));
             }
         }
-        if self.tls.as_ref().is_some_and(|t| t.reload_interval.is_zero()) {
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.reload_interval.is_zero())
+        {
             return Err(invalid(
                 "tls.reload_interval".into(),
                 "must be more than 0s".into(),
@@ -709,10 +713,8 @@ mod tests {
 
     #[test]
     fn tls_section_parses_with_defaults() {
-        let c = Config::from_toml(
-            "[tls]\ncert_file = \"/t/tls.crt\"\nkey_file = \"/t/tls.key\"\n",
-        )
-        .unwrap();
+        let c = Config::from_toml("[tls]\ncert_file = \"/t/tls.crt\"\nkey_file = \"/t/tls.key\"\n")
+            .unwrap();
         assert_eq!(c.tls, Some(TlsConfig::new("/t/tls.crt", "/t/tls.key")));
         assert_eq!(c.tls.unwrap().reload_interval, Duration::from_secs(10));
         let c = Config::from_toml(
@@ -722,8 +724,10 @@ mod tests {
         let t = c.tls.unwrap();
         assert_eq!(t.client_ca_file, Some(PathBuf::from("c")));
         assert_eq!(t.reload_interval, Duration::from_millis(250));
-        let e = Config::from_toml("[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nreload_interval = \"0s\"\n")
-            .unwrap_err();
+        let e = Config::from_toml(
+            "[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nreload_interval = \"0s\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("tls.reload_interval"), "{e}");
         let e = Config::from_toml("[tls]\ncert_file = \"a\"\nkey_fil = \"b\"\n").unwrap_err();
         assert!(e.to_string().contains("key_fil"), "{e}");

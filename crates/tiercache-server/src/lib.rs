@@ -165,7 +165,11 @@ pub async fn run_with_admin(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let tls = config.tls.as_ref().map(tls::TlsAcceptor::load).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::TlsAcceptor::load)
+        .transpose()?;
     let cache = build_cache(&config).await?;
     let metrics = Arc::new(telemetry::Metrics::start(&config.telemetry, &cache)?);
     if let Some(tls) = &tls {
@@ -297,7 +301,8 @@ async fn serve_grpc(
         let _ = stop_rx.await;
     };
     // With TLS, a task accepts and hands over finished handshakes; it stops with this function.
-    type Serve = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    type Serve =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
     let (server, _accept_task): (Serve, _) = match tls {
         None => (
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),

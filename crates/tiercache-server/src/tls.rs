@@ -199,7 +199,9 @@ impl TlsAcceptor {
                 Ok(TlsConn { stream, identity })
             }
             Err(e) => {
-                self.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = ?remote_addr, error = %e, "tls handshake failed");
                 Err(e)
             }
@@ -273,11 +275,14 @@ fn invalid(field: &str, message: String) -> ConfigError {
 }
 
 fn read(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path)
-        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))
 }
 
-fn certs(field: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+fn certs(
+    field: &str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(field, format!("bad PEM in {}: {e}", path.display())))?;
@@ -498,8 +503,14 @@ mod tests {
             .unwrap()
             .as_secs() as i64;
         let not_after = acceptor.stats().cert_not_after.load(Ordering::Relaxed);
-        assert!((now + 86_000..now + 87_000).contains(&not_after), "{not_after}");
-        assert!(!acceptor.reload().unwrap(), "unchanged files are not reloaded");
+        assert!(
+            (now + 86_000..now + 87_000).contains(&not_after),
+            "{not_after}"
+        );
+        assert!(
+            !acceptor.reload().unwrap(),
+            "unchanged files are not reloaded"
+        );
     }
 
     #[test]
@@ -508,23 +519,37 @@ mod tests {
         let mut c = config(&pki, false);
         c.cert_file = pki.path("missing.crt");
         let e = error(&c);
-        assert!(e.contains("tls.cert_file: cannot read") && e.contains("missing.crt"), "{e}");
+        assert!(
+            e.contains("tls.cert_file: cannot read") && e.contains("missing.crt"),
+            "{e}"
+        );
 
         pki.write("garbage.crt", "hello\n");
         c.cert_file = pki.path("garbage.crt");
         let e = error(&c);
         assert!(e.contains("tls.cert_file: no CERTIFICATE block"), "{e}");
 
-        pki.write("bad.crt", "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n");
+        pki.write(
+            "bad.crt",
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        );
         c.cert_file = pki.path("bad.crt");
         let e = error(&c);
         assert!(e.contains("tls.cert_file: bad PEM"), "{e}");
 
         let mut c = config(&pki, false);
-        pki.write("other.key", &TestCa::new("x").server_cert(tiercache_testkit::Validity::Current).key_pem);
+        pki.write(
+            "other.key",
+            &TestCa::new("x")
+                .server_cert(tiercache_testkit::Validity::Current)
+                .key_pem,
+        );
         c.key_file = pki.path("other.key");
         let e = error(&c);
-        assert!(e.contains("tls.key_file") && e.contains("does not match"), "{e}");
+        assert!(
+            e.contains("tls.key_file") && e.contains("does not match"),
+            "{e}"
+        );
 
         c.key_file = pki.path("ca.crt");
         let e = error(&c);

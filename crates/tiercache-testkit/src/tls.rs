@@ -93,10 +93,19 @@ impl TestCa {
     /// Issues a client certificate whose SANs are `names`: DNS names, or URIs when they
     /// contain `://`.
     pub fn client_cert(&self, names: &[&str]) -> CertPair {
-        self.issue(names, ExtendedKeyUsagePurpose::ClientAuth, Validity::Current)
+        self.issue(
+            names,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Validity::Current,
+        )
     }
 
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose, validity: Validity) -> CertPair {
+    fn issue(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        validity: Validity,
+    ) -> CertPair {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs");
         params.subject_alt_names = names
             .iter()
@@ -135,7 +144,10 @@ fn set_validity(params: &mut CertificateParams, validity: Validity) {
             .expect("after 1970")
             - Duration::from_secs(946_684_800));
     let (from, to) = match validity {
-        Validity::Current => (now - Duration::from_secs(3600), now + Duration::from_secs(86_400)),
+        Validity::Current => (
+            now - Duration::from_secs(3600),
+            now + Duration::from_secs(86_400),
+        ),
         Validity::Expired => (
             now - Duration::from_secs(2 * 86_400),
             now - Duration::from_secs(86_400),
