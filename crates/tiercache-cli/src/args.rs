@@ -76,6 +76,23 @@ pub struct ServeArgs {
     /// The admin HTTP address serving `/metrics`, overriding `telemetry.admin_listen`.
     #[arg(long, env = "TIERCACHE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// The TLS certificate chain (PEM), overriding `tls.cert_file`; with --tls-key-file it
+    /// turns TLS on without a `[tls]` table.
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS private key (PEM), overriding `tls.key_file`.
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
     /// Log line format; the level comes from RUST_LOG (default info). JSON lines carry the
     /// OpenTelemetry trace_id and span_id.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

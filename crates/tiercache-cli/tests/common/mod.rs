@@ -26,6 +26,8 @@ pub fn tiercache() -> Command {
         "TIERCACHE_TLS_CERT",
         "TIERCACHE_TLS_KEY",
         "TIERCACHE_TLS_SERVER_NAME",
+        "TIERCACHE_TLS_CERT_FILE",
+        "TIERCACHE_TLS_KEY_FILE",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         cmd.env_remove(var);
