@@ -466,6 +466,7 @@ async fn leases_and_fill(s: &Store) {
         allow_stale: false,
         refresh_stale: false,
         lease_ttl: Some(Duration::from_secs(5)),
+        may_lease: true,
     };
     let GetOrSetResult::Lease(lease) = c.get_or_set(&ns, "l", opts).await.unwrap() else {
         panic!("a miss grants the lease")
@@ -669,6 +670,7 @@ async fn events_reach_other_replicas(s: &Store) {
                 allow_stale: false,
                 refresh_stale: false,
                 lease_ttl: Some(Duration::from_secs(5)),
+                may_lease: true,
             },
         )
         .await
@@ -689,6 +691,7 @@ async fn events_reach_other_replicas(s: &Store) {
                     allow_stale: false,
                     refresh_stale: false,
                     lease_ttl: Some(Duration::from_secs(5)),
+                    may_lease: true,
                 },
             )
             .await
