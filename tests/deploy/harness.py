@@ -37,9 +37,15 @@ def free_port() -> int:
 # --- the chart -----------------------------------------------------------------------------------
 
 
+# The one value the chart makes you choose: it refuses to render without auth (docs/deploy.md,
+# "Security"). The "default" value set is the defaults plus that choice, made the insecure way.
+INSECURE = {"auth": {"allowInsecure": True}}
+
+
 def value_sets() -> dict[str, dict]:
-    """The chart's value sets: the defaults and every helm/tiercache/ci/*-values.yaml."""
-    sets = {"default": {}}
+    """The chart's value sets: the defaults (with auth.allowInsecure, the one required choice)
+    and every helm/tiercache/ci/*-values.yaml."""
+    sets = {"default": INSECURE}
     for path in sorted((CHART / "ci").glob("*-values.yaml")):
         sets[path.name.removesuffix("-values.yaml")] = yaml.safe_load(path.read_text()) or {}
     return sets
