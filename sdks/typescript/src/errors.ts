@@ -92,6 +92,18 @@ export class TiercacheError extends Error {
     return codeName(this.code);
   }
 
+  /** The missing right of a `permission_denied` (`read`, `write`, `invalidate`, `lock`, `admin`),
+   * from the `ErrorInfo` metadata. */
+  get right(): string | undefined {
+    return this.metadata.right;
+  }
+
+  /** The namespace the error is about (a missing right's, an unknown namespace's), from the
+   * `ErrorInfo` metadata. */
+  get namespace(): string | undefined {
+    return this.metadata.namespace;
+  }
+
   /** The first rejected field (`key`, `tags[2]`, …), from the `BadRequest` detail. */
   get field(): string | undefined {
     return this.fieldViolations[0]?.field;
