@@ -484,6 +484,9 @@ def test_namespace_rate_limits_render_as_tables():
                                           "namespaces": {"checkout": {"rate_limit": {"per_second": 100, "burst": 200}}}}})
     assert config["defaults"]["rate_limit"] == {"per_second": 5000, "burst": 10000}
     assert config["namespaces"]["checkout"]["rate_limit"] == {"per_second": 100, "burst": 200}
+    # burst is optional (the server then uses per_second).
+    _, config = rendered_toml({"config": {"defaults": {"rate_limit": {"per_second": 50}}}})
+    assert config["defaults"]["rate_limit"] == {"per_second": 50}
 
 
 # --- values.schema.json ----------------------------------------------------------------------------
@@ -527,8 +530,8 @@ BAD_VALUES = [
     ("token hash not sha256 hex", {"auth": {"principals": {"a": {"rights": {"a": ["read"]},
                                                                   "token_sha256": ["secret-token"]}}}}, True),
     ("principal without rights", {"auth": {"principals": {"a": {"token_sha256": ["0" * 64]}}}}, True),
-    ("rate limit without burst", {"auth": {"principals": {"a": {"rights": {"a": ["read"]},
-                                                                 "rate_limit": {"per_second": 5}}}}}, True),
+    ("rate limit without per_second", {"auth": {"principals": {"a": {"rights": {"a": ["read"]},
+                                                                       "rate_limit": {"burst": 5}}}}}, True),
     ("unknown tls key", {"tls": {"enable": True}}, True),
     ("metrics token not a hash", {"config": {"telemetry": {"adminTokenSha256": "hunter2"}}}, True),
     ("credentials in the url", {"redis": {"url": "redis://u:p@redis:6379"}}, True),
@@ -633,6 +636,10 @@ def server_structs() -> dict[str, dict[str, str]]:
     return structs
 
 
+# Rust types the server reads from a TOML string (TokenHash: a serde-transparent String).
+STRING_TYPES = ("String", "Duration", "SocketAddr", "PathBuf", "TokenHash")
+
+
 def server_rejects(table: dict, struct: str, structs: dict, where: str = "") -> list[str]:
     """What serde would refuse in `table` read as `struct`: unknown fields (deny_unknown_fields)
     and values of the wrong TOML type."""
@@ -644,7 +651,21 @@ def server_rejects(table: dict, struct: str, structs: dict, where: str = "") -> 
             problems.append(f"{path}: no such field in {struct}")
             continue
         ty = re.sub(r"^Option<(.+)>$", r"\1", fields[key])
-        if m := re.fullmatch(r"BTreeMap<String, (\w+)>", ty):
+        if ty == "BTreeMap<String, Vec<String>>":
+            if not isinstance(value, dict) or not all(
+                    isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values()):
+                problems.append(f"{path}: a table of string lists expected")
+        elif m := re.fullmatch(r"Vec<(\w+)>", ty):
+            if not isinstance(value, list):
+                problems.append(f"{path}: a list expected")
+            elif m.group(1) in structs:
+                for i, sub in enumerate(value):
+                    problems += server_rejects(sub, m.group(1), structs, f"{path}[{i}].")
+            elif m.group(1) in STRING_TYPES:
+                problems += [f"{path}[{i}]: a string expected" for i, v in enumerate(value) if not isinstance(v, str)]
+            else:
+                problems.append(f"{path}: the test does not know the Rust type {ty}")
+        elif m := re.fullmatch(r"BTreeMap<String, (\w+)>", ty):
             if not isinstance(value, dict):
                 problems.append(f"{path}: a table expected")
             elif m.group(1) in structs:
@@ -664,7 +685,7 @@ def server_rejects(table: dict, struct: str, structs: dict, where: str = "") -> 
         elif ty == "f64":
             if type(value) not in (int, float):
                 problems.append(f"{path}: a number expected, got {value!r}")
-        elif ty in ("String", "Duration", "SocketAddr"):
+        elif ty in STRING_TYPES:
             if not isinstance(value, str):
                 problems.append(f"{path}: a string expected, got {value!r}")
         else:

@@ -8,7 +8,7 @@ large byte counts never print as floats. */}}
 {{- else if eq $key "jitter" }}
 {{ $key }} = {{ float64 $value }}
 {{- else if eq $key "rate_limit" }}
-{{ $key }} = { per_second = {{ int64 $value.per_second }}, burst = {{ int64 $value.burst }} }
+{{ $key }} = { per_second = {{ int64 $value.per_second }}{{ with $value.burst }}, burst = {{ int64 . }}{{ end }} }
 {{- else if eq $key "l1_enabled" }}
 {{ $key }} = {{ $value }}
 {{- else }}
@@ -74,7 +74,7 @@ token_sha256 = {{ toJson . }}
 client_cert_names = {{ toJson . }}
 {{- end }}
 {{- with $p.rate_limit }}
-rate_limit = { per_second = {{ int64 .per_second }}, burst = {{ int64 .burst }} }
+rate_limit = { per_second = {{ int64 .per_second }}{{ with .burst }}, burst = {{ int64 . }}{{ end }} }
 {{- end }}
 
 [auth.principals.{{ toJson $name }}.rights]
