@@ -47,10 +47,12 @@ function isError(code: string, check?: (e: TiercacheError) => void) {
   };
 }
 
-/** A TLS failure: the handshake was refused and the message says why. */
+/** A TLS failure: the handshake was refused, UNAVAILABLE, and the message says why. */
 function isTlsFailure(err: unknown): boolean {
   assert.ok(err instanceof TiercacheError, `not a TiercacheError: ${String(err)}`);
   assert.equal(err.codeName, "unavailable", err.message);
+  assert.equal(err.reason, "TLS_HANDSHAKE_FAILED", err.message);
+  assert.match(err.message, /^unavailable: TLS handshake failed \(\w+\): /);
   return true;
 }
 
@@ -132,13 +134,18 @@ describe("security: tokens, TLS, mTLS", () => {
     await assert.rejects(c.namespace("app1").get("k"), (err) => {
       isTlsFailure(err);
       assert.match((err as Error).message, /certificate/i);
+      assert.equal((err as TiercacheError).metadata.tls_error, "UNABLE_TO_VERIFY_LEAF_SIGNATURE");
       return true;
     });
   });
 
   it("serverName is the name checked; without it the address's IP is", async () => {
     const wrong = make({ address: tls.address, token: APP_TOKEN, tls: tlsOf({ serverName: "other.tiercache.test" }) });
-    await assert.rejects(wrong.namespace("app1").get("k"), isTlsFailure);
+    await assert.rejects(wrong.namespace("app1").get("k"), (err) => {
+      isTlsFailure(err);
+      assert.equal((err as TiercacheError).metadata.tls_error, "ERR_TLS_CERT_ALTNAME_INVALID");
+      return true;
+    });
     const byIp = make({ address: tls.address, token: APP_TOKEN, tls: { ca: readFileSync(ca.cert) } });
     assert.equal(await byIp.namespace("app1").get("absent"), undefined);
   });
@@ -155,7 +162,7 @@ describe("security: tokens, TLS, mTLS", () => {
 
   it("mTLS: the client certificate is a principal; a token still works", async () => {
     const certOnly = make({ address: mtls.address, tls: tlsOf({ certFile: client.cert, keyFile: client.key }) });
-    assert.ok(await certOnly.stats("app1"));
+    assert.ok(await certOnly.stats());
     await assert.rejects(
       certOnly.namespace("app1").set("k", new Uint8Array([1])),
       isError("permission_denied", (e) => assert.deepEqual([e.right, e.namespace], ["write", "app1"])),
