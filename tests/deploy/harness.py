@@ -148,7 +148,8 @@ def run_probe(name: str, probe: dict, container: Container | None = None) -> flo
             return time.monotonic() - start
         failures += 1
         if failures >= threshold:
-            raise AssertionError(f"{name} failed {failures} times on {where}: {last}")
+            log = f"\n{container.output()[-3000:]}" if container is not None else ""
+            raise AssertionError(f"{name} failed {failures} times on {where}: {last}{log}")
         time.sleep(period)
 
 

@@ -247,7 +247,7 @@ def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
         if "metrics" in ports:
             url = f"http://127.0.0.1:{ports['metrics']}/metrics"
             headers = {}
-            if values["config"].get("telemetry", {}).get("adminTokenSha256"):
+            if values.get("config", {}).get("telemetry", {}).get("adminTokenSha256"):
                 with pytest.raises(urllib.error.HTTPError) as e:
                     urllib.request.urlopen(url, timeout=5)
                 assert e.value.code == 401
