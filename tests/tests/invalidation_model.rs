@@ -284,6 +284,7 @@ async fn run_case(
                     allow_stale: false,
                     refresh_stale: false,
                     lease_ttl: None,
+                    may_lease: true,
                 };
                 let got = cache.get_or_set(&ns, &key_name(*key), opts).await.unwrap();
                 match (model.entries.get(key), model.leases.contains_key(key), got) {

@@ -118,6 +118,7 @@ async fn memory_only_maps_shrink_back_once_nothing_is_held() {
                     allow_stale: false,
                     refresh_stale: false,
                     lease_ttl: None,
+                    may_lease: true,
                 },
             )
             .await

@@ -47,6 +47,9 @@ pub enum Command {
     Lock(LockArgs),
     /// Checks that the server is serving.
     Health(HealthArgs),
+    /// Generates a bearer token; prints it once, then the SHA-256 lines the server's config
+    /// (`token_sha256`) or tokens file takes (docs/security.md).
+    Token(TokenArgs),
     /// Measures tiercache side by side with direct Redis calls (docs/performance.md).
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -91,6 +94,24 @@ pub struct ConnArgs {
     /// Bounds connecting and the call itself.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Prints one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The bearer token sent with every call (`authorization: Bearer <token>`).
+    #[arg(
+        long,
+        env = "TIERCACHE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The principal the token is for (names it in the printed config lines).
+    #[arg(long, default_value = "NAME")]
+    pub principal: String,
     /// Prints one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

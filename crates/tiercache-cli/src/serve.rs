@@ -20,7 +20,9 @@ use crate::exit::{Exit, Failure};
 /// Runs the server until SIGTERM or SIGINT, then returns after the graceful shutdown.
 pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let env = OtelEnv::from_lookup(|k| std::env::var(k).ok());
-    let config = build_config(&args, &env).map_err(Failure::usage)?;
+    let mut config = build_config(&args, &env).map_err(Failure::usage)?;
+    add_auth_tokens(&mut config, std::env::var(AUTH_TOKENS_ENV).ok().as_deref())
+        .map_err(Failure::usage)?;
     let tracer = telemetry::tracer_provider(&config.telemetry)
         .context("cannot start tracing")
         .map_err(Failure::usage)?;
@@ -65,6 +67,28 @@ pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         Err(e @ ServerError::Config(_)) => Err(Failure::usage(e)),
         Err(e) => Err(Failure::server(e)),
     }
+}
+
+/// The environment variable with token lines (`<principal> <sha256-hex>`, newline- or
+/// `;`-separated), as from a Kubernetes Secret.
+pub const AUTH_TOKENS_ENV: &str = "TIERCACHE_AUTH_TOKENS";
+
+/// Adds the token lines of `TIERCACHE_AUTH_TOKENS` (`lines`) to `[auth]`; set without `[auth]`
+/// it is an error (the tokens would grant nothing).
+pub fn add_auth_tokens(config: &mut Config, lines: Option<&str>) -> Result<(), ConfigError> {
+    let Some(lines) = lines.filter(|l| !l.trim().is_empty()) else {
+        return Ok(());
+    };
+    match &mut config.auth {
+        Some(auth) => auth.add_token_lines(AUTH_TOKENS_ENV, lines)?,
+        None => {
+            return Err(ConfigError::Invalid {
+                field: AUTH_TOKENS_ENV.into(),
+                message: "is set but the config has no [auth] with the principals it names".into(),
+            })
+        }
+    }
+    config.validate()
 }
 
 /// Returns the config: the file (or the defaults), with flag and environment overrides laid
@@ -248,5 +272,35 @@ mod tests {
         );
         assert_eq!(c.telemetry.service_name(), "cache-eu");
         assert_eq!(c.telemetry.admin_listen.to_string(), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn auth_tokens_from_the_environment_join_their_principal() {
+        let hash = tiercache_server::auth::token_hash_hex("tc_env");
+        let mut c = Config::from_toml(
+            "[auth.principals.app.rights]\n\"app*\" = [\"read\"]\n[auth.principals.ops]\n",
+        )
+        .unwrap();
+        add_auth_tokens(
+            &mut c,
+            Some(&format!(
+                "# from the secret\napp {hash};ops {}",
+                "0".repeat(64)
+            )),
+        )
+        .unwrap();
+        let auth = c.auth.as_ref().unwrap();
+        assert_eq!(auth.principals["app"].token_sha256.len(), 1);
+        assert_eq!(auth.principals["ops"].token_sha256.len(), 1);
+        // An unknown principal or a bad hash names the variable, never the hash.
+        let e = add_auth_tokens(&mut c, Some(&format!("nobody {hash}"))).unwrap_err();
+        assert!(e.to_string().contains(AUTH_TOKENS_ENV), "{e}");
+        assert!(!e.to_string().contains(&hash), "{e}");
+        let e = add_auth_tokens(&mut c, Some("app nothex")).unwrap_err();
+        assert!(e.to_string().contains(AUTH_TOKENS_ENV), "{e}");
+        // Without [auth] the tokens would grant nothing.
+        let e = add_auth_tokens(&mut Config::default(), Some(&format!("app {hash}"))).unwrap_err();
+        assert!(e.to_string().contains(AUTH_TOKENS_ENV), "{e}");
+        add_auth_tokens(&mut Config::default(), Some("  ")).unwrap();
     }
 }

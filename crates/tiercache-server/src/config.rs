@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -37,6 +37,224 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Traces, metrics and the admin HTTP port (docs/observability.md).
     pub telemetry: TelemetryConfig,
+    /// Lets a non-loopback `listen` start without `[auth]` (then with a warning). Off by
+    /// default: such a server refuses to start (docs/security.md, "Safe defaults").
+    pub allow_insecure: bool,
+    /// gRPC reflection; `None` = on for a loopback listen, off otherwise. With auth on it needs a
+    /// valid credential like every other service but health.
+    pub reflection: Option<bool>,
+    /// Bearer tokens and client certificates mapped to principals with rights per namespace
+    /// pattern. Present = auth on; absent = every caller has every right.
+    pub auth: Option<AuthConfig>,
+}
+
+/// A SHA-256 hash of a token, 64 hex digits. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct TokenHash(pub String);
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+impl TokenHash {
+    /// Returns the hash as 32 bytes, or why it is not 64 hex digits.
+    pub fn bytes(&self) -> Result<[u8; 32], String> {
+        parse_sha256_hex(&self.0)
+    }
+}
+
+/// Parses 64 hex digits (either case) into 32 bytes.
+pub fn parse_sha256_hex(hex: &str) -> Result<[u8; 32], String> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(
+            "must be 64 hex digits (the SHA-256 of the token, see `tiercache token`)".into(),
+        );
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// A token bucket: `per_second` tokens refill each second, up to `burst` (default
+/// `per_second`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RateLimit {
+    /// The effective burst.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.per_second)
+    }
+
+    fn check(&self, field: &str) -> Result<(), ConfigError> {
+        if self.per_second == 0 || self.burst() == 0 {
+            return Err(ConfigError::Invalid {
+                field: field.into(),
+                message: "per_second and burst must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `[auth]`: who may call, with which rights on which namespaces (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lines `<principal> <sha256-hex>` (`#` comments), re-read when it changes, so tokens can
+    /// be added and removed without a restart. Each principal must be listed in `principals`.
+    pub tokens_file: Option<PathBuf>,
+    /// The principals by name.
+    pub principals: BTreeMap<String, PrincipalConfig>,
+}
+
+/// One principal: its credentials, rights and rate limit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrincipalConfig {
+    /// SHA-256 hashes (hex) of the bearer tokens that authenticate as this principal.
+    pub token_sha256: Vec<TokenHash>,
+    /// Under mutual TLS: a verified client certificate with one of these SANs is this principal.
+    pub client_cert_names: Vec<String>,
+    /// Requests per second of this principal over every namespace.
+    pub rate_limit: Option<RateLimit>,
+    /// Namespace pattern (exact name, `prefix*`, or `*`) → rights (`read`, `write`,
+    /// `invalidate`, `lock`, `admin`).
+    pub rights: BTreeMap<String, Vec<String>>,
+}
+
+impl AuthConfig {
+    /// Adds token lines (`<principal> <sha256-hex>`, one a line or `;`-separated, `#` comments)
+    /// from `source` (named in errors, like `TIERCACHE_AUTH_TOKENS`) to the principals'
+    /// `token_sha256`. A line naming an unknown principal or a bad hash fails; the error never
+    /// shows the hash.
+    pub fn add_token_lines(&mut self, source: &str, text: &str) -> Result<(), ConfigError> {
+        for (principal, hash) in parse_token_lines(source, text)? {
+            match self.principals.get_mut(&principal) {
+                Some(p) => p.token_sha256.push(TokenHash(hash)),
+                None => {
+                    return Err(ConfigError::Invalid {
+                        field: source.into(),
+                        message: format!(
+                            "principal {principal:?} is not listed in [auth.principals]"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid { field, message };
+        let mut hashes = std::collections::HashMap::new();
+        let mut certs = std::collections::HashMap::new();
+        for (name, p) in &self.principals {
+            let at = |f: &str| format!("auth.principals.{name}.{f}");
+            if !is_principal_name(name) {
+                return Err(invalid(
+                    format!("auth.principals.{name}"),
+                    "principal names are 1 to 128 characters of [A-Za-z0-9_.@:-]".into(),
+                ));
+            }
+            for (i, h) in p.token_sha256.iter().enumerate() {
+                let bytes = h
+                    .bytes()
+                    .map_err(|m| invalid(format!("{}[{i}]", at("token_sha256")), m))?;
+                if let Some(other) = hashes.insert(bytes, name) {
+                    return Err(invalid(
+                        format!("{}[{i}]", at("token_sha256")),
+                        format!("the same token hash is also listed for principal {other:?}"),
+                    ));
+                }
+            }
+            for (i, c) in p.client_cert_names.iter().enumerate() {
+                if c.is_empty() {
+                    return Err(invalid(
+                        format!("{}[{i}]", at("client_cert_names")),
+                        "must not be empty".into(),
+                    ));
+                }
+                if let Some(other) = certs.insert(c.as_str(), name) {
+                    return Err(invalid(
+                        format!("{}[{i}]", at("client_cert_names")),
+                        format!("{c:?} is also a name of principal {other:?}"),
+                    ));
+                }
+            }
+            if let Some(r) = &p.rate_limit {
+                r.check(&at("rate_limit"))?;
+            }
+            for (pattern, rights) in &p.rights {
+                let field = format!("{}.{pattern:?}", at("rights"));
+                crate::auth::Pattern::parse(pattern).map_err(|m| invalid(field.clone(), m))?;
+                for r in rights {
+                    crate::auth::Right::parse(r).map_err(|m| invalid(field.clone(), m))?;
+                }
+            }
+        }
+        if let Some(path) = &self.tokens_file {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(
+                    "auth.tokens_file".into(),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name a principal: 1 to 128 of `[A-Za-z0-9_.@:-]` (no spaces, so a
+/// tokens-file line splits cleanly).
+pub fn is_principal_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.@:-".contains(&b))
+}
+
+/// Parses token lines `<principal> <sha256-hex>` (newline- or `;`-separated, `#` comments,
+/// blank lines skipped) into (principal, lowercase hash). `source` names the origin in errors;
+/// an error names the line number, never the hash.
+pub fn parse_token_lines(source: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, line) in text.split(['\n', ';']).enumerate() {
+        let parsed = parse_token_line(line).map_err(|message| ConfigError::Invalid {
+            field: format!("{source} line {}", i + 1),
+            message,
+        })?;
+        out.extend(parsed);
+    }
+    Ok(out)
+}
+
+/// Parses one token line: `None` for a blank or comment line. The error never shows the hash.
+pub fn parse_token_line(line: &str) -> Result<Option<(String, String)>, String> {
+    let line = line.split('#').next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(principal), Some(hash), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("must be `<principal> <sha256-hex>`".into());
+    };
+    if !is_principal_name(principal) {
+        return Err("the principal name must be 1 to 128 of [A-Za-z0-9_.@:-]".into());
+    }
+    parse_sha256_hex(hash)?;
+    Ok(Some((principal.to_string(), hash.to_ascii_lowercase())))
 }
 
 impl Default for Config {
@@ -52,6 +270,9 @@ impl Default for Config {
             server: ServerConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             telemetry: TelemetryConfig::default(),
+            allow_insecure: false,
+            reflection: None,
+            auth: None,
         }
     }
 }
@@ -128,6 +349,9 @@ pub struct TelemetryConfig {
     /// How often metrics are pushed by OTLP (`OTEL_METRIC_EXPORT_INTERVAL` in ms; default 60s).
     #[serde(default, with = "humantime_serde")]
     pub metrics_export_interval: Option<Duration>,
+    /// SHA-256 (hex) of the bearer token `/metrics` then requires (`Authorization: Bearer
+    /// <token>`); unset = open (the admin port binds loopback by default).
+    pub admin_token_sha256: Option<TokenHash>,
 }
 
 impl Default for TelemetryConfig {
@@ -141,6 +365,7 @@ impl Default for TelemetryConfig {
             traces_sampler: None,
             traces_sampler_arg: None,
             metrics_export_interval: None,
+            admin_token_sha256: None,
         }
     }
 }
@@ -304,6 +529,9 @@ impl TelemetryConfig {
         if self.service_name().is_empty() {
             return Err(invalid("service_name", "must not be empty".into()));
         }
+        if let Some(h) = &self.admin_token_sha256 {
+            h.bytes().map_err(|m| invalid("admin_token_sha256", m))?;
+        }
         Ok(())
     }
 }
@@ -426,6 +654,9 @@ pub struct PolicyConfig {
     pub lock_ttl_max: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub max_wait_max: Option<Duration>,
+    /// Requests per second on the namespace, all principals together (not an engine policy:
+    /// the server enforces it; see [`Config::namespace_rate_limit`]).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl PolicyConfig {
@@ -615,7 +846,47 @@ impl Config {
             }
         }
         self.telemetry.validate()?;
+        if let Some(r) = &self.defaults.rate_limit {
+            r.check("defaults.rate_limit")?;
+        }
+        for (name, p) in &self.namespaces {
+            if let Some(r) = &p.rate_limit {
+                r.check(&format!("namespaces.{name}.rate_limit"))?;
+            }
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
+        }
         Ok(())
+    }
+
+    /// The rate limit of namespace `name`: its own, else `defaults.rate_limit`.
+    pub fn namespace_rate_limit(&self, name: &str) -> Option<RateLimit> {
+        self.namespaces
+            .get(name)
+            .and_then(|p| p.rate_limit)
+            .or(self.defaults.rate_limit)
+    }
+
+    /// Whether gRPC reflection is served on a listener bound to `listen`.
+    pub fn reflection_on(&self, listen: SocketAddr) -> bool {
+        self.reflection.unwrap_or(listen.ip().is_loopback())
+    }
+
+    /// Refuses a listener bound to a non-loopback address without `[auth]`, unless
+    /// `allow_insecure` is set (then the caller warns).
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        if listen.ip().is_loopback() || self.auth.is_some() || self.allow_insecure {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            field: "auth".into(),
+            message: format!(
+                "listen {listen} is not a loopback address and no [auth] is configured: anyone who \
+                 reaches the port could read, overwrite and flush every namespace; configure \
+                 [auth] (docs/security.md), or set allow_insecure = true to serve without it"
+            ),
+        })
     }
 }
 
@@ -761,5 +1032,142 @@ mod tests {
         }
         let c = Config::from_toml("[redis]\nurl = \"redis://x\"\nkey_prefix = \"app1\"\n").unwrap();
         assert_eq!(c.redis.unwrap().key_prefix, "app1");
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn auth_parses_as_agreed() {
+        let c = Config::from_toml(&format!(
+            r#"
+            listen = "0.0.0.0:50051"
+            allow_insecure = false
+            reflection = true
+            [auth]
+            tokens_file = "/etc/tiercache/tokens/tokens"
+            [auth.principals.checkout]
+            token_sha256 = ["{HASH}"]
+            client_cert_names = ["checkout.prod.svc"]
+            rate_limit = {{ per_second = 1000, burst = 2000 }}
+            [auth.principals.checkout.rights]
+            "checkout*" = ["read", "write", "invalidate", "lock"]
+            "shared" = ["read", "admin"]
+            [defaults]
+            rate_limit = {{ per_second = 5000, burst = 10000 }}
+            [namespaces.checkout]
+            rate_limit = {{ per_second = 100, burst = 200 }}
+            [telemetry]
+            admin_listen = "127.0.0.1:9464"
+            admin_token_sha256 = "{HASH}"
+            "#
+        ))
+        .unwrap();
+        let auth = c.auth.as_ref().unwrap();
+        let p = &auth.principals["checkout"];
+        assert_eq!(p.rate_limit.unwrap().burst(), 2000);
+        assert_eq!(p.rights["shared"], ["read", "admin"]);
+        assert_eq!(c.namespace_rate_limit("checkout").unwrap().per_second, 100);
+        assert_eq!(c.namespace_rate_limit("other").unwrap().per_second, 5000);
+        assert_eq!(c.reflection, Some(true));
+        // Hashes never show in Debug output.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(HASH), "{debug}");
+        assert!(debug.contains("redacted"), "{debug}");
+    }
+
+    #[test]
+    fn bad_auth_names_the_field() {
+        let cases = [
+            (
+                "[auth.principals.a]\ntoken_sha256 = [\"abc\"]\n",
+                "auth.principals.a.token_sha256[0]",
+            ),
+            (
+                "[auth.principals.a.rights]\n\"x\" = [\"reed\"]\n",
+                "auth.principals.a.rights.\"x\"",
+            ),
+            (
+                "[auth.principals.a.rights]\n\"X*\" = [\"read\"]\n",
+                "auth.principals.a.rights.\"X*\"",
+            ),
+            (
+                "[auth.principals.a.rights]\n\"a*b\" = [\"read\"]\n",
+                "auth.principals.a.rights.\"a*b\"",
+            ),
+            ("[auth.principals.a]\ntokens = []\n", "tokens"),
+            ("[auth]\ntoken_file = \"x\"\n", "token_file"),
+            ("[auth.principals.\"a b\"]\n", "auth.principals.a b"),
+            (
+                "[auth.principals.a]\nrate_limit = { per_second = 0 }\n",
+                "auth.principals.a.rate_limit",
+            ),
+            (
+                "[defaults]\nrate_limit = { per_second = 0 }\n",
+                "defaults.rate_limit",
+            ),
+            (
+                "[namespaces.n]\nrate_limit = { per_second = 1, burst = 0 }\n",
+                "namespaces.n.rate_limit",
+            ),
+            (
+                "[telemetry]\nadmin_token_sha256 = \"zz\"\n",
+                "telemetry.admin_token_sha256",
+            ),
+        ];
+        for (toml, field) in cases {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert!(e.to_string().contains(field), "{toml}: {e}");
+        }
+        // The same hash for two principals is ambiguous.
+        let e = Config::from_toml(&format!(
+            "[auth.principals.a]\ntoken_sha256 = [\"{HASH}\"]\n[auth.principals.b]\ntoken_sha256 = [\"{HASH}\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("auth.principals.b.token_sha256[0]"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains(HASH), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_auth_or_allow_insecure() {
+        let open: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let c = Config::default();
+        let e = c.check_exposure(open).unwrap_err().to_string();
+        assert!(e.contains("auth") && e.contains("allow_insecure"), "{e}");
+        c.check_exposure(local).unwrap();
+        let c = Config::from_toml("allow_insecure = true\n").unwrap();
+        c.check_exposure(open).unwrap();
+        let c = Config::from_toml("[auth]\n").unwrap();
+        c.check_exposure(open).unwrap();
+        // Reflection follows the listen address unless set.
+        assert!(Config::default().reflection_on(local));
+        assert!(!Config::default().reflection_on(open));
+        assert!(Config::from_toml("reflection = true\n")
+            .unwrap()
+            .reflection_on(open));
+    }
+
+    #[test]
+    fn token_lines_parse_and_errors_hide_the_hash() {
+        let lines = parse_token_lines(
+            "f",
+            &format!("# c\n\napp {HASH} # x\n;ops {}", HASH.to_uppercase()),
+        )
+        .unwrap();
+        assert_eq!(
+            lines,
+            [
+                ("app".to_string(), HASH.to_string()),
+                ("ops".to_string(), HASH.to_string())
+            ]
+        );
+        let e = parse_token_lines("f", &format!("app {HASH} extra")).unwrap_err();
+        assert!(
+            e.to_string().contains("f line 1") && !e.to_string().contains(HASH),
+            "{e}"
+        );
     }
 }

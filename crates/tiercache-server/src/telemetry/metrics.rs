@@ -64,6 +64,7 @@ pub struct Metrics {
     rpc_requests: Counter<u64>,
     redis_duration: Histogram<f64>,
     redis_errors: Counter<u64>,
+    security: crate::auth::SecurityCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,7 +135,24 @@ impl Metrics {
             }
         }
         register_cache_instruments(&meter, cache);
+        let security = crate::auth::SecurityCounters {
+            auth_refusals: meter
+                .u64_counter("tiercache.auth.refusals")
+                .with_description(
+                    "Requests refused by auth, by reason: missing_credential, \
+                     unknown_credential (UNAUTHENTICATED), permission_denied",
+                )
+                .build(),
+            rate_limited: meter
+                .u64_counter("tiercache.rate_limited")
+                .with_description(
+                    "Requests refused by a rate limit (RESOURCE_EXHAUSTED, RATE_LIMITED), by \
+                     tiercache.limit (principal or namespace) and namespace",
+                )
+                .build(),
+        };
         Ok(Metrics {
+            security,
             provider,
             registry,
             rpc_duration,
@@ -147,6 +165,11 @@ impl Metrics {
     /// Returns the tower layer that traces and times every RPC.
     pub fn rpc_layer(&self) -> RpcLayer {
         RpcLayer::new(self.rpc_duration.clone(), self.rpc_requests.clone())
+    }
+
+    /// Returns the counters of auth and rate-limit refusals.
+    pub fn security_counters(&self) -> crate::auth::SecurityCounters {
+        self.security.clone()
     }
 
     /// Returns the observer the engine reports Redis calls to.
