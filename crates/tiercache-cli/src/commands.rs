@@ -13,12 +13,12 @@ use tiercache_client::proto::v1 as pb;
 use tiercache_client::{
     Client, ClientBuilder, Condition, DeleteResult, Entry, Error as ClientError, GetOptions,
     GetOrSetOptions, GetResult, HealthStatus, NamespaceStats, SetOptions, SetResult, StorageMode,
-    WatchEventKind,
+    TlsConfig, WatchEventKind,
 };
 
 use crate::args::{
     ConnArgs, DelArgs, FlushArgs, GetArgs, GetOrSetArgs, HealthArgs, InspectArgs,
-    InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, TokenArgs, WatchArgs,
+    InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, TlsArgs, TokenArgs, WatchArgs,
 };
 use crate::exit::{Exit, Failure};
 use crate::out::{self, outln};
@@ -35,6 +35,9 @@ async fn connect(conn: &ConnArgs) -> Result<Client, Failure> {
     {
         builder = builder.bearer_token(token);
     }
+    if let Some(tls) = tls_config(&conn.tls)? {
+        builder = builder.tls(tls);
+    }
     builder
         .connect_timeout(Some(conn.timeout))
         .request_timeout(Some(conn.timeout))
@@ -42,8 +45,40 @@ async fn connect(conn: &ConnArgs) -> Result<Client, Failure> {
         .pipeline(false)
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {}", conn.addr))
-        .map_err(Failure::server)
+        .map_err(|e| {
+            let bad_config = matches!(e, ClientError::InvalidConfig(_));
+            let e = anyhow::Error::new(e).context(format!("cannot connect to {}", conn.addr));
+            if bad_config {
+                Failure::usage(e)
+            } else {
+                Failure::server(e)
+            }
+        })
+}
+
+/// Reads the TLS files named by the flags; `None` when no TLS flag is set.
+fn tls_config(args: &TlsArgs) -> Result<Option<TlsConfig>, Failure> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .with_context(|| format!("{flag}: cannot read {}", path.display()))
+            .map_err(Failure::usage)
+    };
+    if args.tls_ca.is_none() && args.tls_cert.is_none() && args.tls_server_name.is_none() {
+        return Ok(None);
+    }
+    let ca_certificate_pem = match &args.tls_ca {
+        Some(p) => Some(read("--tls-ca", p)?),
+        None => None,
+    };
+    let client_identity_pem = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((read("--tls-cert", c)?, read("--tls-key", k)?)),
+        _ => None,
+    };
+    Ok(Some(TlsConfig {
+        ca_certificate_pem,
+        client_identity_pem,
+        domain_name: args.tls_server_name.clone(),
+    }))
 }
 
 /// `tiercache get KEY`: exit 0 on a hit, 1 on a miss.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use tiercache_server::config::{ConfigError, OtelEnv, RedisConfig};
+use tiercache_server::config::{ConfigError, OtelEnv, RedisConfig, TlsConfig};
 use tiercache_server::telemetry::{self, JsonWithTraceIds};
 use tiercache_server::{Config, ServerError};
 use tokio::net::TcpListener;
@@ -53,6 +53,7 @@ pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         admin = ?admin_addr,
         otlp = config.telemetry.otlp_endpoint.as_deref().unwrap_or("off"),
         redis = config.redis.is_some(),
+        tls = config.tls.as_ref().map_or("off", |t| if t.client_ca_file.is_some() { "mtls" } else { "on" }),
         namespaces = config.namespaces.len(),
         "listening"
     );
@@ -110,6 +111,13 @@ pub fn build_config(args: &ServeArgs, env: &OtelEnv) -> Result<Config, ConfigErr
     }
     if let Some(admin) = args.admin_listen {
         config.telemetry.admin_listen = admin;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        // Keep the file's client CA and reload interval; only the two paths change.
+        match &mut config.tls {
+            Some(tls) => (tls.cert_file, tls.key_file) = (cert.clone(), key.clone()),
+            None => config.tls = Some(TlsConfig::new(cert, key)),
+        }
     }
     config.telemetry = config.telemetry.with_env(env)?;
     config.validate()?;
@@ -200,8 +208,38 @@ mod tests {
             listen: None,
             redis_url: None,
             admin_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             log_format: LogFormat::Text,
         }
+    }
+
+    #[test]
+    fn tls_flags_set_or_override_the_files() {
+        let flags = ServeArgs {
+            tls_cert_file: Some("/f/tls.crt".into()),
+            tls_key_file: Some("/f/tls.key".into()),
+            ..args()
+        };
+        let c = build_config(&flags, &OtelEnv::default()).unwrap();
+        assert_eq!(c.tls, Some(TlsConfig::new("/f/tls.crt", "/f/tls.key")));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            b"[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nclient_ca_file = \"ca\"\n",
+        )
+        .unwrap();
+        let c = build_config(
+            &ServeArgs {
+                config: Some(file.path().to_path_buf()),
+                ..flags
+            },
+            &OtelEnv::default(),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, std::path::Path::new("/f/tls.crt"));
+        assert_eq!(tls.client_ca_file, Some("ca".into()));
     }
 
     #[test]

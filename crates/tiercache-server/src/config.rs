@@ -46,6 +46,8 @@ pub struct Config {
     /// Bearer tokens and client certificates mapped to principals with rights per namespace
     /// pattern. Present = auth on; absent = every caller has every right.
     pub auth: Option<AuthConfig>,
+    /// TLS on the gRPC port; `None` serves plain HTTP/2.
+    pub tls: Option<TlsConfig>,
 }
 
 /// A SHA-256 hash of a token, 64 hex digits. Its `Debug` never shows it.
@@ -273,8 +275,44 @@ impl Default for Config {
             allow_insecure: false,
             reflection: None,
             auth: None,
+            tls: None,
         }
     }
+}
+
+/// TLS on the gRPC port (rustls). The files are read at start (a bad one stops the server,
+/// naming the field) and checked every `reload_interval`: a changed, valid set is served to new
+/// connections while open ones keep theirs; a set that fails to load keeps the old one serving.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates; set = mutual TLS: every client must present a certificate one of
+    /// them signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    #[serde(with = "humantime_serde", default = "default_tls_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// Returns a config for these files with the default reload interval and no client CA.
+    pub fn new(cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        Self {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            client_ca_file: None,
+            reload_interval: default_tls_reload_interval(),
+        }
+    }
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Where and how to reach Redis.
@@ -845,6 +883,16 @@ impl Config {
                 return Err(invalid("redis.key_prefix".into(), why));
             }
         }
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.reload_interval.is_zero())
+        {
+            return Err(invalid(
+                "tls.reload_interval".into(),
+                "must be more than 0s".into(),
+            ));
+        }
         self.telemetry.validate()?;
         if let Some(r) = &self.defaults.rate_limit {
             r.check("defaults.rate_limit")?;
@@ -932,6 +980,28 @@ mod tests {
             c.redis.unwrap().response_timeout,
             Duration::from_millis(250)
         );
+    }
+
+    #[test]
+    fn tls_section_parses_with_defaults() {
+        let c = Config::from_toml("[tls]\ncert_file = \"/t/tls.crt\"\nkey_file = \"/t/tls.key\"\n")
+            .unwrap();
+        assert_eq!(c.tls, Some(TlsConfig::new("/t/tls.crt", "/t/tls.key")));
+        assert_eq!(c.tls.unwrap().reload_interval, Duration::from_secs(10));
+        let c = Config::from_toml(
+            "[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nclient_ca_file = \"c\"\nreload_interval = \"250ms\"\n",
+        )
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.client_ca_file, Some(PathBuf::from("c")));
+        assert_eq!(t.reload_interval, Duration::from_millis(250));
+        let e = Config::from_toml(
+            "[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nreload_interval = \"0s\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tls.reload_interval"), "{e}");
+        let e = Config::from_toml("[tls]\ncert_file = \"a\"\nkey_fil = \"b\"\n").unwrap_err();
+        assert!(e.to_string().contains("key_fil"), "{e}");
     }
 
     #[test]

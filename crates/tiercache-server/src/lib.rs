@@ -15,6 +15,8 @@
 //! - [`convert`]: every mapping between engine and wire types (entries, outcomes, leases, locks,
 //!   policies, stats, inspect, watch events); durations via `tiercache_proto::duration`.
 //! - [`error`]: the one mapping from errors to gRPC statuses with `google.rpc` details.
+//! - [`tls`]: TLS and mutual TLS on the gRPC port (certificate files reloaded on change);
+//!   [`identity`]: the [`identity::PeerIdentity`] it hands to every request.
 //! - [`codec`]: the codec of every service (prost, with malformed requests answered
 //!   `INVALID_ARGUMENT` naming the field); [`services`]: the service traits generated with it.
 //! - [`telemetry`]: [`telemetry::otel`] (providers and exporters, what the CLI installs for
@@ -38,6 +40,7 @@ pub mod lock;
 pub mod pipeline;
 pub mod request;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 /// The server side of the v1 services, generated with [`codec::ServerCodec`] over the message
@@ -191,8 +194,16 @@ pub async fn run_with_admin(
         })?),
         None => None,
     };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::TlsAcceptor::load)
+        .transpose()?;
     let cache = build_cache(&config).await?;
     let metrics = Arc::new(telemetry::Metrics::start(&config.telemetry, &cache)?);
+    if let Some(tls) = &tls {
+        metrics.observe_tls(tls.stats());
+    }
     cache.observe_redis(metrics.redis_observer());
     let namespaces: Vec<Arc<str>> = cache.namespaces().iter().map(|n| n.name.clone()).collect();
     let guard = Arc::new(
@@ -210,7 +221,7 @@ pub async fn run_with_admin(
     metrics.observe_streams(streams.clone());
     let reflection = config.reflection_on(bound);
     let served = serve_grpc(
-        listener, &config, cache, &metrics, streams, guard, reflection, shutdown,
+        listener, tls, &config, cache, &metrics, streams, guard, reflection, shutdown,
     )
     .await;
     let _ = admin_stop_tx.send(());
@@ -230,6 +241,7 @@ pub async fn run_with_admin(
 #[allow(clippy::too_many_arguments)]
 async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<Arc<tls::TlsAcceptor>>,
     config: &Config,
     cache: Cache,
     metrics: &telemetry::Metrics,
@@ -304,7 +316,7 @@ async fn serve_grpc(
         .with_keepalive(keepalive);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(config.server.http2_max_concurrent_streams)
         .http2_keepalive_interval(config::nonzero(config.server.http2_keepalive_interval))
         .http2_keepalive_timeout(config::nonzero(config.server.http2_keepalive_timeout))
@@ -338,10 +350,26 @@ async fn serve_grpc(
             AdminServiceServer::new(admin_api)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        );
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    // With TLS, a task accepts and hands over finished handshakes; it stops with this function.
+    type Serve =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let (server, _accept_task): (Serve, _) = match tls {
+        None => (
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+            AbortOnDrop(None),
+        ),
+        Some(tls) => {
+            let (incoming, task) = tls.incoming(incoming);
+            (
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+                AbortOnDrop(Some(task)),
+            )
+        }
+    };
     tokio::pin!(server);
     tokio::pin!(shutdown);
     tokio::select! {

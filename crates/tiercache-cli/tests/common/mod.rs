@@ -24,6 +24,12 @@ pub fn tiercache() -> Command {
         "TIERCACHE_ADMIN_LISTEN",
         "TIERCACHE_TOKEN",
         "TIERCACHE_AUTH_TOKENS",
+        "TIERCACHE_TLS_CA",
+        "TIERCACHE_TLS_CERT",
+        "TIERCACHE_TLS_KEY",
+        "TIERCACHE_TLS_SERVER_NAME",
+        "TIERCACHE_TLS_CERT_FILE",
+        "TIERCACHE_TLS_KEY_FILE",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         cmd.env_remove(var);

@@ -464,3 +464,32 @@ impl Metrics {
             .build();
     }
 }
+
+impl Metrics {
+    /// Reports the TLS listener's handshake and reload failures (at 0 from the start) and the
+    /// serving certificate's expiry.
+    pub fn observe_tls(&self, stats: Arc<crate::tls::TlsStats>) {
+        let meter = self.provider.meter(SCOPE);
+        let s = stats.clone();
+        meter
+            .u64_observable_counter("tiercache.tls.handshake.failures")
+            .with_description("TLS handshakes on the gRPC port that failed or timed out")
+            .with_callback(move |o| o.observe(s.handshake_failures.load(Ordering::Relaxed), &[]))
+            .build();
+        let s = stats.clone();
+        meter
+            .u64_observable_counter("tiercache.tls.reload.failures")
+            .with_description(
+                "Changed TLS certificate files that did not load; the previous certificate \
+                 keeps serving",
+            )
+            .with_callback(move |o| o.observe(s.reload_failures.load(Ordering::Relaxed), &[]))
+            .build();
+        meter
+            .i64_observable_gauge("tiercache.tls.cert.expiry_timestamp")
+            .with_description("The notAfter of the serving TLS certificate, in Unix seconds")
+            .with_unit("s")
+            .with_callback(move |o| o.observe(stats.cert_not_after.load(Ordering::Relaxed), &[]))
+            .build();
+    }
+}
