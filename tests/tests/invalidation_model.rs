@@ -442,6 +442,7 @@ fn invalidation_matches_the_model_redis() {
                 connect_timeout: Duration::from_secs(2),
                 response_timeout: Duration::from_secs(2),
                 key_prefix: "tc".into(),
+                ..RedisOptions::default()
             },
         ))
         .expect("two-tier cache starts")

@@ -75,6 +75,7 @@ async fn l1_across_many_namespaces_stays_within_the_shared_budget_two_tier() {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             key_prefix: "tc".into(),
+            ..RedisOptions::default()
         },
     )
     .await

@@ -17,12 +17,19 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 use crate::args::{LogFormat, ServeArgs};
 use crate::exit::{Exit, Failure};
 
+/// The Redis password, when the config file sets neither `redis.password` nor
+/// `redis.password_file` (a Kubernetes Secret as an environment variable).
+pub const REDIS_PASSWORD_ENV: &str = "TIERCACHE_REDIS_PASSWORD";
+
 /// Runs the server until SIGTERM or SIGINT, then returns after the graceful shutdown.
 pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let env = OtelEnv::from_lookup(|k| std::env::var(k).ok());
     let mut config = build_config(&args, &env).map_err(Failure::usage)?;
     add_auth_tokens(&mut config, std::env::var(AUTH_TOKENS_ENV).ok().as_deref())
         .map_err(Failure::usage)?;
+    config.redis = config
+        .redis
+        .map(|r| r.with_password_env(std::env::var(REDIS_PASSWORD_ENV).ok()));
     let tracer = telemetry::tracer_provider(&config.telemetry)
         .context("cannot start tracing")
         .map_err(Failure::usage)?;

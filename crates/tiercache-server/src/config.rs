@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tiercache_core::policy::{is_valid_namespace, NamespacePolicy};
+use tiercache_core::store::redis::redact_url;
+use tiercache_core::{RedisOptions, RedisTls, Secret};
 
 /// The whole server configuration. `Config::default()` is the embedded memory-only server on
 /// `127.0.0.1:50051` with namespace `default` and dynamic namespaces on.
@@ -316,10 +318,12 @@ fn default_tls_reload_interval() -> Duration {
 }
 
 /// Where and how to reach Redis.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Debug` shows no password: not `password`, nor one in the URL.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…`.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
     pub url: String,
     /// Timeout for establishing a connection.
     #[serde(with = "humantime_serde", default = "default_connect_timeout")]
@@ -331,6 +335,43 @@ pub struct RedisConfig {
     /// one Redis (channel names also carry the database number, since pub/sub ignores it).
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// The Redis ACL user (else the URL's, else `default`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password. Prefer `password_file` or `TIERCACHE_REDIS_PASSWORD` (read by
+    /// `tiercache serve` when neither is set here) to keep it out of the config file.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the password (one line; a trailing newline is ignored), read at start.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates that sign the Redis server's certificate (`rediss://` only); without
+    /// it the system roots are trusted.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for a Redis with `tls-auth-clients yes` (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -341,8 +382,159 @@ impl RedisConfig {
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
             key_prefix: default_key_prefix(),
+            username: None,
+            password: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
+
+    /// Fills the password from `TIERCACHE_REDIS_PASSWORD` (`env`, read by the CLI) when the file
+    /// sets neither `password` nor `password_file`; the file wins otherwise.
+    pub fn with_password_env(mut self, env: Option<String>) -> Self {
+        if self.password.is_none() && self.password_file.is_none() {
+            if let Some(password) = env.filter(|p| !p.is_empty()) {
+                self.password = Some(Secret::new(password));
+            }
+        }
+        self
+    }
+
+    /// Returns the store's connection options, reading the password and certificate files; a
+    /// file that cannot be read is an error naming its field.
+    pub fn options(&self) -> Result<RedisOptions, ConfigError> {
+        let password = match (&self.password, &self.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = read_file("redis.password_file", path)?;
+                let text = String::from_utf8(text).map_err(|_| {
+                    invalid_field(
+                        "redis.password_file".into(),
+                        format!("{} is not UTF-8 text", path.display()),
+                    )
+                })?;
+                let password = text.trim_end_matches(['\n', '\r']);
+                if password.is_empty() {
+                    return Err(invalid_field(
+                        "redis.password_file".into(),
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(Secret::new(password))
+            }
+            (None, None) => None,
+        };
+        // Without a password redis-rs sends no AUTH: the connection would silently be the
+        // `default` user's.
+        if self.username.is_some() && password.is_none() && !url_has_password(&self.url) {
+            return Err(invalid_field(
+                "redis.password".into(),
+                "redis.username is set but no password: set redis.password, \
+                 redis.password_file or TIERCACHE_REDIS_PASSWORD"
+                    .into(),
+            ));
+        }
+        let ca_pem = self
+            .tls_ca_file
+            .as_ref()
+            .map(|p| read_file("redis.tls_ca_file", p))
+            .transpose()?;
+        let client = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let cert = read_file("redis.tls_cert_file", cert)?;
+                let key = read_file("redis.tls_key_file", key)?;
+                let key = String::from_utf8(key).map_err(|_| {
+                    invalid_field("redis.tls_key_file".into(), "is not PEM text".into())
+                })?;
+                Some((cert, Secret::new(key)))
+            }
+            _ => None,
+        };
+        Ok(RedisOptions {
+            url: self.url.clone(),
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            key_prefix: self.key_prefix.clone(),
+            username: self.username.clone(),
+            password,
+            tls: RedisTls { ca_pem, client },
+        })
+    }
+
+    /// Checks the fields against each other (files are read later, by [`RedisConfig::options`]).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.url;
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            return Err(invalid_field(
+                "redis.url".into(),
+                "must start with redis://, rediss:// or unix://".into(),
+            ));
+        }
+        if let Err(why) = tiercache_core::keys::validate_key_prefix(&self.key_prefix) {
+            return Err(invalid_field("redis.key_prefix".into(), why));
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(invalid_field(
+                "redis.password_file".into(),
+                "set redis.password or redis.password_file, not both".into(),
+            ));
+        }
+        if (self.password.is_some() || self.password_file.is_some()) && url_has_password(url) {
+            return Err(invalid_field(
+                "redis.password".into(),
+                "redis.url carries a password too; keep one of them".into(),
+            ));
+        }
+        let tls_files = [
+            ("redis.tls_ca_file", &self.tls_ca_file),
+            ("redis.tls_cert_file", &self.tls_cert_file),
+            ("redis.tls_key_file", &self.tls_key_file),
+        ];
+        for (field, file) in tls_files {
+            if file.is_some() && !url.starts_with("rediss://") {
+                return Err(invalid_field(
+                    field.into(),
+                    "needs a rediss:// redis.url (TLS)".into(),
+                ));
+            }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => Err(invalid_field(
+                "redis.tls_key_file".into(),
+                "must be set with redis.tls_cert_file".into(),
+            )),
+            (None, Some(_)) => Err(invalid_field(
+                "redis.tls_cert_file".into(),
+                "must be set with redis.tls_key_file".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether a URL's userinfo holds a password (`scheme://user:password@…`).
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// Reads a file a config field names; an error names the field.
+fn read_file(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| invalid_field(field.into(), format!("cannot read {}: {e}", path.display())))
+}
+
+/// A [`ConfigError::Invalid`] naming `field`.
+fn invalid_field(field: String, message: String) -> ConfigError {
+    ConfigError::Invalid { field, message }
 }
 
 fn default_key_prefix() -> String {
@@ -870,18 +1062,7 @@ impl Config {
             ));
         }
         if let Some(redis) = &self.redis {
-            if !(redis.url.starts_with("redis://")
-                || redis.url.starts_with("rediss://")
-                || redis.url.starts_with("unix://"))
-            {
-                return Err(invalid(
-                    "redis.url".into(),
-                    "must start with redis://, rediss:// or unix://".into(),
-                ));
-            }
-            if let Err(why) = tiercache_core::keys::validate_key_prefix(&redis.key_prefix) {
-                return Err(invalid("redis.key_prefix".into(), why));
-            }
+            redis.validate()?;
         }
         if self
             .tls
@@ -1238,6 +1419,70 @@ mod tests {
         assert!(
             e.to_string().contains("f line 1") && !e.to_string().contains(HASH),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn redis_credentials_and_tls_settings_are_checked_together() {
+        let err = |toml: &str| Config::from_toml(toml).unwrap_err().to_string();
+        let e = err("[redis]\nurl = \"redis://x\"\npassword = \"a\"\npassword_file = \"/p\"\n");
+        assert!(e.contains("redis.password_file"), "{e}");
+        let e = err("[redis]\nurl = \"redis://u:pw@x\"\npassword = \"a\"\n");
+        assert!(e.contains("redis.password") && !e.contains("pw@"), "{e}");
+        let e = err("[redis]\nurl = \"redis://x\"\ntls_ca_file = \"/ca\"\n");
+        assert!(
+            e.contains("redis.tls_ca_file") && e.contains("rediss://"),
+            "{e}"
+        );
+        let e = err("[redis]\nurl = \"rediss://x\"\ntls_cert_file = \"/c\"\n");
+        assert!(e.contains("redis.tls_key_file"), "{e}");
+        let e = err("[redis]\nurl = \"rediss://x\"\ntls_key_file = \"/k\"\n");
+        assert!(e.contains("redis.tls_cert_file"), "{e}");
+        let c = Config::from_toml(
+            "[redis]\nurl = \"rediss://x:6380/0\"\nusername = \"tiercache\"\n\
+             password_file = \"/p\"\ntls_ca_file = \"/ca\"\ntls_cert_file = \"/c\"\n\
+             tls_key_file = \"/k\"\n",
+        )
+        .unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!(r.username.as_deref(), Some("tiercache"));
+        assert_eq!(r.password_file.as_deref(), Some(Path::new("/p")));
+    }
+
+    #[test]
+    fn the_password_environment_variable_fills_only_an_unset_password() {
+        let env = Some("from-env".to_string());
+        let r = RedisConfig::new("redis://x").with_password_env(env.clone());
+        assert_eq!(r.password.as_ref().map(Secret::expose), Some("from-env"));
+        let r = RedisConfig {
+            password: Some(Secret::new("from-file")),
+            ..RedisConfig::new("redis://x")
+        }
+        .with_password_env(env.clone());
+        assert_eq!(r.password.as_ref().map(Secret::expose), Some("from-file"));
+        let r = RedisConfig {
+            password_file: Some("/p".into()),
+            ..RedisConfig::new("redis://x")
+        }
+        .with_password_env(env);
+        assert!(r.password.is_none());
+    }
+
+    #[test]
+    fn redis_debug_shows_no_password() {
+        let c =
+            Config::from_toml("[redis]\nurl = \"redis://app:url-pw@x:6379/0\"\n[namespaces.a]\n")
+                .unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("url-pw") && debug.contains("redis://app:***@x:6379/0"),
+            "{debug}"
+        );
+        let c = Config::from_toml("[redis]\nurl = \"redis://x\"\npassword = \"cfg-pw\"\n").unwrap();
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("cfg-pw") && debug.contains("***"),
+            "{debug}"
         );
     }
 }

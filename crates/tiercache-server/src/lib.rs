@@ -57,7 +57,7 @@ pub use config::Config;
 use services::admin_service_server::AdminServiceServer;
 use services::cache_service_server::CacheServiceServer;
 use services::lock_service_server::LockServiceServer;
-use tiercache_core::{Cache, CacheConfig, RedisOptions};
+use tiercache_core::{Cache, CacheConfig};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
@@ -106,16 +106,7 @@ pub async fn build_cache(config: &Config) -> Result<Cache, ServerError> {
     Ok(match &config.redis {
         None => Cache::memory(cache_config),
         Some(r) => {
-            let cache = Cache::two_tier(
-                cache_config,
-                RedisOptions {
-                    url: r.url.clone(),
-                    connect_timeout: r.connect_timeout,
-                    response_timeout: r.response_timeout,
-                    key_prefix: r.key_prefix.clone(),
-                },
-            )
-            .await?;
+            let cache = Cache::two_tier(cache_config, r.options()?).await?;
             warn_on_eviction_policy(&cache).await;
             cache
         }

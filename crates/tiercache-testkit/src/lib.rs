@@ -43,7 +43,7 @@ pub mod wait;
 pub use crate::fleet::{Fleet, FleetBuilder};
 pub use crate::otlp::OtlpReceiver;
 pub use crate::proxy::Proxy;
-pub use crate::redis::RedisServer;
+pub use crate::redis::{AclUser, RedisSecurity, RedisServer, RedisTlsFiles, TlsClientAuth};
 pub use crate::server::{redis_config, TestServer};
 pub use crate::tls::{CertPair, TestCa, TestPki, Validity};
 pub use crate::wait::{wait_for, WaitTimeout};

@@ -20,6 +20,7 @@ pub fn tiercache() -> Command {
         "TIERCACHE_CONFIG",
         "TIERCACHE_LISTEN",
         "TIERCACHE_REDIS_URL",
+        "TIERCACHE_REDIS_PASSWORD",
         "TIERCACHE_ADDR",
         "TIERCACHE_ADMIN_LISTEN",
         "TIERCACHE_TOKEN",
