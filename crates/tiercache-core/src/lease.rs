@@ -281,7 +281,17 @@ impl Cache {
         match self.usable_store() {
             Ok(store) => match store.lease_info(ns, key).await {
                 Ok(Some(_)) => Ok(Acquired::Held),
-                Ok(None) => Err(CoreError::LeaseRefused),
+                // A fill may have landed between the caller's lookup and this look (it writes
+                // the entry and removes the lease at once): look at the entry again before
+                // refusing, as the acquire script does for a caller that may lease.
+                Ok(None) => match self
+                    .lookup_many(ns, &[key], ReadOptions { fresh_only: true }, false, None)
+                    .await?
+                    .pop()
+                {
+                    Some(Lookup::Hit(_)) => Ok(Acquired::FreshExists),
+                    _ => Err(CoreError::LeaseRefused),
+                },
                 Err(e) if e.is_unreachable() => {
                     self.trip(&e);
                     Ok(Acquired::Degraded)
