@@ -17,6 +17,8 @@
 #   make image   the OCI image from the stripped release binary, no Docker (dist/image, docs/deploy.md)
 #   make deploy-check   the image run with runc, the Helm chart's checks and the kubelet check
 #   make alerts  the Prometheus alerting rules: promtool check rules and their unit tests
+#   make fuzz    every cargo-fuzz target of fuzz/ for FUZZ_SECONDS (default 60) each (nightly;
+#                installs cargo-fuzz when missing); not part of `make test`
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -44,7 +46,7 @@ step = @start=$$(date +%s); echo "==> make $(1)"; \
 	$(MAKE) --no-print-directory $(1); \
 	echo "<== make $(1) ok ($$(( $$(date +%s) - start ))s)"
 
-.PHONY: serve test setup alerts lint fmt fmt-check clippy buf-lint buf-breaking api-release nextest deny bench image deploy-check faults soak
+.PHONY: serve test setup alerts fuzz lint fmt fmt-check clippy buf-lint buf-breaking api-release nextest deny bench image deploy-check faults soak
 
 serve:
 	cargo run -p tiercache-cli --release -- serve
@@ -82,6 +84,13 @@ soak:
 	cargo build --release -p tiercache-cli $(LOCKED)
 	cargo run --release -p tiercache-e2e $(LOCKED) --example soak -- \
 		--minutes $(SOAK_MINUTES) --binary $(CARGO_TARGET_DIR)/release/tiercache --out $(SOAK_OUT) $(SOAK_ARGS)
+
+# The fuzz targets (fuzz/, docs/testing.md "Fuzzing"), each for FUZZ_SECONDS, then a table of
+# executions, coverage and crashes. CI does not fuzz; it replays the committed corpus on stable
+# (tests/tests/fuzz_corpus.rs).
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
 lint: fmt-check clippy buf-lint buf-breaking
 

@@ -37,9 +37,15 @@ def free_port() -> int:
 # --- the chart -----------------------------------------------------------------------------------
 
 
+# The one value the chart makes you choose: it refuses to render without auth (docs/deploy.md,
+# "Security"). The "default" value set is the defaults plus that choice, made the insecure way.
+INSECURE = {"auth": {"allowInsecure": True}}
+
+
 def value_sets() -> dict[str, dict]:
-    """The chart's value sets: the defaults and every helm/tiercache/ci/*-values.yaml."""
-    sets = {"default": {}}
+    """The chart's value sets: the defaults (with auth.allowInsecure, the one required choice)
+    and every helm/tiercache/ci/*-values.yaml."""
+    sets = {"default": INSECURE}
     for path in sorted((CHART / "ci").glob("*-values.yaml")):
         sets[path.name.removesuffix("-values.yaml")] = yaml.safe_load(path.read_text()) or {}
     return sets
@@ -68,11 +74,36 @@ def find(docs: list[dict], kind: str, name: str | None = None) -> dict:
 # --- gRPC health, as the kubelet probes it -------------------------------------------------------
 
 
-def grpc_probe(port: int, service: str, timeout: float) -> str:
+@dataclass
+class TlsClient:
+    """What a test client needs to reach a TLS pod: the CA, the name on the server certificate,
+    and (mTLS) a client certificate and key, all PEM."""
+
+    ca: str
+    server_name: str
+    cert: str | None = None
+    key: str | None = None
+
+    def channel(self, port: int) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca.encode(),
+            private_key=self.key.encode() if self.key else None,
+            certificate_chain=self.cert.encode() if self.cert else None,
+        )
+        return grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                                   options=[("grpc.ssl_target_name_override", self.server_name)])
+
+
+def channel(port: int, tls: TlsClient | None = None) -> grpc.Channel:
+    return tls.channel(port) if tls else grpc.insecure_channel(f"127.0.0.1:{port}")
+
+
+def grpc_probe(port: int, service: str, timeout: float, tls: TlsClient | None = None) -> str:
     """One kubelet gRPC probe: a new connection, one Health/Check. Returns the status name, or
-    the error (the kubelet counts both a non-SERVING answer and an error as a failure)."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    the error (the kubelet counts both a non-SERVING answer and an error as a failure). With
+    `tls`, the same check over TLS (what the exec probes of a TLS pod run)."""
+    with channel(port, tls) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as e:
@@ -80,24 +111,68 @@ def grpc_probe(port: int, service: str, timeout: float) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def run_probe(name: str, probe: dict, until_success: bool = True) -> float:
+def exec_probe(container: Container, command: list[str], timeout: float) -> str:
+    """One kubelet exec probe: the command in the container; exit 0 is a success."""
+    try:
+        r = container.exec(*command, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "error:timeout"
+    return "SERVING" if r.returncode == 0 else f"exit {r.returncode}: {r.stdout.strip()} {r.stderr.strip()}"
+
+
+def run_probe(name: str, probe: dict, container: Container | None = None) -> float:
     """Runs a rendered probe (startupProbe and friends) the kubelet's way: every periodSeconds,
-    succeeding at the first SERVING, failing after failureThreshold failures. Returns seconds."""
-    port = probe["grpc"]["port"]
-    service = probe["grpc"].get("service", "")
+    succeeding at the first SERVING (a gRPC probe) or exit 0 (an exec probe, run in `container`),
+    failing after failureThreshold failures. Returns seconds."""
     period = probe.get("periodSeconds", 10)
     timeout = probe.get("timeoutSeconds", 1)
     threshold = probe.get("failureThreshold", 3)
+    if "exec" in probe:
+        assert container is not None, f"{name} is an exec probe: pass the container"
+        where = " ".join(probe["exec"]["command"])
+
+        def once() -> str:
+            return exec_probe(container, probe["exec"]["command"], timeout)
+    else:
+        port = probe["grpc"]["port"]
+        service = probe["grpc"].get("service", "")
+        where = f"{port}/{service!r}"
+
+        def once() -> str:
+            return grpc_probe(port, service, timeout)
     start = time.monotonic()
     failures, last = 0, ""
     while True:
-        last = grpc_probe(port, service, timeout)
+        last = once()
         if last == "SERVING":
             return time.monotonic() - start
         failures += 1
         if failures >= threshold:
-            raise AssertionError(f"{name} failed {failures} times on {port}/{service!r}: {last}")
+            log = f"\n{container.output()[-3000:]}" if container is not None else ""
+            raise AssertionError(f"{name} failed {failures} times on {where}: {last}{log}")
         time.sleep(period)
+
+
+def make_certs(folder: Path, names: list[str]) -> dict[str, str]:
+    """A CA and a certificate it signed for `names` (DNS names, and 127.0.0.1), made with the
+    openssl CLI: {"ca.crt", "tls.crt", "tls.key"} as PEM text, like a cert-manager Secret. The
+    certificate has no extended key usage, so it serves and (for the probes under mTLS) is a
+    client certificate too, like cert-manager's default usages."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tiercache test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    sans = ",".join([f"DNS:{n}" for n in names] + ["IP:127.0.0.1"])
+    (folder / "ext.cnf").write_text(f"subjectAltName={sans}\nbasicConstraints=CA:FALSE\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "tls.key",
+            "-out", "tls.csr", "-subj", f"/CN={names[0]}")
+    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "tls.crt", "-days", "2", "-extfile", "ext.cnf")
+    return {name: (folder / name).read_text() for name in ("ca.crt", "tls.crt", "tls.key")}
 
 
 # --- the image, run with runc --------------------------------------------------------------------
@@ -186,10 +261,11 @@ class Container:
             stderr=subprocess.STDOUT,
         )
 
-    def exec(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    def exec(self, *args: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Runs a command in the container as its user (like a kubelet exec hook)."""
+        extra = [f"--env={k}={v}" for k, v in (env or {}).items()]
         return subprocess.run(
-            ["runc", "exec", "--user", "65532:65532", "--no-new-privs", self.id, *args],
+            ["runc", "exec", "--user", "65532:65532", "--no-new-privs", *extra, self.id, *args],
             capture_output=True,
             text=True,
             timeout=timeout,

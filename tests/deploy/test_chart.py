@@ -17,7 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness import CHART, ROOT, find, render, value_sets
+import harness
+from harness import CHART, INSECURE, ROOT, find, value_sets
 
 SETS = value_sets()
 SCHEMA = CHART / "values.schema.json"
@@ -31,6 +32,15 @@ def bundled_versions() -> list[str]:
 
 
 KUBE_VERSIONS = ["1.27.0", bundled_versions()[-1]]
+
+
+def render(values: dict | None = None) -> list[dict]:
+    """Renders the chart; values that say nothing of auth get auth.allowInsecure, the one choice
+    the chart requires (test_refuses_to_render_without_auth shows the refusal)."""
+    values = values or {}
+    if "auth" not in values:
+        values = {**INSECURE, **values}
+    return harness.render(values)
 
 
 def test_value_sets_cover_the_issue():
@@ -305,14 +315,18 @@ def test_dashboard_and_alerts_count_with_the_zero_series_counters():
 def test_secrets_stay_out_of_the_configmap():
     docs = render(SETS["secured"])
     secret = find(docs, "Secret")
-    url = secret["stringData"]["redis-url"]
-    assert "@" in url and url.startswith("redis://")
-    toml = find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"]
     password = SETS["secured"]["redis"]["password"]
+    # The password alone is in the chart's Secret; the URL carries no credentials any more.
+    assert secret["stringData"] == {"redis-password": password}
+    toml = find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"]
     assert password not in toml
+    config = tomllib.loads(toml)
+    assert config["redis"]["url"] == "redis://redis.cache-infra.svc:6379"
+    assert config["redis"]["username"] == "tiercache"
     env = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "TIERCACHE_REDIS_URL",
-            "valueFrom": {"secretKeyRef": {"name": "rel-tiercache", "key": "redis-url"}}} in env
+    assert {"name": "TIERCACHE_REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "rel-tiercache", "key": "redis-password"}}} in env
+    assert not [e for e in env if e["name"] == "TIERCACHE_REDIS_URL" or password in json.dumps(e.get("value"))]
 
 
 def test_existing_secret():
@@ -322,6 +336,157 @@ def test_existing_secret():
     env = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
     ref = next(e for e in env if e["name"] == "TIERCACHE_REDIS_URL")["valueFrom"]["secretKeyRef"]
     assert ref == {"name": SETS["external-redis"]["redis"]["existingSecret"], "key": "url"}
+
+
+
+# --- security: auth, TLS, Redis TLS and password (docs/deploy.md, "Security") ---------------------
+
+
+def pod_of(docs: list[dict]) -> tuple[dict, dict]:
+    pod = find(docs, "Deployment", "rel-tiercache")["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def mounted_files(pod: dict, container: dict) -> dict[str, tuple[str, str]]:
+    """Every file a Secret volume puts in the container: path -> (Secret name, key)."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = {}
+    for m in container["volumeMounts"]:
+        secret = volumes[m["name"]].get("secret")
+        if secret:
+            for item in secret["items"]:
+                files[f"{m['mountPath']}/{item['path']}"] = (secret["secretName"], item["key"])
+    return files
+
+
+def test_refuses_to_render_without_auth():
+    # The server refuses a non-loopback listen without [auth]; the chart says so before install.
+    with pytest.raises(Exception) as e:
+        harness.render({})
+    message = str(e.value)
+    assert "auth.principals" in message and "auth.allowInsecure: true" in message, message
+
+
+def test_allow_insecure_is_said_in_the_config():
+    _, config = rendered_toml(INSECURE)
+    assert config["allow_insecure"] is True and "auth" not in config
+    # With principals, allowInsecure is not needed and not written.
+    _, config = rendered_toml(SETS["secured"])
+    assert "allow_insecure" not in config
+    assert "reflection" not in config
+    _, config = rendered_toml({**SETS["secured"], "auth": {**SETS["secured"]["auth"], "reflection": True}})
+    assert config["reflection"] is True
+
+
+def test_auth_principals_and_tokens_file():
+    docs = render(SETS["secured"])
+    config = tomllib.loads(find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"])
+    assert config["auth"]["principals"] == {
+        "checkout": {
+            "rate_limit": {"per_second": 1000, "burst": 2000},
+            "rights": {"checkout*": ["read", "write", "invalidate", "lock"], "default": ["read", "write"]},
+        },
+        "ops": {"client_cert_names": ["ops.cache.svc"], "rights": {"*": ["read", "admin"]}},
+    }
+    # tokens_file is the mounted key of auth.tokensSecret.
+    pod, c = pod_of(docs)
+    files = mounted_files(pod, c)
+    assert files[config["auth"]["tokens_file"]] == ("tiercache-tokens", "tokens")
+    # Token hashes written in the values land in the principal.
+    _, config = rendered_toml(SETS["external-redis"])
+    (hashes,) = [p["token_sha256"] for p in config["auth"]["principals"].values()]
+    assert hashes == ["2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]
+    assert "tokens_file" not in config["auth"]
+
+
+def test_secret_volumes_are_apart_from_the_config_and_private():
+    pod, c = pod_of(render(SETS["secured"]))
+    paths = [m["mountPath"] for m in c["volumeMounts"]]
+    # Never nested inside the ConfigMap's /etc/tiercache (a read-only volume).
+    assert all(p == "/etc/tiercache" or not p.startswith("/etc/tiercache/") for p in paths), paths
+    for v in pod["volumes"]:
+        if "secret" in v:
+            assert v["secret"]["defaultMode"] == 0o440, v
+
+
+def test_tls_files_and_exec_probes():
+    docs = render(SETS["secured"])
+    config = tomllib.loads(find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"])
+    pod, c = pod_of(docs)
+    files = mounted_files(pod, c)
+    tls = config["tls"]
+    assert files[tls["cert_file"]] == ("tiercache-tls", "tls.crt")
+    assert files[tls["key_file"]] == ("tiercache-tls", "tls.key")
+    assert files[tls["client_ca_file"]] == ("tiercache-tls", "ca.crt")
+    assert tls["reload_interval"] == "10s"
+    # The kubelet's gRPC probe cannot speak TLS: every probe is `tiercache health` over TLS to
+    # the pod's own port, checking the certificate and (mTLS) presenting the pod's own.
+    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+        probe = c[name]
+        assert "grpc" not in probe, name
+        cmd = probe["exec"]["command"]
+        assert cmd[:4] == ["tiercache", "health", "--addr", "https://127.0.0.1:50051"], cmd
+        flags = dict(zip(cmd[4::2], cmd[5::2]))
+        assert flags["--tls-ca"] == tls["client_ca_file"] and flags["--tls-server-name"] == "tiercache.cache.svc"
+        assert (flags["--tls-cert"], flags["--tls-key"]) == (tls["cert_file"], tls["key_file"])
+    # helm test, through the Service, over TLS too.
+    test_pod = find(docs, "Pod")
+    args = test_pod["spec"]["containers"][0]["args"]
+    assert args[2] == "https://rel-tiercache:50051" and "--tls-ca" in args
+    assert test_pod["spec"]["volumes"][0]["secret"]["secretName"] == "tiercache-tls"
+    # Without mTLS the server asks for no client certificate and the probes present none.
+    ha = render(SETS["ha"])
+    _, c = pod_of(ha)
+    assert "client_ca_file" not in tomllib.loads(find(ha, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"])["tls"]
+    assert "--tls-cert" not in c["readinessProbe"]["exec"]["command"]
+    # The server name defaults to the Service's DNS name.
+    assert "rel-tiercache.cache.svc" in c["readinessProbe"]["exec"]["command"]
+
+
+def test_plaintext_keeps_the_native_grpc_probes():
+    _, c = pod_of(render())
+    assert c["readinessProbe"]["grpc"]["service"] == "tiercache.v1.CacheService"
+    assert "tls" not in rendered_toml()[1]
+
+
+def test_redis_tls_and_password_secret():
+    docs = render(SETS["ha"])
+    config = tomllib.loads(find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"])
+    redis = config["redis"]
+    assert redis["url"].startswith("rediss://") and redis["username"] == "tiercache"
+    pod, c = pod_of(docs)
+    files = mounted_files(pod, c)
+    assert files[redis["tls_ca_file"]] == ("redis-ca", "ca.crt")
+    assert "tls_cert_file" not in redis
+    assert {"name": "TIERCACHE_REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "tiercache-redis", "key": "redis-password"}}} in c["env"]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    # A client certificate for a Redis with tls-auth-clients.
+    values = copy.deepcopy(SETS["ha"])
+    values["redis"]["tls"].update(certKey="client.crt", keyKey="client.key")
+    docs = render(values)
+    redis = tomllib.loads(find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"])["redis"]
+    files = mounted_files(*pod_of(docs))
+    assert files[redis["tls_cert_file"]] == ("redis-ca", "client.crt")
+    assert files[redis["tls_key_file"]] == ("redis-ca", "client.key")
+
+
+def test_metrics_bearer_token():
+    docs = render(SETS["secured"] | {"serviceMonitor": {**SETS["secured"]["serviceMonitor"], "enabled": True}})
+    config = tomllib.loads(find(docs, "ConfigMap", "rel-tiercache")["data"]["tiercache.toml"])
+    assert re.fullmatch(r"[0-9a-f]{64}", config["telemetry"]["admin_token_sha256"])
+    (endpoint,) = find(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["bearerTokenSecret"] == {"name": "tiercache-metrics", "key": "token"}
+
+
+def test_namespace_rate_limits_render_as_tables():
+    _, config = rendered_toml({"config": {"defaults": {"rate_limit": {"per_second": 5000, "burst": 10000}},
+                                          "namespaces": {"checkout": {"rate_limit": {"per_second": 100, "burst": 200}}}}})
+    assert config["defaults"]["rate_limit"] == {"per_second": 5000, "burst": 10000}
+    assert config["namespaces"]["checkout"]["rate_limit"] == {"per_second": 100, "burst": 200}
+    # burst is optional (the server then uses per_second).
+    _, config = rendered_toml({"config": {"defaults": {"rate_limit": {"per_second": 50}}}})
+    assert config["defaults"]["rate_limit"] == {"per_second": 50}
 
 
 # --- values.schema.json ----------------------------------------------------------------------------
@@ -359,7 +524,16 @@ BAD_VALUES = [
     ("malformed redis timeout", {"redis": {"responseTimeout": "1"}}, True),
     ("jitter above 1", {"config": {"namespaces": {"users": {"jitter": 2}}}}, True),
     ("bad namespace name", {"config": {"namespaces": {"Users": {}}}}, True),
-    ("tls redis url", {"redis": {"url": "rediss://redis:6380"}}, True),
+    ("credentials in a tls url", {"redis": {"url": "rediss://u:p@redis:6380"}}, True),
+    ("unknown right", {"auth": {"principals": {"a": {"rights": {"a*": ["delete"]}}}}}, True),
+    ("namespace pattern with a star inside", {"auth": {"principals": {"a": {"rights": {"a*b": ["read"]}}}}}, True),
+    ("token hash not sha256 hex", {"auth": {"principals": {"a": {"rights": {"a": ["read"]},
+                                                                  "token_sha256": ["secret-token"]}}}}, True),
+    ("principal without rights", {"auth": {"principals": {"a": {"token_sha256": ["0" * 64]}}}}, True),
+    ("rate limit without per_second", {"auth": {"principals": {"a": {"rights": {"a": ["read"]},
+                                                                       "rate_limit": {"burst": 5}}}}}, True),
+    ("unknown tls key", {"tls": {"enable": True}}, True),
+    ("metrics token not a hash", {"config": {"telemetry": {"adminTokenSha256": "hunter2"}}}, True),
     ("credentials in the url", {"redis": {"url": "redis://u:p@redis:6379"}}, True),
     ("memory limit without unit", {"resources": {"limits": {"memory": "512"}}}, True),
     ("port out of range", {"server": {"grpcPort": 70000}}, True),
@@ -380,6 +554,13 @@ BAD_VALUES = [
     ("grace below the drain", {"server": {"terminationGracePeriodSeconds": 12}}, False),
     ("memory-only with replicas", {"redis": {"dev": {"enabled": False}}, "replicaCount": 3}, False),
     ("hpa without a metric", {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, False),
+    ("no auth and not allowInsecure", {"auth": {"allowInsecure": False}}, False),
+    ("tokens secret without principals", {"auth": {"allowInsecure": True, "tokensSecret": "t"}}, False),
+    ("tls without a secret", {"tls": {"enabled": True}}, False),
+    ("mtls without tls", {"tls": {"clientAuth": True}}, False),
+    ("redis tls with a plain url", {"redis": {"url": "redis://r:6379", "tls": {"secretName": "ca"}}}, False),
+    ("redis client cert without key", {"redis": {"url": "rediss://r:6380",
+                                                  "tls": {"secretName": "ca", "certKey": "tls.crt"}}}, False),
 ]
 
 
@@ -427,6 +608,12 @@ TEMPLATE_CHECKS = {
     "grace below the drain": "server.terminationGracePeriodSeconds (12) must be above",
     "memory-only with replicas": "memory-only",
     "hpa without a metric": "autoscaling needs",
+    "no auth and not allowInsecure": "set auth.principals",
+    "tokens secret without principals": "auth.tokensSecret maps tokens to principals",
+    "tls without a secret": "tls.enabled needs tls.secretName",
+    "mtls without tls": "tls.clientAuth (mTLS) needs tls.enabled",
+    "redis tls with a plain url": "redis.tls.secretName needs a rediss:// redis.url",
+    "redis client cert without key": "redis.tls.certKey needs redis.tls.keyKey",
 }
 
 
@@ -449,6 +636,10 @@ def server_structs() -> dict[str, dict[str, str]]:
     return structs
 
 
+# Rust types the server reads from a TOML string (TokenHash: a serde-transparent String).
+STRING_TYPES = ("String", "Duration", "SocketAddr", "PathBuf", "TokenHash")
+
+
 def server_rejects(table: dict, struct: str, structs: dict, where: str = "") -> list[str]:
     """What serde would refuse in `table` read as `struct`: unknown fields (deny_unknown_fields)
     and values of the wrong TOML type."""
@@ -460,7 +651,21 @@ def server_rejects(table: dict, struct: str, structs: dict, where: str = "") -> 
             problems.append(f"{path}: no such field in {struct}")
             continue
         ty = re.sub(r"^Option<(.+)>$", r"\1", fields[key])
-        if m := re.fullmatch(r"BTreeMap<String, (\w+)>", ty):
+        if ty == "BTreeMap<String, Vec<String>>":
+            if not isinstance(value, dict) or not all(
+                    isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values()):
+                problems.append(f"{path}: a table of string lists expected")
+        elif m := re.fullmatch(r"Vec<(\w+)>", ty):
+            if not isinstance(value, list):
+                problems.append(f"{path}: a list expected")
+            elif m.group(1) in structs:
+                for i, sub in enumerate(value):
+                    problems += server_rejects(sub, m.group(1), structs, f"{path}[{i}].")
+            elif m.group(1) in STRING_TYPES:
+                problems += [f"{path}[{i}]: a string expected" for i, v in enumerate(value) if not isinstance(v, str)]
+            else:
+                problems.append(f"{path}: the test does not know the Rust type {ty}")
+        elif m := re.fullmatch(r"BTreeMap<String, (\w+)>", ty):
             if not isinstance(value, dict):
                 problems.append(f"{path}: a table expected")
             elif m.group(1) in structs:
@@ -480,7 +685,7 @@ def server_rejects(table: dict, struct: str, structs: dict, where: str = "") -> 
         elif ty == "f64":
             if type(value) not in (int, float):
                 problems.append(f"{path}: a number expected, got {value!r}")
-        elif ty in ("String", "Duration", "SocketAddr"):
+        elif ty in STRING_TYPES:
             if not isinstance(value, str):
                 problems.append(f"{path}: a string expected, got {value!r}")
         else:

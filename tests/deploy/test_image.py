@@ -77,6 +77,19 @@ def test_runs_locked_down_serves_and_stops_on_sigterm(image):
         c.stop()
 
 
+def test_default_config_refuses_to_serve_the_network_without_auth(image):
+    # `docker run tiercache` as is: CMD serve, the image's config on 0.0.0.0 with no [auth].
+    # Safe by default: the server stops at start and says what to set.
+    c = Container(image, ContainerSpec(env={"TIERCACHE_ADMIN_LISTEN": f"127.0.0.1:{free_port()}"}))
+    try:
+        code = c.wait(timeout=15)
+        out = c.output()
+        assert code != 0, out
+        assert "allow_insecure" in out and "auth" in out, out
+    finally:
+        c.stop()
+
+
 def _server_pid(c: Container) -> int:
     state = json.loads(subprocess.run(["runc", "state", c.id], check=True, capture_output=True,
                                       text=True).stdout)

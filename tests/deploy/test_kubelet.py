@@ -10,10 +10,12 @@ the process still runs and drains, and the drain must end in a clean exit within
 """
 
 import base64
+import hashlib
 import json
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -23,9 +25,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import (
     Container,
     ContainerSpec,
+    TlsClient,
+    channel,
     find,
     free_port,
     grpc_probe,
+    make_certs,
     redis_server,
     render,
     run_probe,
@@ -77,11 +82,21 @@ def container_spec(docs: list[dict], secrets: dict, tmp_path, image) -> tuple[Co
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = []
     for m in c["volumeMounts"]:
-        cm = find(docs, "ConfigMap", volumes[m["name"]]["configMap"]["name"])
         folder = tmp_path / m["name"]
         folder.mkdir()
-        for key, text in cm["data"].items():
-            (folder / key).write_text(text)
+        volume = volumes[m["name"]]
+        if "secret" in volume:
+            # A Secret volume: the listed keys of the Secret, each at its path.
+            data = all_secrets[volume["secret"]["secretName"]]
+            for item in volume["secret"]["items"]:
+                (folder / item["path"]).write_text(data[item["key"]])
+                # The pod's fsGroup owns Secret files; here the container's user reads them.
+                (folder / item["path"]).chmod(0o444)
+        else:
+            cm = find(docs, "ConfigMap", volume["configMap"]["name"])
+            for key, text in cm["data"].items():
+                (folder / key).write_text(text)
+        folder.chmod(0o755)
         assert m.get("readOnly")
         mounts.append((folder, m["mountPath"]))
     spec = ContainerSpec(
@@ -98,8 +113,8 @@ class ReadinessWatch:
     """A held connection watching the readiness probe's health service, recording each status
     with whether the container was still running when it arrived."""
 
-    def __init__(self, port: int, service: str, container: Container):
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    def __init__(self, port: int, service: str, container: Container, tls: TlsClient | None = None):
+        self.channel = channel(port, tls)
         stub = health_pb2_grpc.HealthStub(self.channel)
         self.call = stub.Watch(health_pb2.HealthCheckRequest(service=service))
         self.seen: list[tuple[float, str, bool]] = []
@@ -127,15 +142,40 @@ class ReadinessWatch:
 KUBELET_SETS = ["default", "ha", "secured", "external-redis", "memory-only"]
 
 
+# The client token of each value set with auth: (principal, token); the Secret tokens files and
+# the token_sha256 of the values hold their SHA-256.
+TOKENS = {"secured": ("checkout", "checkout-token"), "ha": ("users-api", "users-api-token"),
+          "external-redis": ("catalog", "foo")}
+# sha256("test"): config.telemetry.adminTokenSha256 of the secured set.
+METRICS_TOKEN = "test"
+
+
+def tls_flags(probe: dict) -> list[str]:
+    """The --tls-* flags of a rendered exec probe, for the test's own CLI calls."""
+    cmd = probe["exec"]["command"]
+    i = cmd.index("--tls-ca")
+    return cmd[i:]
+
+
 @pytest.mark.parametrize("name", KUBELET_SETS)
 def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
     grpc_port, admin_port = free_port(), free_port()
     over = {"server": {"grpcPort": grpc_port, "adminPort": admin_port, "preStopDelaySeconds": 2,
                        "shutdownGraceSeconds": 5}}
     secrets, redis, redis_auth = {}, None, []
+    values_in = SETS[name]
+    if values_in.get("tls", {}).get("enabled"):
+        # A cert-manager style Secret made at test time, for the name the probes check.
+        server_name = values_in["tls"].get("serverName") or "rel-tiercache.cache.svc"
+        secrets[values_in["tls"]["secretName"]] = make_certs(tmp_path / "certs", [server_name])
+    if name in TOKENS and values_in["auth"].get("tokensSecret"):
+        principal, token = TOKENS[name]
+        secrets[values_in["auth"]["tokensSecret"]] = {
+            values_in["auth"].get("tokensSecretKey", "tokens"):
+                f"# made by the test\n{principal} {hashlib.sha256(token.encode()).hexdigest()}\n"}
     if name == "secured":
-        # The Redis ACL user of the value set, with its password: the URL reaches the server
-        # only through the chart's Secret.
+        # The Redis ACL user of the value set, with its password: the password reaches the server
+        # only through the chart's Secret (TIERCACHE_REDIS_PASSWORD).
         redis, port = redis_server()
         subprocess.run(["redis-cli", "-p", str(port), "ACL", "SETUSER", USER, "on", f">{PASSWORD}",
                         "~*", "&*", "+@all"], check=True, capture_output=True)
@@ -149,47 +189,76 @@ def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
         secrets[ext["existingSecret"]] = {ext["existingSecretKey"]: f"redis://127.0.0.1:{port}"}
     elif name in ("default", "ha"):
         # The in-chart dev Redis and the cluster's Redis are not reachable here: a local one
-        # stands in through redis.url (which replaces the dev Redis in the default set).
+        # stands in through redis.url (which replaces the dev Redis in the default set); for ha
+        # without its TLS and ACL user (tests/tests of the server cover Redis TLS).
         redis, port = redis_server()
         over["redis"] = {"url": f"redis://127.0.0.1:{port}"}
         if name == "ha":
+            over["redis"].update(username="", passwordSecret="", tls={"secretName": ""})
             # Nothing listens there; the exporter must not keep the server from starting.
             over["config"] = {"telemetry": {"otlpEndpoint": f"http://127.0.0.1:{free_port()}"}}
     values = merge(SETS[name], over)
     docs = render(values)
     spec, c, pod = container_spec(docs, secrets, tmp_path, image)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports["grpc"] == grpc_port == c["startupProbe"]["grpc"]["port"]
+    tls = None
+    if "exec" in c["startupProbe"]:
+        assert grpc_port == int(c["startupProbe"]["exec"]["command"][3].rsplit(":", 1)[1])
+        certs = secrets[values["tls"]["secretName"]]
+        flags = dict(zip(tls_flags(c["readinessProbe"])[::2], tls_flags(c["readinessProbe"])[1::2]))
+        mtls = "--tls-cert" in flags
+        tls = TlsClient(ca=certs["ca.crt"], server_name=flags["--tls-server-name"],
+                        cert=certs["tls.crt"] if mtls else None, key=certs["tls.key"] if mtls else None)
+        health_service = ""
+    else:
+        assert ports["grpc"] == grpc_port == c["startupProbe"]["grpc"]["port"]
+        health_service = c["readinessProbe"]["grpc"]["service"]
     grace = pod["terminationGracePeriodSeconds"]
     container = Container(image, spec)
     watch = None
     try:
         # Start-up, then liveness and readiness, each the kubelet's way.
-        started = run_probe("startupProbe", c["startupProbe"])
-        run_probe("livenessProbe", c["livenessProbe"])
-        run_probe("readinessProbe", c["readinessProbe"])
+        started = run_probe("startupProbe", c["startupProbe"], container)
+        run_probe("livenessProbe", c["livenessProbe"], container)
+        run_probe("readinessProbe", c["readinessProbe"], container)
         assert started < 10, f"startup took {started:.1f}s"
-        # It serves: a Set and a Get through the image's own client.
-        addr = f"http://127.0.0.1:{grpc_port}"
-        r = container.exec("tiercache", "set", "kubelet:k", name, "--addr", addr)
+        # It serves: a Set and a Get through the image's own client (with the set's token and
+        # TLS flags when it has them).
+        if tls:
+            addr = f"https://127.0.0.1:{grpc_port}"
+            conn = ["--addr", addr, *tls_flags(c["readinessProbe"])]
+        else:
+            conn = ["--addr", f"http://127.0.0.1:{grpc_port}"]
+        env = {"TIERCACHE_TOKEN": TOKENS[name][1]} if name in TOKENS else {}
+        if env:
+            # Without the token: refused (UNAUTHENTICATED is a server error, exit 3).
+            r = container.exec("tiercache", "get", "kubelet:k", *conn)
+            assert r.returncode == 3, r.stdout + r.stderr
+        r = container.exec("tiercache", "set", "kubelet:k", name, *conn, env=env)
         assert r.returncode == 0, r.stderr + container.output()
-        r = container.exec("tiercache", "get", "kubelet:k", "--addr", addr)
+        r = container.exec("tiercache", "get", "kubelet:k", *conn, env=env)
         assert (r.returncode, r.stdout.strip()) == (0, name), r.stderr
         if redis is not None:
-            # The value reached the shared tier: the Redis URL (from the Secret) works.
+            # The value reached the shared tier: the Redis URL and credentials (from Secrets) work.
             keys = subprocess.run(["redis-cli", "-p", str(port), *redis_auth, "--no-auth-warning", "DBSIZE"],
                                   capture_output=True, text=True, check=True).stdout
             assert int(keys) > 0, keys
-            assert grpc_probe(grpc_port, "tiercache.redis", 2) == "SERVING"
+            assert grpc_probe(grpc_port, "tiercache.redis", 2, tls) == "SERVING"
         if "metrics" in ports:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).read()
+            url = f"http://127.0.0.1:{ports['metrics']}/metrics"
+            headers = {}
+            if values.get("config", {}).get("telemetry", {}).get("adminTokenSha256"):
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(url, timeout=5)
+                assert e.value.code == 401
+                headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+            body = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5).read()
             assert b"tiercache" in body
         else:
             assert json.loads(json.dumps(values))["config"]["telemetry"]["metrics"] is False
 
         # Termination as in a rollout: preStop first, then SIGTERM, within the grace period.
-        readiness = c["readinessProbe"]["grpc"]
-        watch = ReadinessWatch(grpc_port, readiness["service"], container)
+        watch = ReadinessWatch(grpc_port, health_service, container, tls)
         wait_for("readiness watch", lambda: watch.statuses() == ["SERVING"])
         t0 = time.monotonic()
         pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
@@ -198,7 +267,7 @@ def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
         assert time.monotonic() - t0 >= values["server"]["preStopDelaySeconds"]
         # Endpoints had the preStop delay to drop the pod; it still served all along.
         assert watch.statuses() == ["SERVING"]
-        assert grpc_probe(grpc_port, readiness["service"], 2) == "SERVING"
+        assert grpc_probe(grpc_port, health_service, 2, tls) == "SERVING"
         t_term = time.monotonic()
         container.signal("TERM")
         # Readiness drops first: NOT_SERVING while the process still runs.
@@ -206,7 +275,11 @@ def test_kubelet_runs_the_rendered_pod(image, name, tmp_path):
         t_unready, status, running = watch.seen[-1]
         assert (status, running) == ("NOT_SERVING", True)
         # A new readiness probe fails now (NOT_SERVING or refused): the kubelet marks it unready.
-        assert grpc_probe(grpc_port, readiness["service"], 1) != "SERVING"
+        if tls:
+            r = container.exec(*c["readinessProbe"]["exec"]["command"], timeout=5)
+            assert r.returncode != 0, r.stdout
+        else:
+            assert grpc_probe(grpc_port, health_service, 1) != "SERVING"
         # The drain waits for the in-flight call (the watch stream itself)...
         time.sleep(1)
         assert container.running(), "the server must drain in-flight calls, not drop them"

@@ -473,6 +473,7 @@ async fn engine(redis: &RedisServer) -> tiercache_core::Cache {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             key_prefix: "tc".into(),
+            ..tiercache_core::RedisOptions::default()
         },
     )
     .await

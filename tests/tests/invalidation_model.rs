@@ -284,6 +284,7 @@ async fn run_case(
                     allow_stale: false,
                     refresh_stale: false,
                     lease_ttl: None,
+                    may_lease: true,
                 };
                 let got = cache.get_or_set(&ns, &key_name(*key), opts).await.unwrap();
                 match (model.entries.get(key), model.leases.contains_key(key), got) {
@@ -441,6 +442,7 @@ fn invalidation_matches_the_model_redis() {
                 connect_timeout: Duration::from_secs(2),
                 response_timeout: Duration::from_secs(2),
                 key_prefix: "tc".into(),
+                ..RedisOptions::default()
             },
         ))
         .expect("two-tier cache starts")

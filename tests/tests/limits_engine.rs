@@ -75,6 +75,7 @@ async fn l1_across_many_namespaces_stays_within_the_shared_budget_two_tier() {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             key_prefix: "tc".into(),
+            ..RedisOptions::default()
         },
     )
     .await
@@ -118,6 +119,7 @@ async fn memory_only_maps_shrink_back_once_nothing_is_held() {
                     allow_stale: false,
                     refresh_stale: false,
                     lease_ttl: None,
+                    may_lease: true,
                 },
             )
             .await

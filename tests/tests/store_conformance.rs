@@ -2,15 +2,24 @@
 //! (memory-only mode) and the Redis store (L1 + a real Redis), so the two cannot drift. It goes
 //! through `Cache`, the only way in: the store boundary (`tiercache_core::store::Store`) is what
 //! both modes share below it.
+//!
+//! The Redis store runs twice: on a plain Redis, and on a TLS-only Redis as an ACL user limited
+//! to the key prefix (`~<prefix>:*`, `&<prefix>:*`) and the documented commands
+//! (`ACL_COMMANDS`). There a `MONITOR` connection also checks that every command a Lua script
+//! runs touches only the keys the call declared in `KEYS` ([`KeyAudit`]).
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tiercache_core::{
-    Cache, CacheConfig, DeleteOutcome, Lookup, NamespacePolicy, ReadOptions, RedisOptions,
-    SetOutcome, Tier, WriteArgs, WriteCondition,
+    Cache, CacheConfig, DeleteOutcome, FillArgs, FillOutcome, GetOrSetOptions, GetOrSetResult,
+    LockAcquire, Lookup, NamespacePolicy, ReadOptions, SetOutcome, Tier, Visibility, WriteArgs,
+    WriteCondition,
 };
-use tiercache_testkit::{wait_for, RedisServer};
+use tiercache_testkit::{wait_for, AclUser, RedisSecurity, RedisServer, TlsClientAuth};
 
 fn config() -> CacheConfig {
     CacheConfig {
@@ -27,6 +36,18 @@ struct Store {
     _redis: Option<RedisServer>,
 }
 
+impl Store {
+    /// A second engine on the same Redis (another replica), or `None` in memory-only mode.
+    async fn peer(&self) -> Option<Cache> {
+        let redis = self._redis.as_ref()?;
+        Some(
+            Cache::two_tier(config(), redis.options())
+                .await
+                .expect("a second engine starts"),
+        )
+    }
+}
+
 async fn memory() -> Store {
     Store {
         cache: Cache::memory(config()),
@@ -35,22 +56,152 @@ async fn memory() -> Store {
 }
 
 async fn two_tier() -> Store {
-    let redis = RedisServer::start();
-    let cache = Cache::two_tier(
-        config(),
-        RedisOptions {
-            url: redis.url(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            key_prefix: "tc".into(),
-        },
-    )
+    on_redis(RedisServer::start()).await
+}
+
+/// A TLS-only Redis (client certificates optional) and an ACL user limited to the prefix
+/// `team-a`, the store connecting as that user.
+async fn tls_acl() -> Store {
+    on_redis(RedisServer::start_secure(RedisSecurity {
+        tls: Some(TlsClientAuth::Optional),
+        acl_user: Some(AclUser::limited_to("team-a")),
+    }))
     .await
-    .expect("two-tier cache starts");
+}
+
+async fn on_redis(redis: RedisServer) -> Store {
+    let cache = Cache::two_tier(config(), redis.options())
+        .await
+        .expect("two-tier cache starts");
     Store {
         cache,
         _redis: Some(redis),
     }
+}
+
+/// Watches a Redis with `MONITOR` (as the unrestricted `default` user) and checks that each
+/// command a script runs touches only keys its `EVALSHA` declared, and channels under the
+/// prefix: a script that builds a key name itself fails here even where an ACL would let it
+/// through.
+struct KeyAudit {
+    lines: Arc<parking_lot::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl KeyAudit {
+    async fn start(redis: &RedisServer) -> KeyAudit {
+        let monitor = redis
+            .client()
+            .get_async_monitor()
+            .await
+            .expect("MONITOR as the default user");
+        let lines = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = monitor.into_on_message::<String>();
+            while let Some(line) = stream.next().await {
+                sink.lock().push(line);
+            }
+        });
+        KeyAudit { lines, task }
+    }
+
+    /// Waits for the monitor to catch up, checks every script call, and returns the SHA1s of
+    /// the scripts that ran.
+    async fn finish(self, redis: &RedisServer, prefix: &str) -> BTreeSet<String> {
+        let marker = format!("key-audit-end-{}", std::process::id());
+        let mut conn = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: String = redis::cmd("ECHO")
+            .arg(&marker)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let lines = self.lines.clone();
+        wait_for(Duration::from_secs(5), Duration::from_millis(10), || {
+            let seen = lines.lock().iter().any(|l| l.contains(&marker));
+            async move { seen }
+        })
+        .await
+        .expect("the monitor sees the end marker");
+        self.task.abort();
+        let lines = self.lines.lock().clone();
+        audit(&lines, prefix)
+    }
+}
+
+/// Splits a `MONITOR` line into its client (`127.0.0.1:5000`, `lua`) and its quoted arguments,
+/// left escaped as Redis printed them (the same key prints the same way everywhere).
+fn monitor_line(line: &str) -> Option<(String, Vec<String>)> {
+    let open = line.find('[')?;
+    let close = open + line[open..].find(']')?;
+    let client = line[open + 1..close].split_whitespace().nth(1)?.to_string();
+    let mut args = Vec::new();
+    let mut chars = line[close + 1..].chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut arg = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    arg.push(c);
+                    arg.extend(chars.next());
+                }
+                '"' => break,
+                c => arg.push(c),
+            }
+        }
+        args.push(arg);
+    }
+    Some((client, args))
+}
+
+/// Checks the script calls of a `MONITOR` transcript; returns the SHA1s of the scripts run.
+fn audit(lines: &[String], prefix: &str) -> BTreeSet<String> {
+    let mut shas = BTreeSet::new();
+    let mut declared: Option<(String, BTreeSet<String>)> = None;
+    for line in lines {
+        let Some((client, args)) = monitor_line(line) else {
+            continue;
+        };
+        let command = args
+            .first()
+            .map(|a| a.to_ascii_lowercase())
+            .unwrap_or_default();
+        if client != "lua" {
+            declared = None;
+            if command == "evalsha" || command == "eval" {
+                let n: usize = args[2].parse().expect("numkeys");
+                let keys = args[3..3 + n].iter().cloned().collect();
+                shas.insert(args[1].clone());
+                declared = Some((args[1].clone(), keys));
+            }
+            continue;
+        }
+        let (sha, keys) = declared
+            .as_ref()
+            .unwrap_or_else(|| panic!("a script command without its EVALSHA: {line}"));
+        match command.as_str() {
+            "get" | "set" | "del" | "incr" | "pttl" | "pexpire" | "strlen" => assert!(
+                keys.contains(&args[1]),
+                "script {sha} touched {} without declaring it (declared {keys:?}): {line}",
+                args[1]
+            ),
+            "publish" => assert!(
+                args[1].starts_with(&format!("{prefix}:")),
+                "script {sha} published outside the prefix: {line}"
+            ),
+            "time" => {}
+            other => panic!("the audit does not know where {other} keeps its keys: {line}"),
+        }
+    }
+    assert!(!shas.is_empty(), "no script ran: {lines:?}");
+    shas
 }
 
 fn put(v: &str) -> WriteArgs {
@@ -76,7 +227,7 @@ async fn stored(c: &Cache, ns: &str, key: &str, args: WriteArgs) -> u64 {
     }
 }
 
-async fn set_get_roundtrip(s: Store) {
+async fn set_get_roundtrip(s: &Store) {
     let c = &s.cache;
     assert_eq!(value(c, "default", "k").await, None);
     let v1 = stored(
@@ -106,7 +257,7 @@ async fn set_get_roundtrip(s: Store) {
     assert_eq!(value(c, "default", "k").await.as_deref(), Some("two"));
 }
 
-async fn conditions(s: Store) {
+async fn conditions(s: &Store) {
     let c = &s.cache;
     let ns = c.namespace("default").unwrap();
     let absent = |v: &str| WriteArgs {
@@ -170,7 +321,7 @@ async fn conditions(s: Store) {
     assert!(v3 > v2);
 }
 
-async fn fresh_stale_gone(s: Store) {
+async fn fresh_stale_gone(s: &Store) {
     let c = &s.cache;
     let ns = c.namespace("default").unwrap();
     stored(
@@ -215,7 +366,7 @@ async fn fresh_stale_gone(s: Store) {
     .expect("entry expires after its stale window");
 }
 
-async fn tags_and_flush(s: Store) {
+async fn tags_and_flush(s: &Store) {
     let c = &s.cache;
     let ns = c.namespace("default").unwrap();
     let tagged = |v: &str, t: &[&str]| WriteArgs {
@@ -260,7 +411,7 @@ async fn tags_and_flush(s: Store) {
     assert_eq!(value(c, "default", "e").await.as_deref(), Some("e"));
 }
 
-async fn many_and_isolation(s: Store) {
+async fn many_and_isolation(s: &Store) {
     let c = &s.cache;
     stored(c, "one", "k", put("from-one")).await;
     stored(c, "two", "k", put("from-two")).await;
@@ -297,7 +448,7 @@ async fn many_and_isolation(s: Store) {
     );
 }
 
-async fn second_read_hits_l1(s: Store) {
+async fn second_read_hits_l1(s: &Store) {
     let c = &s.cache;
     stored(c, "default", "h", put("v")).await;
     let ns = c.namespace("default").unwrap();
@@ -307,13 +458,303 @@ async fn second_read_hits_l1(s: Store) {
     assert_eq!(f.tier, Tier::L1, "write-through fills L1");
 }
 
+async fn leases_and_fill(s: &Store) {
+    let c = &s.cache;
+    let ns = c.namespace("default").unwrap();
+    let opts = GetOrSetOptions {
+        wait: Duration::from_millis(50),
+        allow_stale: false,
+        refresh_stale: false,
+        lease_ttl: Some(Duration::from_secs(5)),
+        may_lease: true,
+    };
+    let GetOrSetResult::Lease(lease) = c.get_or_set(&ns, "l", opts).await.unwrap() else {
+        panic!("a miss grants the lease")
+    };
+    let fill = |v: &str, tags: &[&str]| FillArgs {
+        value: Bytes::from(v.to_string()),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..FillArgs::default()
+    };
+    assert!(matches!(
+        c.fill(&ns, "l", &lease.token, fill("computed", &["t1", "t2"]))
+            .await
+            .unwrap(),
+        FillOutcome::Stored { .. }
+    ));
+    assert_eq!(value(c, "default", "l").await.as_deref(), Some("computed"));
+    // A fresh tagged entry: no lease, whichever tags the call guessed.
+    assert!(matches!(
+        c.get_or_set(&ns, "l", opts).await.unwrap(),
+        GetOrSetResult::Hit { .. }
+    ));
+    // A lease given back, and one revoked by a Set.
+    let GetOrSetResult::Lease(lease) = c.get_or_set(&ns, "m", opts).await.unwrap() else {
+        panic!("a miss grants the lease")
+    };
+    assert!(c.release_lease(&ns, "m", &lease.token).await.unwrap());
+    assert!(!c.release_lease(&ns, "m", &lease.token).await.unwrap());
+    let GetOrSetResult::Lease(lease) = c.get_or_set(&ns, "m", opts).await.unwrap() else {
+        panic!("a released lease can be taken again")
+    };
+    stored(c, "default", "m", put("direct")).await;
+    assert_eq!(
+        c.fill(&ns, "m", &lease.token, fill("late", &[]))
+            .await
+            .unwrap(),
+        FillOutcome::LeaseRevoked
+    );
+    assert_eq!(value(c, "default", "m").await.as_deref(), Some("direct"));
+}
+
+async fn conditions_on_tagged_entries(s: &Store) {
+    let c = &s.cache;
+    let ns = c.namespace("default").unwrap();
+    let tagged = |v: &str, t: &[&str], condition| WriteArgs {
+        tags: t.iter().map(|s| s.to_string()).collect(),
+        condition,
+        ..put(v)
+    };
+    let v1 = stored(
+        c,
+        "default",
+        "t",
+        tagged("one", &["a", "b"], WriteCondition::None),
+    )
+    .await;
+    // The stored entry's tags differ from the new value's: its visibility is still checked.
+    assert_eq!(
+        c.set(&ns, "t", tagged("two", &["c"], WriteCondition::IfAbsent))
+            .await
+            .unwrap(),
+        SetOutcome::Exists { current: v1 }
+    );
+    let v2 = match c
+        .set(
+            &ns,
+            "t",
+            tagged("two", &["c"], WriteCondition::IfVersion(v1)),
+        )
+        .await
+        .unwrap()
+    {
+        SetOutcome::Stored { version } => version,
+        o => panic!("{o:?}"),
+    };
+    c.invalidate_tags(&ns, &["c".to_string()]).await.unwrap();
+    // Hidden by its tag: absent to a condition, not found to a delete.
+    assert!(matches!(
+        c.set(
+            &ns,
+            "t",
+            tagged("three", &["a"], WriteCondition::IfVersion(v2))
+        )
+        .await
+        .unwrap(),
+        SetOutcome::VersionMismatch { current: 0 }
+    ));
+    assert_eq!(
+        c.delete(&ns, "t", None).await.unwrap(),
+        DeleteOutcome::NotFound
+    );
+    stored(
+        c,
+        "default",
+        "u",
+        tagged("u", &["a", "{odd}%tag"], WriteCondition::None),
+    )
+    .await;
+    assert_eq!(
+        c.delete(&ns, "u", None).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+}
+
+async fn locks(s: &Store) {
+    let c = &s.cache;
+    let ns = c.namespace("default").unwrap();
+    let ttl = Duration::from_secs(5);
+    let LockAcquire::Acquired {
+        owner_token,
+        fencing_token,
+    } = c
+        .acquire_lock(&ns, "job", ttl, Duration::ZERO)
+        .await
+        .unwrap()
+    else {
+        panic!("a free lock is acquired")
+    };
+    assert!(matches!(
+        c.acquire_lock(&ns, "job", ttl, Duration::from_millis(50))
+            .await
+            .unwrap(),
+        LockAcquire::Timeout
+    ));
+    assert!(c.renew_lock(&ns, "job", &owner_token, ttl).await.unwrap());
+    assert!(!c
+        .renew_lock(&ns, "job", "not-the-owner", ttl)
+        .await
+        .unwrap());
+    assert!(c.release_lock(&ns, "job", &owner_token).await.unwrap());
+    assert!(!c.release_lock(&ns, "job", &owner_token).await.unwrap());
+    let LockAcquire::Acquired {
+        fencing_token: next,
+        ..
+    } = c
+        .acquire_lock(&ns, "job", ttl, Duration::ZERO)
+        .await
+        .unwrap()
+    else {
+        panic!("a released lock is acquired")
+    };
+    assert!(next > fencing_token, "fencing tokens increase");
+}
+
+async fn inspect(s: &Store) {
+    let c = &s.cache;
+    let ns = c.namespace("default").unwrap();
+    let tagged = |v: &str, t: &[&str]| WriteArgs {
+        tags: t.iter().map(|s| s.to_string()).collect(),
+        ..put(v)
+    };
+    stored(c, "default", "i", tagged("v", &["x", "y"])).await;
+    assert_eq!(
+        c.inspect(&ns, "i").await.unwrap().visibility,
+        Visibility::Fresh
+    );
+    c.invalidate_tags(&ns, &["y".to_string()]).await.unwrap();
+    let seen = c.inspect(&ns, "i").await.unwrap();
+    assert!(
+        matches!(&seen.visibility, Visibility::HiddenByTag { tag, .. } if tag == "y"),
+        "{seen:?}"
+    );
+    // This replica's L1 copy (if any) has other tags than the stored entry.
+    if let Some(peer) = s.peer().await {
+        let pns = peer.namespace("default").unwrap();
+        stored(&peer, "default", "i", tagged("w", &["z"])).await;
+        let seen = c.inspect(&ns, "i").await.unwrap();
+        assert_eq!(seen.visibility, Visibility::Fresh, "{seen:?}");
+        assert_eq!(
+            peer.inspect(&pns, "i").await.unwrap().visibility,
+            Visibility::Fresh
+        );
+    }
+    assert_eq!(
+        c.inspect(&ns, "nothing").await.unwrap().visibility,
+        Visibility::Absent
+    );
+}
+
+async fn events_reach_other_replicas(s: &Store) {
+    let Some(peer) = s.peer().await else {
+        return;
+    };
+    let c = &s.cache;
+    stored(c, "default", "e", put("one")).await;
+    assert_eq!(value(&peer, "default", "e").await.as_deref(), Some("one"));
+    stored(c, "default", "e", put("two")).await;
+    // The peer's L1 copy is dropped by the event, not by its expiry.
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || async { value(&peer, "default", "e").await.as_deref() == Some("two") },
+    )
+    .await
+    .expect("the write's event reaches the other replica");
+    let GetOrSetResult::Lease(lease) = c
+        .get_or_set(
+            &c.namespace("default").unwrap(),
+            "w",
+            GetOrSetOptions {
+                wait: Duration::from_millis(10),
+                allow_stale: false,
+                refresh_stale: false,
+                lease_ttl: Some(Duration::from_secs(5)),
+                may_lease: true,
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("a miss grants the lease")
+    };
+    let pns = peer.namespace("default").unwrap();
+    // The peer waits for the fill; the release's wake-up (lease channel) ends its wait early.
+    let waiter = {
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            peer.get_or_set(
+                &pns,
+                "w",
+                GetOrSetOptions {
+                    wait: Duration::from_secs(4),
+                    allow_stale: false,
+                    refresh_stale: false,
+                    lease_ttl: Some(Duration::from_secs(5)),
+                    may_lease: true,
+                },
+            )
+            .await
+        })
+    };
+    wait_for(Duration::from_secs(3), Duration::from_millis(5), || async {
+        peer.waiters().0 == 1
+    })
+    .await
+    .expect("the other replica waits for the lease");
+    let ns = c.namespace("default").unwrap();
+    assert!(c.release_lease(&ns, "w", &lease.token).await.unwrap());
+    let r = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("the release wakes the waiting replica")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, GetOrSetResult::Lease(_)), "{r:?}");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory_only {
-            $( #[tokio::test] async fn $name() { super::$name(super::memory().await).await } )*
+            $( #[tokio::test] async fn $name() { super::$name(&super::memory().await).await } )*
         }
         mod l1_and_redis {
-            $( #[tokio::test] async fn $name() { super::$name(super::two_tier().await).await } )*
+            $( #[tokio::test] async fn $name() { super::$name(&super::two_tier().await).await } )*
+        }
+        mod tls_and_prefix_limited_acl_user {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = super::tls_acl().await;
+                    let redis = s._redis.as_ref().unwrap();
+                    let audit = super::KeyAudit::start(redis).await;
+                    super::$name(&s).await;
+                    audit.finish(redis, "team-a").await;
+                }
+            )*
+        }
+
+        /// The suite as a whole runs every Lua script of the store under the limited user.
+        #[tokio::test]
+        async fn the_suite_runs_every_script_under_the_limited_user() {
+            let mut ran = BTreeSet::new();
+            $(
+                let s = tls_acl().await;
+                let redis = s._redis.as_ref().unwrap();
+                let audit = KeyAudit::start(redis).await;
+                $name(&s).await;
+                ran.extend(audit.finish(redis, "team-a").await);
+            )*
+            let all: BTreeSet<String> = tiercache_core::store::redis::script_hashes()
+                .into_iter()
+                .map(|(_, sha)| sha)
+                .collect();
+            let missing: Vec<_> = tiercache_core::store::redis::script_hashes()
+                .into_iter()
+                .filter(|(_, sha)| !ran.contains(sha))
+                .map(|(name, _)| name)
+                .collect();
+            assert!(missing.is_empty(), "scripts the suite never ran: {missing:?}");
+            assert!(ran.is_subset(&all), "unknown scripts ran: {ran:?}");
         }
     };
 }
@@ -325,6 +766,11 @@ conformance!(
     tags_and_flush,
     many_and_isolation,
     second_read_hits_l1,
+    leases_and_fill,
+    conditions_on_tagged_entries,
+    locks,
+    inspect,
+    events_reach_other_replicas,
 );
 
 #[tokio::test]
@@ -334,17 +780,7 @@ async fn l2_hit_after_l1_is_bypassed() {
     stored(c, "default", "x", put("v")).await;
     // A second engine on the same Redis has an empty L1: its first read comes from L2, the next
     // from its own L1.
-    let other = Cache::two_tier(
-        config(),
-        RedisOptions {
-            url: s._redis.as_ref().unwrap().url(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            key_prefix: "tc".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let other = s.peer().await.unwrap();
     let ns = other.namespace("default").unwrap();
     let tier = |l: Lookup| match l {
         Lookup::Hit(f) => f.tier,
@@ -411,17 +847,9 @@ async fn l1_budget_memory_only() {
 #[tokio::test]
 async fn l1_budget_two_tier() {
     let redis = RedisServer::start();
-    let cache = Cache::two_tier(
-        small_budget(),
-        RedisOptions {
-            url: redis.url(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            key_prefix: "tc".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let cache = Cache::two_tier(small_budget(), redis.options())
+        .await
+        .unwrap();
     l1_stays_within_its_byte_budget(Store {
         cache,
         _redis: Some(redis),

@@ -47,6 +47,9 @@ pub enum Command {
     Lock(LockArgs),
     /// Checks that the server is serving.
     Health(HealthArgs),
+    /// Generates a bearer token; prints it once, then the SHA-256 lines the server's config
+    /// (`token_sha256`) or tokens file takes (docs/security.md).
+    Token(TokenArgs),
     /// Measures tiercache side by side with direct Redis calls (docs/performance.md).
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
@@ -76,6 +79,23 @@ pub struct ServeArgs {
     /// The admin HTTP address serving `/metrics`, overriding `telemetry.admin_listen`.
     #[arg(long, env = "TIERCACHE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// The TLS certificate chain (PEM), overriding `tls.cert_file`; with --tls-key-file it
+    /// turns TLS on without a `[tls]` table.
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS private key (PEM), overriding `tls.key_file`.
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
     /// Log line format; the level comes from RUST_LOG (default info). JSON lines carry the
     /// OpenTelemetry trace_id and span_id.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -91,6 +111,53 @@ pub struct ConnArgs {
     /// Bounds connecting and the call itself.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Prints one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The bearer token sent with every call (`authorization: Bearer <token>`).
+    #[arg(
+        long,
+        env = "TIERCACHE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS to the server; any of them (or an `https://` address) turns TLS on.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM CA certificates to verify the server with, instead of the system roots.
+    #[arg(long, env = "TIERCACHE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (with --tls-key).
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "TIERCACHE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The name to verify the server certificate against, instead of the address's host.
+    #[arg(long, env = "TIERCACHE_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The principal the token is for (names it in the printed config lines).
+    #[arg(long, default_value = "NAME")]
+    pub principal: String,
     /// Prints one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -13,12 +13,12 @@ use tiercache_client::proto::v1 as pb;
 use tiercache_client::{
     Client, ClientBuilder, Condition, DeleteResult, Entry, Error as ClientError, GetOptions,
     GetOrSetOptions, GetResult, HealthStatus, NamespaceStats, SetOptions, SetResult, StorageMode,
-    WatchEventKind,
+    TlsConfig, WatchEventKind,
 };
 
 use crate::args::{
     ConnArgs, DelArgs, FlushArgs, GetArgs, GetOrSetArgs, HealthArgs, InspectArgs,
-    InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, WatchArgs,
+    InvalidateTagsArgs, LockArgs, SetArgs, StatsArgs, TlsArgs, TokenArgs, WatchArgs,
 };
 use crate::exit::{Exit, Failure};
 use crate::out::{self, outln};
@@ -26,15 +26,59 @@ use crate::out::{self, outln};
 /// Connects with `--timeout` bounding each call; calls that wait on purpose (lock acquisition,
 /// get-or-set waiting for another caller's fill) get their wait on top, from the SDK.
 async fn connect(conn: &ConnArgs) -> Result<Client, Failure> {
-    ClientBuilder::new(conn.addr.clone())
+    let mut builder = ClientBuilder::new(conn.addr.clone());
+    if let Some(token) = conn
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        builder = builder.bearer_token(token);
+    }
+    if let Some(tls) = tls_config(&conn.tls)? {
+        builder = builder.tls(tls);
+    }
+    builder
         .connect_timeout(Some(conn.timeout))
         .request_timeout(Some(conn.timeout))
         // One call per process: a stream would only add a round trip.
         .pipeline(false)
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {}", conn.addr))
-        .map_err(Failure::server)
+        .map_err(|e| {
+            let bad_config = matches!(e, ClientError::InvalidConfig(_));
+            let e = anyhow::Error::new(e).context(format!("cannot connect to {}", conn.addr));
+            if bad_config {
+                Failure::usage(e)
+            } else {
+                Failure::server(e)
+            }
+        })
+}
+
+/// Reads the TLS files named by the flags; `None` when no TLS flag is set.
+fn tls_config(args: &TlsArgs) -> Result<Option<TlsConfig>, Failure> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .with_context(|| format!("{flag}: cannot read {}", path.display()))
+            .map_err(Failure::usage)
+    };
+    if args.tls_ca.is_none() && args.tls_cert.is_none() && args.tls_server_name.is_none() {
+        return Ok(None);
+    }
+    let ca_certificate_pem = match &args.tls_ca {
+        Some(p) => Some(read("--tls-ca", p)?),
+        None => None,
+    };
+    let client_identity_pem = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((read("--tls-cert", c)?, read("--tls-key", k)?)),
+        _ => None,
+    };
+    Ok(Some(TlsConfig {
+        ca_certificate_pem,
+        client_identity_pem,
+        domain_name: args.tls_server_name.clone(),
+    }))
 }
 
 /// `tiercache get KEY`: exit 0 on a hit, 1 on a miss.
@@ -213,6 +257,42 @@ pub async fn health(args: HealthArgs) -> Result<Exit, Failure> {
     };
     report(args.conn.json, json!({"status": name}), name)?;
     Ok(exit)
+}
+
+/// `tiercache token [--principal NAME]`: a new random token, printed once (the first line of
+/// the text output is the token alone), with the lines that put its hash in the server config.
+pub fn token(args: TokenArgs) -> Result<Exit, Failure> {
+    if !tiercache_server::config::is_principal_name(&args.principal) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--principal: principal names are 1 to 128 characters of [A-Za-z0-9_.@:-]"
+        )));
+    }
+    let token = tiercache_server::auth::generate_token();
+    let hash = tiercache_server::auth::token_hash_hex(&token);
+    let principal = &args.principal;
+    let config_line = format!("token_sha256 = [\"{hash}\"]");
+    let file_line = format!("{principal} {hash}");
+    let text = format!(
+        "{token}\n\
+         # The token above is shown only this once: give it to the client (--token or\n\
+         # TIERCACHE_TOKEN). The server keeps only its SHA-256:\n\
+         # in the config, under [auth.principals.{principal}]:\n\
+         {config_line}\n\
+         # or as a line of auth.tokens_file or TIERCACHE_AUTH_TOKENS:\n\
+         {file_line}"
+    );
+    report(
+        args.json,
+        json!({
+            "token": token,
+            "principal": principal,
+            "token_sha256": hash,
+            "config_line": config_line,
+            "tokens_file_line": file_line,
+        }),
+        &text,
+    )?;
+    Ok(Exit::Ok)
 }
 
 /// `tiercache get-or-set KEY -- CMD…`: exit 0 with the value (cached or computed), 1 for a

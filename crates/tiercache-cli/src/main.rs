@@ -5,7 +5,7 @@
 //! - `args`: the clap command line.
 //! - `serve`: `tiercache serve` (config, logging, signals, `tiercache_server::run`).
 //! - `commands`: the client commands (get, set, del, get-or-set, invalidate-tags, flush, stats,
-//!   inspect, watch, lock, health) and their output.
+//!   inspect, watch, lock, health, token) and their output.
 //! - `bench`: `tiercache bench`, the benchmark harness (docs/performance.md); only with the
 //!   `bench` feature, which the shipped binary leaves out.
 //! - `exit`: exit codes and the failure type that carries one.
@@ -61,6 +61,7 @@ async fn dispatch(command: Command) -> Result<Exit, Failure> {
         Command::Watch(args) => commands::watch(args).await,
         Command::Lock(args) => commands::lock(args).await,
         Command::Health(args) => commands::health(args).await,
+        Command::Token(args) => commands::token(args),
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench::bench(args).await,
         #[cfg(not(feature = "bench"))]

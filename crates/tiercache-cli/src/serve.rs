@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use tiercache_server::config::{ConfigError, OtelEnv, RedisConfig};
+use tiercache_server::config::{ConfigError, OtelEnv, RedisConfig, TlsConfig};
 use tiercache_server::telemetry::{self, JsonWithTraceIds};
 use tiercache_server::{Config, ServerError};
 use tokio::net::TcpListener;
@@ -17,10 +17,19 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 use crate::args::{LogFormat, ServeArgs};
 use crate::exit::{Exit, Failure};
 
+/// The Redis password, when the config file sets neither `redis.password` nor
+/// `redis.password_file` (a Kubernetes Secret as an environment variable).
+pub const REDIS_PASSWORD_ENV: &str = "TIERCACHE_REDIS_PASSWORD";
+
 /// Runs the server until SIGTERM or SIGINT, then returns after the graceful shutdown.
 pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
     let env = OtelEnv::from_lookup(|k| std::env::var(k).ok());
-    let config = build_config(&args, &env).map_err(Failure::usage)?;
+    let mut config = build_config(&args, &env).map_err(Failure::usage)?;
+    add_auth_tokens(&mut config, std::env::var(AUTH_TOKENS_ENV).ok().as_deref())
+        .map_err(Failure::usage)?;
+    config.redis = config
+        .redis
+        .map(|r| r.with_password_env(std::env::var(REDIS_PASSWORD_ENV).ok()));
     let tracer = telemetry::tracer_provider(&config.telemetry)
         .context("cannot start tracing")
         .map_err(Failure::usage)?;
@@ -51,6 +60,7 @@ pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         admin = ?admin_addr,
         otlp = config.telemetry.otlp_endpoint.as_deref().unwrap_or("off"),
         redis = config.redis.is_some(),
+        tls = config.tls.as_ref().map_or("off", |t| if t.client_ca_file.is_some() { "mtls" } else { "on" }),
         namespaces = config.namespaces.len(),
         "listening"
     );
@@ -65,6 +75,28 @@ pub async fn serve(args: ServeArgs) -> Result<Exit, Failure> {
         Err(e @ ServerError::Config(_)) => Err(Failure::usage(e)),
         Err(e) => Err(Failure::server(e)),
     }
+}
+
+/// The environment variable with token lines (`<principal> <sha256-hex>`, newline- or
+/// `;`-separated), as from a Kubernetes Secret.
+pub const AUTH_TOKENS_ENV: &str = "TIERCACHE_AUTH_TOKENS";
+
+/// Adds the token lines of `TIERCACHE_AUTH_TOKENS` (`lines`) to `[auth]`; set without `[auth]`
+/// it is an error (the tokens would grant nothing).
+pub fn add_auth_tokens(config: &mut Config, lines: Option<&str>) -> Result<(), ConfigError> {
+    let Some(lines) = lines.filter(|l| !l.trim().is_empty()) else {
+        return Ok(());
+    };
+    match &mut config.auth {
+        Some(auth) => auth.add_token_lines(AUTH_TOKENS_ENV, lines)?,
+        None => {
+            return Err(ConfigError::Invalid {
+                field: AUTH_TOKENS_ENV.into(),
+                message: "is set but the config has no [auth] with the principals it names".into(),
+            })
+        }
+    }
+    config.validate()
 }
 
 /// Returns the config: the file (or the defaults), with flag and environment overrides laid
@@ -86,6 +118,13 @@ pub fn build_config(args: &ServeArgs, env: &OtelEnv) -> Result<Config, ConfigErr
     }
     if let Some(admin) = args.admin_listen {
         config.telemetry.admin_listen = admin;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        // Keep the file's client CA and reload interval; only the two paths change.
+        match &mut config.tls {
+            Some(tls) => (tls.cert_file, tls.key_file) = (cert.clone(), key.clone()),
+            None => config.tls = Some(TlsConfig::new(cert, key)),
+        }
     }
     config.telemetry = config.telemetry.with_env(env)?;
     config.validate()?;
@@ -176,8 +215,38 @@ mod tests {
             listen: None,
             redis_url: None,
             admin_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             log_format: LogFormat::Text,
         }
+    }
+
+    #[test]
+    fn tls_flags_set_or_override_the_files() {
+        let flags = ServeArgs {
+            tls_cert_file: Some("/f/tls.crt".into()),
+            tls_key_file: Some("/f/tls.key".into()),
+            ..args()
+        };
+        let c = build_config(&flags, &OtelEnv::default()).unwrap();
+        assert_eq!(c.tls, Some(TlsConfig::new("/f/tls.crt", "/f/tls.key")));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            b"[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nclient_ca_file = \"ca\"\n",
+        )
+        .unwrap();
+        let c = build_config(
+            &ServeArgs {
+                config: Some(file.path().to_path_buf()),
+                ..flags
+            },
+            &OtelEnv::default(),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, std::path::Path::new("/f/tls.crt"));
+        assert_eq!(tls.client_ca_file, Some("ca".into()));
     }
 
     #[test]
@@ -248,5 +317,35 @@ mod tests {
         );
         assert_eq!(c.telemetry.service_name(), "cache-eu");
         assert_eq!(c.telemetry.admin_listen.to_string(), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn auth_tokens_from_the_environment_join_their_principal() {
+        let hash = tiercache_server::auth::token_hash_hex("tc_env");
+        let mut c = Config::from_toml(
+            "[auth.principals.app.rights]\n\"app*\" = [\"read\"]\n[auth.principals.ops]\n",
+        )
+        .unwrap();
+        add_auth_tokens(
+            &mut c,
+            Some(&format!(
+                "# from the secret\napp {hash};ops {}",
+                "0".repeat(64)
+            )),
+        )
+        .unwrap();
+        let auth = c.auth.as_ref().unwrap();
+        assert_eq!(auth.principals["app"].token_sha256.len(), 1);
+        assert_eq!(auth.principals["ops"].token_sha256.len(), 1);
+        // An unknown principal or a bad hash names the variable, never the hash.
+        let e = add_auth_tokens(&mut c, Some(&format!("nobody {hash}"))).unwrap_err();
+        assert!(e.to_string().contains(AUTH_TOKENS_ENV), "{e}");
+        assert!(!e.to_string().contains(&hash), "{e}");
+        let e = add_auth_tokens(&mut c, Some("app nothex")).unwrap_err();
+        assert!(e.to_string().contains(AUTH_TOKENS_ENV), "{e}");
+        // Without [auth] the tokens would grant nothing.
+        let e = add_auth_tokens(&mut Config::default(), Some(&format!("app {hash}"))).unwrap_err();
+        assert!(e.to_string().contains(AUTH_TOKENS_ENV), "{e}");
+        add_auth_tokens(&mut Config::default(), Some("  ")).unwrap();
     }
 }

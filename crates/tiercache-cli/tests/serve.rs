@@ -60,6 +60,44 @@ fn bad_redis_url_flag_exits_2_and_names_the_field() {
 }
 
 #[test]
+fn the_redis_password_comes_from_the_environment_and_is_never_printed() {
+    use tiercache_testkit::{AclUser, RedisSecurity, RedisServer, TlsClientAuth};
+    let redis = RedisServer::start_secure(RedisSecurity {
+        tls: Some(TlsClientAuth::Optional),
+        acl_user: Some(AclUser::limited_to("team-a")),
+    });
+    let f = config_file(&format!(
+        "listen = \"127.0.0.1:0\"\n[telemetry]\nmetrics = false\n[redis]\nurl = \"{}\"\n\
+         username = \"tiercache\"\nkey_prefix = \"team-a\"\ntls_ca_file = \"{}\"\n",
+        redis.url(),
+        redis.tls_files().unwrap().ca_file.display()
+    ));
+    let o = tiercache()
+        .args(["serve", "--config", f.path().to_str().unwrap()])
+        .env("TIERCACHE_REDIS_PASSWORD", "wrong-env-secret-4411")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    // WRONGPASS: the variable's password was sent (without one the login is not tried).
+    assert!(
+        err.contains("WRONGPASS") && err.contains("redis.password"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-env-secret-4411"), "{err}");
+    let o = tiercache()
+        .args(["serve", "--config", f.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_exit(&o, 2);
+    assert!(
+        stderr(&o).contains("TIERCACHE_REDIS_PASSWORD"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn bad_listen_address_is_a_usage_error() {
     let o = run(&["serve", "--listen", "not-an-address"]);
     assert_exit(&o, 2);

@@ -10,7 +10,7 @@ use tiercache_proto::v1::{
     lock_service_client::LockServiceClient,
 };
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -315,11 +315,11 @@ impl MessageSizes {
     }
 }
 
-/// TLS settings for the connection to the server.
+/// TLS settings for the connection to the server (rustls).
 ///
-/// **Not built in yet**: the settings are stored so code can be written against them, but a
-/// client with TLS configured fails to connect with [`Error::InvalidConfig`] until the security
-/// work turns on tonic's rustls support. It never falls back to plaintext.
+/// With TLS set, a bare `host:port` address means `https://`; an `http://` address is refused
+/// rather than sent in plaintext. An `https://` address without TLS settings verifies the
+/// server against the system roots.
 #[derive(Clone, Default)]
 pub struct TlsConfig {
     /// PEM CA bundle to verify the server with; the system roots when `None`.
@@ -337,6 +337,47 @@ impl std::fmt::Debug for TlsConfig {
             .field("client_identity_pem", &self.client_identity_pem.is_some())
             .field("domain_name", &self.domain_name)
             .finish()
+    }
+}
+
+impl TlsConfig {
+    /// Checks the PEM and returns tonic's config for it.
+    fn client_config(&self) -> Result<ClientTlsConfig> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |what: &str, pem: &[u8]| -> Result<()> {
+            let n = CertificateDer::pem_slice_iter(pem)
+                .try_fold(0, |n, c| c.map(|_| n + 1))
+                .map_err(|e| Error::InvalidConfig(format!("tls {what}: bad PEM: {e}")))?;
+            if n == 0 {
+                return Err(Error::InvalidConfig(format!(
+                    "tls {what}: no PEM CERTIFICATE block"
+                )));
+            }
+            Ok(())
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_certificate_pem {
+            Some(ca) => {
+                certs("ca certificate", ca)?;
+                config.ca_certificate(Certificate::from_pem(ca))
+            }
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.client_identity_pem {
+            certs("client certificate", cert)?;
+            // The PEM error never quotes the input, so no key material reaches the message.
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+                Error::InvalidConfig(format!(
+                    "tls client key: no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"
+                ))
+            })?;
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.domain_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
     }
 }
 
@@ -467,8 +508,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Sets TLS for the connection. See [`TlsConfig`]: stored for now, and connecting fails with
-    /// [`Error::InvalidConfig`] until TLS support is built in.
+    /// Sets TLS for the connection: a CA to trust instead of the system roots, a client
+    /// certificate for mutual TLS, the name to verify. See [`TlsConfig`]; PEM that does not
+    /// parse fails with [`Error::InvalidConfig`] naming the setting.
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
@@ -512,11 +554,6 @@ impl ClientBuilder {
     }
 
     fn endpoint(&self) -> Result<Endpoint> {
-        if self.tls.is_some() {
-            return Err(Error::InvalidConfig(
-                "tls is not supported by this build of the client yet".into(),
-            ));
-        }
         if let Some(t) = &self.bearer_token {
             if transport::authorization(t).is_err() {
                 return Err(Error::InvalidConfig(
@@ -526,10 +563,25 @@ impl ClientBuilder {
         }
         let addr = if self.addr.contains("://") {
             self.addr.clone()
+        } else if self.tls.is_some() {
+            format!("https://{}", self.addr)
         } else {
             format!("http://{}", self.addr)
         };
+        let https = addr.starts_with("https://");
+        if self.tls.is_some() && !https {
+            return Err(Error::InvalidConfig(format!(
+                "tls is set but the address {addr} is not https://"
+            )));
+        }
         let mut ep = Endpoint::from_shared(addr).map_err(Error::Transport)?;
+        if https {
+            let tls = match &self.tls {
+                Some(t) => t.client_config()?,
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            ep = ep.tls_config(tls).map_err(Error::Transport)?;
+        }
         ep = ep.tcp_nodelay(self.tcp_nodelay);
         if let Some(t) = self.connect_timeout {
             ep = ep.connect_timeout(t);
@@ -582,12 +634,47 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_rather_than_ignored() {
-        let err = ClientBuilder::new("https://localhost:1")
+    fn tls_means_https_and_never_falls_back_to_plaintext() {
+        let ep = ClientBuilder::new("localhost:1")
+            .tls(TlsConfig::default())
+            .endpoint()
+            .unwrap();
+        assert_eq!(ep.uri().scheme_str(), Some("https"));
+        ClientBuilder::new("https://localhost:1")
+            .endpoint()
+            .unwrap();
+        let err = ClientBuilder::new("http://localhost:1")
             .tls(TlsConfig::default())
             .endpoint()
             .unwrap_err();
-        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+        assert!(
+            matches!(&err, Error::InvalidConfig(m) if m.contains("not https://")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn bad_tls_pem_is_named() {
+        let tls = |ca: Option<&[u8]>, id: Option<(&[u8], &[u8])>| TlsConfig {
+            ca_certificate_pem: ca.map(<[u8]>::to_vec),
+            client_identity_pem: id.map(|(c, k)| (c.to_vec(), k.to_vec())),
+            domain_name: None,
+        };
+        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        for (config, named) in [
+            (tls(Some(b"not pem"), None), "tls ca certificate"),
+            (tls(None, Some((b"", b"k"))), "tls client certificate"),
+            (tls(None, Some((cert, b"s3cret-key"))), "tls client key"),
+        ] {
+            let err = ClientBuilder::new("https://localhost:1")
+                .tls(config)
+                .endpoint()
+                .unwrap_err();
+            let m = err.to_string();
+            assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+            assert!(m.contains(named), "{m}");
+            assert!(!m.contains("s3cret"), "{m}");
+        }
     }
 
     #[tokio::test]

@@ -81,7 +81,7 @@ pub enum Error {
     /// outcome; usually a server newer than the SDK.
     #[error("unexpected response: {0}")]
     UnexpectedResponse(String),
-    /// The client settings cannot work, e.g. TLS in a build without TLS support or a token that
+    /// The client settings cannot work, e.g. a TLS certificate that does not parse or a token that
     /// is not valid metadata.
     #[error("invalid client config: {0}")]
     InvalidConfig(String),

@@ -87,8 +87,8 @@
 //!   with `tiercache_proto::duration`).
 //! - `error`: [`Error`], mapped from `tonic::Status`.
 //!
-//! Not built yet: TLS (the [`TlsConfig`] slot stores settings, and connecting refuses them
-//! rather than go plaintext).
+//! TLS: [`ClientBuilder::tls`] with a [`TlsConfig`] (CA, client certificate, server name), or
+//! an `https://` address for the system roots (rustls, ring provider).
 
 mod client;
 mod error;

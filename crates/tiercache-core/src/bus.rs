@@ -95,11 +95,7 @@ impl Cache {
             return;
         };
         // `<run>\n<event>`: the run of the namespace sequence the event took its number in.
-        let decoded = std::str::from_utf8(payload).ok().and_then(|p| {
-            let (run, event) = p.split_once('\n')?;
-            Some((run.parse::<u64>().ok()?, Event::decode(event)?))
-        });
-        let Some((run, event)) = decoded else {
+        let Some((run, event)) = Event::decode_message(payload) else {
             tracing::warn!(namespace = name, "undecodable invalidation event");
             return;
         };

@@ -29,6 +29,10 @@ pub enum CoreError {
     /// A batch read would return more than its byte limit of values; nothing was returned.
     #[error("the reply would exceed {limit} bytes")]
     ReplyTooLarge { limit: u64 },
+    /// A GetOrSet would have granted a lease to a caller that may not take one
+    /// ([`crate::GetOrSetOptions::may_lease`] false): nothing was taken.
+    #[error("a lease would be granted, but the caller may not take one")]
+    LeaseRefused,
     /// The feature exists in the API but not yet in the engine.
     #[error("{0} is not implemented")]
     Unimplemented(&'static str),

@@ -63,6 +63,19 @@ impl Event {
         };
         Some(Event { sequence, kind })
     }
+
+    /// Decodes a message of a namespace's event channel as the Lua scripts publish it:
+    /// `<run>\n<event>`, the run of the namespace sequence the event took its number in, then the
+    /// event. `None` for anything malformed, invalid UTF-8 included.
+    pub fn decode_message(payload: &[u8]) -> Option<(u64, Event)> {
+        let (run, event) = std::str::from_utf8(payload).ok()?.split_once('\n')?;
+        Some((run.parse().ok()?, Event::decode(event)?))
+    }
+
+    /// Encodes the event as a message of run `run` (what [`Event::decode_message`] reads).
+    pub fn encode_message(&self, run: u64) -> String {
+        format!("{run}\n{}", self.encode())
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +100,18 @@ mod tests {
         }
         assert_eq!(Event::decode("x\nK\n1\nk"), None);
         assert_eq!(Event::decode("1\nZ"), None);
+    }
+
+    #[test]
+    fn messages_carry_the_run() {
+        let e = Event {
+            sequence: 5,
+            kind: EventKind::Flushed,
+        };
+        assert_eq!(e.encode_message(9), "9\n5\nF");
+        assert_eq!(Event::decode_message(b"9\n5\nF"), Some((9, e)));
+        assert_eq!(Event::decode_message(b"x\n5\nF"), None);
+        assert_eq!(Event::decode_message(b"9\n5\n\xffF"), None);
+        assert_eq!(Event::decode_message(b"9"), None);
     }
 }

@@ -134,14 +134,13 @@ impl KeySpace {
         format!("{}:{}:{{", self.prefix, self.db)
     }
 
-    /// The `PSUBSCRIBE` patterns of every namespace's event, lease and lock channels.
-    pub fn patterns(&self) -> [String; 3] {
-        let start = self.channel_start();
-        [
-            format!("{start}*}}:events"),
-            format!("{start}*}}:leases"),
-            format!("{start}*}}:locks"),
-        ]
+    /// The `PSUBSCRIBE` pattern that covers every namespace's event, lease and lock channels:
+    /// `<prefix>:*`, literally the channel rule `&<prefix>:*` of a Redis ACL user limited to the
+    /// prefix (Redis matches a subscribed pattern against the ACL's patterns literally, so a
+    /// narrower pattern would be refused). Channels of other databases under the same prefix
+    /// also arrive; [`KeySpace::parse_channel`] drops them.
+    pub fn patterns(&self) -> [String; 1] {
+        [format!("{}:*", self.prefix)]
     }
 
     /// Parses a channel name of this deployment into its namespace and kind.
@@ -286,7 +285,7 @@ mod tests {
         );
         assert_eq!(a.parse_channel(&b.namespace("users").channel), None);
         assert_eq!(a.parse_channel(&c.namespace("users").channel), None);
-        assert_eq!(a.patterns()[0], "app1:0:{*}:events");
+        assert_eq!(a.patterns(), ["app1:*".to_string()]);
         assert_eq!(
             parse_entry_key("app1", &ka.entry("a:b")),
             Some(("users".into(), "a:b".into()))

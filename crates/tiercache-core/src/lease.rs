@@ -45,6 +45,10 @@ pub struct GetOrSetOptions {
     pub refresh_stale: bool,
     /// Lease validity; the namespace's lease TTL when `None`.
     pub lease_ttl: Option<Duration>,
+    /// Whether this caller may be granted a lease. When false it still gets hits and waits
+    /// for another caller's fill, gets no refresh lease, and where it would be granted the lease
+    /// it gets [`CoreError::LeaseRefused`] and nothing is taken.
+    pub may_lease: bool,
 }
 
 /// What a GetOrSet caller gets.
@@ -145,7 +149,7 @@ impl Cache {
                 });
             }
             if opts.allow_stale {
-                let refresh = if opts.refresh_stale {
+                let refresh = if opts.refresh_stale && opts.may_lease {
                     match self.acquire(ns, key, lease_ttl).await? {
                         Acquired::Granted(lease) => Some(Lease {
                             refresh: true,
@@ -159,7 +163,7 @@ impl Cache {
                 return Ok(GetOrSetResult::Hit { found, refresh });
             }
         }
-        match self.acquire(ns, key, lease_ttl).await? {
+        match self.acquire_if(opts.may_lease, ns, key, lease_ttl).await? {
             Acquired::Granted(lease) => Ok(GetOrSetResult::Lease(lease)),
             Acquired::Degraded if self.claim_compute(ns, key, lease_ttl) => {
                 Ok(GetOrSetResult::Compute)
@@ -231,7 +235,7 @@ impl Cache {
                     bump(&ns.stats.coalesced);
                     return Ok(GetOrSetResult::Filled(found));
                 }
-                match self.acquire(ns, key, lease_ttl).await? {
+                match self.acquire_if(opts.may_lease, ns, key, lease_ttl).await? {
                     Acquired::Granted(lease) => return Ok(GetOrSetResult::Lease(lease)),
                     Acquired::Degraded if self.claim_compute(ns, key, lease_ttl) => {
                         return Ok(GetOrSetResult::Compute)
@@ -258,6 +262,44 @@ impl Cache {
                 _ = tokio::time::sleep(WAITER_POLL) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(GetOrSetResult::WaitTimedOut),
             }
+        }
+    }
+
+    /// [`Cache::acquire`] for a caller that may take a lease; for one that may not, only
+    /// looks: a lease held by another caller means waiting, none means [`CoreError::LeaseRefused`]
+    /// (this caller would have been granted it).
+    async fn acquire_if(
+        &self,
+        may_lease: bool,
+        ns: &Namespace,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, CoreError> {
+        if may_lease {
+            return self.acquire(ns, key, ttl).await;
+        }
+        match self.usable_store() {
+            Ok(store) => match store.lease_info(ns, key).await {
+                Ok(Some(_)) => Ok(Acquired::Held),
+                // A fill may have landed between the caller's lookup and this look (it writes
+                // the entry and removes the lease at once): look at the entry again before
+                // refusing, as the acquire script does for a caller that may lease.
+                Ok(None) => match self
+                    .lookup_many(ns, &[key], ReadOptions { fresh_only: true }, false, None)
+                    .await?
+                    .pop()
+                {
+                    Some(Lookup::Hit(_)) => Ok(Acquired::FreshExists),
+                    _ => Err(CoreError::LeaseRefused),
+                },
+                Err(e) if e.is_unreachable() => {
+                    self.trip(&e);
+                    Ok(Acquired::Degraded)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) if e.is_unreachable() => Ok(Acquired::Degraded),
+            Err(e) => Err(e),
         }
     }
 

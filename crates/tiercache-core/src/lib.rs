@@ -46,7 +46,7 @@ pub use lease::{FillArgs, FillOutcome, GetOrSetOptions, GetOrSetResult, Lease};
 pub use lock::LockAcquire;
 pub use namespace::Namespace;
 pub use policy::NamespacePolicy;
-pub use store::redis::RedisOptions;
+pub use store::redis::{RedisOptions, RedisTls, Secret};
 pub use types::{
     CacheConfig, DeleteOutcome, Found, Lookup, Mode, ReadOptions, SetOutcome, Tier, WriteArgs,
     WriteCondition,

@@ -5,6 +5,9 @@ use tiercache_core::Cache;
 use tiercache_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use crate::auth::{Access, Guard, Right};
 use crate::convert;
 use crate::error::ApiError;
 use crate::request;
@@ -14,11 +17,21 @@ use crate::validate::{self, Violations};
 #[derive(Clone)]
 pub struct AdminApi {
     cache: Cache,
+    guard: Arc<Guard>,
 }
 
 impl AdminApi {
     pub fn new(cache: Cache) -> Self {
-        Self { cache }
+        Self {
+            cache,
+            guard: Arc::new(Guard::open()),
+        }
+    }
+
+    /// Checks the `admin` right and rate limits with `guard`.
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Self {
+        self.guard = guard;
+        self
     }
 }
 
@@ -26,13 +39,18 @@ impl AdminApi {
 impl AdminService for AdminApi {
     async fn list_namespaces(
         &self,
-        _r: Request<pb::ListNamespacesRequest>,
+        r: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        // Only the namespaces the caller holds some right on: the others' names are not its
+        // business.
+        let a = Access::of(&self.guard, &r);
+        a.admit_principal("")?;
         Ok(Response::new(pb::ListNamespacesResponse {
             namespaces: self
                 .cache
                 .namespaces()
                 .iter()
+                .filter(|ns| a.sees(&ns.name))
                 .map(|ns| convert::namespace_info(ns))
                 .collect(),
         }))
@@ -42,11 +60,23 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
         let namespaces = if req.namespace.is_empty() {
-            self.cache.namespaces()
+            // Every namespace the caller administers.
+            a.admit_principal("")?;
+            self.cache
+                .namespaces()
+                .into_iter()
+                .filter(|ns| a.allows(Right::Admin, &ns.name))
+                .collect()
         } else {
-            vec![request::existing_namespace(&self.cache, &req.namespace)?]
+            vec![request::existing_namespace(
+                &self.cache,
+                &a,
+                &req.namespace,
+                Right::Admin,
+            )?]
         };
         Ok(Response::new(pb::GetStatsResponse {
             namespaces: namespaces
@@ -62,8 +92,9 @@ impl AdminService for AdminApi {
         &self,
         r: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = request::existing_namespace(&self.cache, &req.namespace)?;
+        let ns = request::existing_namespace(&self.cache, &a, &req.namespace, Right::Admin)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Access, Guard, Right};
 use crate::config::LimitsConfig;
 use crate::convert;
 use crate::error::ApiError;
@@ -30,6 +31,7 @@ pub struct CacheApi {
     cache: Cache,
     limits: Arc<LimitsConfig>,
     streams: Arc<Streams>,
+    guard: Arc<Guard>,
 }
 
 impl CacheApi {
@@ -38,7 +40,14 @@ impl CacheApi {
             cache,
             limits: Arc::new(limits),
             streams: Arc::default(),
+            guard: Arc::new(Guard::open()),
         }
+    }
+
+    /// Checks rights and rate limits with `guard` (by default every caller may do everything).
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Counts this service's open Watch and Pipeline streams in `streams`.
@@ -47,13 +56,14 @@ impl CacheApi {
         self
     }
 
-    /// Resolves the namespace a request names; `open` it once the request is valid.
-    fn namespace(&self, name: &str) -> Result<Resolved, ApiError> {
-        request::namespace(&self.cache, name)
+    /// Resolves the namespace a request names, for a caller who must hold `right` on it;
+    /// `open` it once the request is valid.
+    fn namespace(&self, a: &Access, name: &str, right: Right) -> Result<Resolved, ApiError> {
+        request::namespace(&self.cache, a, name, right)
     }
 
-    async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
-        let ns = self.namespace(&req.namespace)?;
+    async fn get_one(&self, a: &Access, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
+        let ns = self.namespace(a, &req.namespace, Right::Read)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;
@@ -70,10 +80,11 @@ impl CacheApi {
 
     async fn set_one(
         &self,
+        a: &Access,
         req: pb::SetRequest,
         prefix: &str,
     ) -> Result<pb::SetResponse, ApiError> {
-        let checked = self.check_set(&req, prefix)?.open()?;
+        let checked = self.check_set(a, &req, prefix)?.open()?;
         self.apply_set(checked, req).await
     }
 
@@ -85,9 +96,14 @@ impl CacheApi {
     }
 
     /// Validates a Set, naming fields with `prefix` (`requests[2].` in a batch).
-    fn check_set(&self, req: &pb::SetRequest, prefix: &str) -> Result<CheckedSet, ApiError> {
+    fn check_set(
+        &self,
+        a: &Access,
+        req: &pb::SetRequest,
+        prefix: &str,
+    ) -> Result<CheckedSet, ApiError> {
         let ns = self
-            .namespace(&req.namespace)
+            .namespace(a, &req.namespace, Right::Write)
             .map_err(|e| prefixed(e, prefix))?;
         let mut v = Violations::default();
         let f = |name: &str| format!("{prefix}{name}");
@@ -122,8 +138,12 @@ impl CacheApi {
         Ok(convert::set_response(outcome))
     }
 
-    async fn delete_one(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, ApiError> {
-        let ns = self.namespace(&req.namespace)?;
+    async fn delete_one(
+        &self,
+        a: &Access,
+        req: pb::DeleteRequest,
+    ) -> Result<pb::DeleteResponse, ApiError> {
+        let ns = self.namespace(a, &req.namespace, Right::Write)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         v.finish()?;
@@ -133,20 +153,28 @@ impl CacheApi {
     }
 }
 
-impl pipeline::Operations for CacheApi {
+/// The operations of one Pipeline stream: the unary handlers, for the stream's caller. Each
+/// operation is checked (rights, rate limits) on its own.
+#[derive(Clone)]
+struct PipelineOps {
+    api: CacheApi,
+    access: Access,
+}
+
+impl pipeline::Operations for PipelineOps {
     async fn get(&self, req: pb::GetRequest) -> Result<pb::GetResponse, ApiError> {
-        let r = self.get_one(req).await?;
-        ReplyBudget::new(self.limits.max_reply_bytes, "key")
+        let r = self.api.get_one(&self.access.renewed(), req).await?;
+        ReplyBudget::new(self.api.limits.max_reply_bytes, "key")
             .spend(r.entry.as_ref().map_or(0, |e| e.value.len()))?;
         Ok(r)
     }
 
     async fn set(&self, req: pb::SetRequest) -> Result<pb::SetResponse, ApiError> {
-        self.set_one(req, "").await
+        self.api.set_one(&self.access.renewed(), req, "").await
     }
 
     async fn delete(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, ApiError> {
-        self.delete_one(req).await
+        self.api.delete_one(&self.access.renewed(), req).await
     }
 }
 
@@ -281,18 +309,26 @@ impl CacheApi {
         &self,
         ns: &Namespace,
         key: String,
+        a: &Access,
         p: &GetOrSetParams,
         deadline: Option<Duration>,
     ) -> Result<pb::GetOrSetResponse, ApiError> {
+        let may_lease = a.allows(Right::Write, &ns.name);
         let wait = within_deadline(ns.policy.effective_max_wait(p.wait), deadline);
         let opts = GetOrSetOptions {
             wait,
             allow_stale: p.allow_stale,
             refresh_stale: p.refresh_stale,
             lease_ttl: p.lease_ttl,
+            may_lease,
         };
         let applied = self.cache.applied_sequence(ns);
-        let result = self.cache.get_or_set(ns, &key, opts).await?;
+        // `read` suffices for hits and waits; a caller that would be granted the lease (and so
+        // would have to compute and Fill) needs `write`.
+        let result = match self.cache.get_or_set(ns, &key, opts).await {
+            Err(CoreError::LeaseRefused) => return Err(a.denied(Right::Write, &ns.name)),
+            r => r?,
+        };
         if matches!(result, GetOrSetResult::WaitTimedOut)
             && p.on_timeout == pb::WaitTimeoutAction::Unavailable
         {
@@ -307,17 +343,23 @@ impl CacheApi {
 
     async fn fill_one(
         &self,
+        a: &Access,
         req: pb::FillRequest,
         prefix: &str,
     ) -> Result<pb::FillResponse, ApiError> {
-        let checked = self.check_fill(&req, prefix)?.open()?;
+        let checked = self.check_fill(a, &req, prefix)?.open()?;
         self.apply_fill(checked, req).await
     }
 
     /// Validates a Fill, naming fields with `prefix` (`requests[2].` in a batch).
-    fn check_fill(&self, req: &pb::FillRequest, prefix: &str) -> Result<CheckedSet, ApiError> {
+    fn check_fill(
+        &self,
+        a: &Access,
+        req: &pb::FillRequest,
+        prefix: &str,
+    ) -> Result<CheckedSet, ApiError> {
         let ns = self
-            .namespace(&req.namespace)
+            .namespace(a, &req.namespace, Right::Write)
             .map_err(|e| prefixed(e, prefix))?;
         let f = |name: &str| format!("{prefix}{name}");
         let mut v = Violations::default();
@@ -363,15 +405,17 @@ impl CacheApi {
 #[tonic::async_trait]
 impl CacheService for CacheApi {
     async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        Ok(Response::new(self.get_one(r.into_inner()).await?))
+        let a = Access::of(&self.guard, &r);
+        Ok(Response::new(self.get_one(&a, r.into_inner()).await?))
     }
 
     async fn get_many(
         &self,
         r: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&a, &req.namespace, Right::Read)?;
         let mut v = Violations::default();
         validate::batch(&mut v, "keys", req.keys.len(), self.limits.max_batch);
         for (i, k) in req.keys.iter().enumerate() {
@@ -401,17 +445,21 @@ impl CacheService for CacheApi {
     }
 
     async fn set(&self, r: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        Ok(Response::new(self.set_one(r.into_inner(), "").await?))
+        let a = Access::of(&self.guard, &r);
+        Ok(Response::new(self.set_one(&a, r.into_inner(), "").await?))
     }
 
     async fn set_many(
         &self,
         r: Request<pb::SetManyRequest>,
     ) -> Result<Response<pb::SetManyResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
         self.check_batch("requests", req.requests.len())?;
         // Validate every item before writing any, so a bad batch writes nothing.
-        let checked = check_all(&req.requests, |item, prefix| self.check_set(item, prefix))?;
+        let checked = check_all(&req.requests, |item, prefix| {
+            self.check_set(&a, item, prefix)
+        })?;
         let responses = futures::future::try_join_all(
             checked
                 .into_iter()
@@ -426,7 +474,8 @@ impl CacheService for CacheApi {
         &self,
         r: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        Ok(Response::new(self.delete_one(r.into_inner()).await?))
+        let a = Access::of(&self.guard, &r);
+        Ok(Response::new(self.delete_one(&a, r.into_inner()).await?))
     }
 
     async fn get_or_set(
@@ -434,8 +483,9 @@ impl CacheService for CacheApi {
         r: Request<pb::GetOrSetRequest>,
     ) -> Result<Response<pb::GetOrSetResponse>, Status> {
         let deadline = grpc_timeout(r.metadata());
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&a, &req.namespace, Right::Read)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         let params = GetOrSetParams::check(
@@ -448,7 +498,8 @@ impl CacheService for CacheApi {
         v.finish()?;
         let ns = ns.open()?;
         Ok(Response::new(
-            self.get_or_set_one(&ns, req.key, &params, deadline).await?,
+            self.get_or_set_one(&ns, req.key, &a, &params, deadline)
+                .await?,
         ))
     }
 
@@ -457,8 +508,9 @@ impl CacheService for CacheApi {
         r: Request<pb::GetOrSetManyRequest>,
     ) -> Result<Response<pb::GetOrSetManyResponse>, Status> {
         let deadline = grpc_timeout(r.metadata());
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&a, &req.namespace, Right::Read)?;
         let mut v = Violations::default();
         validate::batch(&mut v, "keys", req.keys.len(), self.limits.max_batch);
         for (i, k) in req.keys.iter().enumerate() {
@@ -487,9 +539,9 @@ impl CacheService for CacheApi {
         // and every other caller of those keys would wait for a fill that never comes.
         let granted = parking_lot::Mutex::new(Vec::new());
         let results = futures::future::try_join_all(req.keys.into_iter().map(|k| {
-            let (budget, granted, ns, params) = (&budget, &granted, &ns, &params);
+            let (budget, granted, ns, params, a) = (&budget, &granted, &ns, &params, &a);
             async move {
-                let r = self.get_or_set_one(ns, k, params, deadline).await?;
+                let r = self.get_or_set_one(ns, k, a, params, deadline).await?;
                 if let Some(lease) = &r.lease {
                     granted.lock().push((r.key.clone(), lease.token.clone()));
                 }
@@ -515,18 +567,22 @@ impl CacheService for CacheApi {
         &self,
         r: Request<pb::FillRequest>,
     ) -> Result<Response<pb::FillResponse>, Status> {
-        Ok(Response::new(self.fill_one(r.into_inner(), "").await?))
+        let a = Access::of(&self.guard, &r);
+        Ok(Response::new(self.fill_one(&a, r.into_inner(), "").await?))
     }
 
     async fn fill_many(
         &self,
         r: Request<pb::FillManyRequest>,
     ) -> Result<Response<pb::FillManyResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
         self.check_batch("requests", req.requests.len())?;
         // Validate every item before filling any, so a bad batch stores nothing and consumes
         // no lease.
-        let checked = check_all(&req.requests, |item, prefix| self.check_fill(item, prefix))?;
+        let checked = check_all(&req.requests, |item, prefix| {
+            self.check_fill(&a, item, prefix)
+        })?;
         let responses = futures::future::try_join_all(
             checked
                 .into_iter()
@@ -541,8 +597,9 @@ impl CacheService for CacheApi {
         &self,
         r: Request<pb::ReleaseLeaseRequest>,
     ) -> Result<Response<pb::ReleaseLeaseResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&a, &req.namespace, Right::Write)?;
         let mut v = Violations::default();
         validate::key(&mut v, "key", &req.key, &ns.policy);
         if req.lease_token.is_empty() {
@@ -562,8 +619,9 @@ impl CacheService for CacheApi {
         &self,
         r: Request<pb::InvalidateTagsRequest>,
     ) -> Result<Response<pb::InvalidateTagsResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?;
+        let ns = self.namespace(&a, &req.namespace, Right::Invalidate)?;
         let mut v = Violations::default();
         validate::batch(&mut v, "tags", req.tags.len(), self.limits.max_batch);
         if req.tags.len() <= self.limits.max_batch {
@@ -587,8 +645,11 @@ impl CacheService for CacheApi {
         &self,
         r: Request<pb::FlushNamespaceRequest>,
     ) -> Result<Response<pb::FlushNamespaceResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?.open()?;
+        let ns = self
+            .namespace(&a, &req.namespace, Right::Invalidate)?
+            .open()?;
         let sequence = self.cache.flush(&ns).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::FlushNamespaceResponse { sequence }))
     }
@@ -599,7 +660,10 @@ impl CacheService for CacheApi {
         &self,
         r: Request<Streaming<pipeline::RawPipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
-        let ops = self.clone();
+        let ops = PipelineOps {
+            api: self.clone(),
+            access: Access::of(&self.guard, &r),
+        };
         let cache = self.cache.clone();
         let open = self.streams.open(StreamKind::Pipeline);
         let stream = pipeline::serve(
@@ -618,8 +682,9 @@ impl CacheService for CacheApi {
         &self,
         r: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
-        let ns = self.namespace(&req.namespace)?.open()?;
+        let ns = self.namespace(&a, &req.namespace, Right::Read)?.open()?;
         let mut watch = self.cache.watch(&ns).await.map_err(ApiError::from)?;
         // One slot more than the buffer, kept for the status that ends an overflowing stream.
         let buffer = self.limits.watch_buffer;

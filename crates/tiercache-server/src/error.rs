@@ -39,6 +39,23 @@ pub enum ApiError {
     /// The reply to a batch would carry more than `limits.max_reply_bytes` of values.
     #[error("the reply would exceed {limit} bytes of values (limits.max_reply_bytes); ask for fewer {field}")]
     ReplyTooLarge { field: String, limit: u64 },
+    /// No credential, or one that maps to no principal (auth on).
+    #[error("missing or unknown credential: send `authorization: Bearer <token>` (or a client certificate under mTLS)")]
+    Unauthenticated,
+    /// The caller lacks a right on a namespace.
+    #[error("principal {principal:?} lacks the {right} right on namespace {namespace}")]
+    PermissionDenied {
+        right: &'static str,
+        namespace: String,
+        principal: String,
+    },
+    /// A token bucket (`limit`: `principal` or `namespace`) is empty.
+    #[error("rate limit of {limit} {subject} exceeded; retry in {retry_after:?}")]
+    RateLimited {
+        limit: &'static str,
+        subject: String,
+        retry_after: Duration,
+    },
     /// A Watch consumer fell behind the server's buffer; its stream ends.
     #[error("watch consumer fell {buffered} events behind; the stream ends, watch again and clear what was cached")]
     WatchOverflow { buffered: usize },
@@ -103,6 +120,43 @@ impl From<ApiError> for Status {
                 details.add_bad_request_violation(field, "the reply would be too large");
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            ApiError::Unauthenticated => {
+                status(Code::Unauthenticated, message, "UNAUTHENTICATED", |_| {})
+            }
+            ApiError::PermissionDenied {
+                right,
+                namespace,
+                principal,
+            } => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    "PERMISSION_DENIED",
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("right".to_string(), right.to_string()),
+                        ("namespace".to_string(), namespace),
+                        ("principal".to_string(), principal),
+                    ]),
+                );
+                Status::with_error_details(Code::PermissionDenied, message, details)
+            }
+            ApiError::RateLimited {
+                limit,
+                subject,
+                retry_after,
+            } => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    "RATE_LIMITED",
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("limit".to_string(), limit.to_string()),
+                        (limit.to_string(), subject),
+                    ]),
+                );
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             ApiError::WatchOverflow { .. } => {
                 status(Code::ResourceExhausted, message, "WATCH_OVERFLOW", |_| {})
             }
@@ -159,6 +213,9 @@ impl From<ApiError> for Status {
                 .into(),
                 CoreError::Corrupt { .. } => {
                     status(Code::DataLoss, message, "CORRUPT_ENTRY", |_| {})
+                }
+                CoreError::LeaseRefused => {
+                    status(Code::PermissionDenied, message, "PERMISSION_DENIED", |_| {})
                 }
                 CoreError::Unimplemented(_) => {
                     status(Code::Unimplemented, message, "UNIMPLEMENTED", |_| {})

@@ -5,12 +5,18 @@
 //! - The services, one file each: [`cache`] (`CacheService`: the unary RPCs and Watch),
 //!   [`pipeline`] (its `Pipeline` stream, a layer below `cache`), [`lock`] (`LockService`),
 //!   [`admin`] (`AdminService`).
-//! - [`request`]: what every service does first: resolve the namespace (checked, resolved by
-//!   the engine, noted on the RPC's span and metrics) and read the caller's deadline.
+//! - [`request`]: what every service does first: resolve the namespace (checked, the caller's
+//!   right on it checked, resolved by the engine, noted on the RPC's span and metrics, rate
+//!   limited) and read the caller's deadline.
+//! - [`auth`]: tokens and client certificates → principals (the [`auth::AuthLayer`] on the
+//!   server), rights per namespace pattern, rate limits ([`auth::Guard`]); [`identity`]: what
+//!   the transport verified about a peer.
 //! - [`validate`]: request checks, run before any tier is touched.
 //! - [`convert`]: every mapping between engine and wire types (entries, outcomes, leases, locks,
 //!   policies, stats, inspect, watch events); durations via `tiercache_proto::duration`.
 //! - [`error`]: the one mapping from errors to gRPC statuses with `google.rpc` details.
+//! - [`tls`]: TLS and mutual TLS on the gRPC port (certificate files reloaded on change);
+//!   [`identity`]: the [`identity::PeerIdentity`] it hands to every request.
 //! - [`codec`]: the codec of every service (prost, with malformed requests answered
 //!   `INVALID_ARGUMENT` naming the field); [`services`]: the service traits generated with it.
 //! - [`telemetry`]: [`telemetry::otel`] (providers and exporters, what the CLI installs for
@@ -23,6 +29,7 @@
 
 pub mod admin;
 pub mod admin_http;
+pub mod auth;
 pub mod cache;
 pub mod codec;
 pub mod config;
@@ -33,6 +40,7 @@ pub mod lock;
 pub mod pipeline;
 pub mod request;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 /// The server side of the v1 services, generated with [`codec::ServerCodec`] over the message
@@ -49,7 +57,7 @@ pub use config::Config;
 use services::admin_service_server::AdminServiceServer;
 use services::cache_service_server::CacheServiceServer;
 use services::lock_service_server::LockServiceServer;
-use tiercache_core::{Cache, CacheConfig, RedisOptions};
+use tiercache_core::{Cache, CacheConfig};
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
@@ -66,6 +74,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot start telemetry: {0}")]
     Telemetry(#[from] telemetry::TelemetryError),
+    #[error("cannot read the listener's address: {source}")]
+    Listen { source: std::io::Error },
     #[error("cannot listen on {addr} (telemetry.admin_listen): {source}")]
     AdminListen {
         addr: std::net::SocketAddr,
@@ -96,16 +106,7 @@ pub async fn build_cache(config: &Config) -> Result<Cache, ServerError> {
     Ok(match &config.redis {
         None => Cache::memory(cache_config),
         Some(r) => {
-            let cache = Cache::two_tier(
-                cache_config,
-                RedisOptions {
-                    url: r.url.clone(),
-                    connect_timeout: r.connect_timeout,
-                    response_timeout: r.response_timeout,
-                    key_prefix: r.key_prefix.clone(),
-                },
-            )
-            .await?;
+            let cache = Cache::two_tier(cache_config, r.options()?).await?;
             warn_on_eviction_policy(&cache).await;
             cache
         }
@@ -162,18 +163,58 @@ pub async fn run_with_admin(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { source })?;
+    config.check_exposure(bound)?;
+    if !bound.ip().is_loopback() && config.auth.is_none() {
+        tracing::warn!(
+            listen = %bound,
+            "allow_insecure = true: serving on a non-loopback address without auth; anyone who \
+             reaches the port can read, overwrite and flush every namespace"
+        );
+    }
+    let auth = match &config.auth {
+        Some(a) => Some(Arc::new(auth::Auth::new(a)?)),
+        None => None,
+    };
+    let admin_token = match &config.telemetry.admin_token_sha256 {
+        Some(h) => Some(h.bytes().map_err(|message| config::ConfigError::Invalid {
+            field: "telemetry.admin_token_sha256".into(),
+            message,
+        })?),
+        None => None,
+    };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::TlsAcceptor::load)
+        .transpose()?;
     let cache = build_cache(&config).await?;
     let metrics = Arc::new(telemetry::Metrics::start(&config.telemetry, &cache)?);
+    if let Some(tls) = &tls {
+        metrics.observe_tls(tls.stats());
+    }
     cache.observe_redis(metrics.redis_observer());
+    let namespaces: Vec<Arc<str>> = cache.namespaces().iter().map(|n| n.name.clone()).collect();
+    let guard = Arc::new(
+        auth::Guard::new(&config, auth.clone())
+            .with_counters(metrics.security_counters(), &namespaces),
+    );
+    let _tokens_watch = AbortOnDrop(auth.and_then(auth::spawn_tokens_file_watch));
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = admin.map(|l| {
-        tokio::spawn(admin_http::serve(l, metrics.clone(), async {
+        tokio::spawn(admin_http::serve(l, metrics.clone(), admin_token, async {
             let _ = admin_stop_rx.await;
         }))
     });
     let streams = Arc::new(telemetry::metrics::Streams::default());
     metrics.observe_streams(streams.clone());
-    let served = serve_grpc(listener, &config, cache, &metrics, streams, shutdown).await;
+    let reflection = config.reflection_on(bound);
+    let served = serve_grpc(
+        listener, tls, &config, cache, &metrics, streams, guard, reflection, shutdown,
+    )
+    .await;
     let _ = admin_stop_tx.send(());
     if let Some(task) = admin_task {
         match task.await {
@@ -188,12 +229,16 @@ pub async fn run_with_admin(
     served
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<Arc<tls::TlsAcceptor>>,
     config: &Config,
     cache: Cache,
     metrics: &telemetry::Metrics,
     streams: Arc<telemetry::metrics::Streams>,
+    guard: Arc<auth::Guard>,
+    reflection_on: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -214,8 +259,17 @@ async fn serve_grpc(
             )
             .include_reflection_service(false)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Off: not served at all (UNIMPLEMENTED), so a scanner learns nothing of the API.
+    let reflection_v1 = if reflection_on {
+        Some(reflection().build_v1()?)
+    } else {
+        None
+    };
+    let reflection_v1alpha = if reflection_on {
+        Some(reflection().build_v1alpha()?)
+    } else {
+        None
+    };
 
     let storage_health = (config.redis.is_some()).then(|| {
         let (reporter, cache) = (reporter.clone(), cache.clone());
@@ -242,41 +296,44 @@ async fn serve_grpc(
 
     let limits = &config.limits;
     let max = limits.max_message_bytes;
-    let cache_api = cache::CacheApi::new(cache.clone(), limits.clone()).with_streams(streams);
-    let admin_api = admin::AdminApi::new(cache.clone());
+    let cache_api = cache::CacheApi::new(cache.clone(), limits.clone())
+        .with_streams(streams)
+        .with_guard(guard.clone());
+    let admin_api = admin::AdminApi::new(cache.clone()).with_guard(guard.clone());
+    let lock_api = lock::LockApi::new(cache.clone()).with_guard(guard.clone());
     let keepalive = config::nonzero(config.server.tcp_keepalive);
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(keepalive);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(config.server.http2_max_concurrent_streams)
         .http2_keepalive_interval(config::nonzero(config.server.http2_keepalive_interval))
         .http2_keepalive_timeout(config::nonzero(config.server.http2_keepalive_timeout))
+        // Outermost first: the RPC layer sees (and counts) what auth refuses.
         .layer(metrics.rpc_layer())
+        .layer(auth::AuthLayer::new(guard))
         .add_service(
             health
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .add_service(
-            reflection_v1
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            reflection_v1alpha
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
+        .add_optional_service(reflection_v1.map(|s| {
+            s.max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+        }))
+        .add_optional_service(reflection_v1alpha.map(|s| {
+            s.max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+        }))
         .add_service(
             CacheServiceServer::new(cache_api)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
         .add_service(
-            LockServiceServer::new(lock::LockApi::new(cache.clone()))
+            LockServiceServer::new(lock_api)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
@@ -284,10 +341,26 @@ async fn serve_grpc(
             AdminServiceServer::new(admin_api)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        );
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    // With TLS, a task accepts and hands over finished handshakes; it stops with this function.
+    type Serve =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let (server, _accept_task): (Serve, _) = match tls {
+        None => (
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+            AbortOnDrop(None),
+        ),
+        Some(tls) => {
+            let (incoming, task) = tls.incoming(incoming);
+            (
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+                AbortOnDrop(Some(task)),
+            )
+        }
+    };
     tokio::pin!(server);
     tokio::pin!(shutdown);
     tokio::select! {

@@ -1,5 +1,6 @@
 //! `LockService`: distributed locks with fencing tokens, translated to engine calls.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::services::lock_service_server::LockService;
@@ -7,6 +8,7 @@ use tiercache_core::Cache;
 use tiercache_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Access, Guard, Right};
 use crate::convert;
 use crate::error::ApiError;
 use crate::request::{self, grpc_timeout, within_deadline, Resolved};
@@ -16,22 +18,33 @@ use crate::validate::{self, Violations};
 #[derive(Clone)]
 pub struct LockApi {
     cache: Cache,
+    guard: Arc<Guard>,
 }
 
 impl LockApi {
     pub fn new(cache: Cache) -> Self {
-        Self { cache }
+        Self {
+            cache,
+            guard: Arc::new(Guard::open()),
+        }
+    }
+
+    /// Checks the `lock` right and rate limits with `guard`.
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Resolves the namespace and checks the lock name against its key rules; the caller opens
     /// the namespace once the rest of the request is valid.
     fn namespace_and_name(
         &self,
+        a: &Access,
         v: &mut Violations,
         namespace: &str,
         name: &str,
     ) -> Result<Resolved, ApiError> {
-        let ns = request::namespace(&self.cache, namespace)?;
+        let ns = request::namespace(&self.cache, a, namespace, Right::Lock)?;
         validate::key(v, "name", name, &ns.policy);
         Ok(ns)
     }
@@ -56,9 +69,10 @@ impl LockService for LockApi {
         r: Request<pb::AcquireLockRequest>,
     ) -> Result<Response<pb::AcquireLockResponse>, Status> {
         let deadline = grpc_timeout(r.metadata());
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
         let mut v = Violations::default();
-        let ns = self.namespace_and_name(&mut v, &req.namespace, &req.name)?;
+        let ns = self.namespace_and_name(&a, &mut v, &req.namespace, &req.name)?;
         let ttl = required_ttl(&mut v, req.ttl.as_ref());
         let max_wait = validate::duration(&mut v, "max_wait", req.max_wait.as_ref(), false)
             .unwrap_or_default();
@@ -81,9 +95,10 @@ impl LockService for LockApi {
         &self,
         r: Request<pb::RenewLockRequest>,
     ) -> Result<Response<pb::RenewLockResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
         let mut v = Violations::default();
-        let ns = self.namespace_and_name(&mut v, &req.namespace, &req.name)?;
+        let ns = self.namespace_and_name(&a, &mut v, &req.namespace, &req.name)?;
         let ttl = required_ttl(&mut v, req.ttl.as_ref());
         if req.owner_token.is_empty() {
             v.add("owner_token", "must not be empty");
@@ -106,9 +121,10 @@ impl LockService for LockApi {
         &self,
         r: Request<pb::ReleaseLockRequest>,
     ) -> Result<Response<pb::ReleaseLockResponse>, Status> {
+        let a = Access::of(&self.guard, &r);
         let req = r.into_inner();
         let mut v = Violations::default();
-        let ns = self.namespace_and_name(&mut v, &req.namespace, &req.name)?;
+        let ns = self.namespace_and_name(&a, &mut v, &req.namespace, &req.name)?;
         if req.owner_token.is_empty() {
             v.add("owner_token", "must not be empty");
         }

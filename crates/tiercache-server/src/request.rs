@@ -1,11 +1,12 @@
-//! What every service does first with a request: resolve the namespace it names, and read the
-//! caller's deadline.
+//! What every service does first with a request: resolve the namespace it names (checking the
+//! caller's right on it and its rate limits), and read the caller's deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tiercache_core::{Cache, Namespace, NamespacePolicy};
 
+use crate::auth::{Access, Right};
 use crate::error::ApiError;
 use crate::telemetry;
 use crate::validate;
@@ -19,29 +20,46 @@ pub struct Resolved {
     /// The policy to validate the request against.
     pub policy: NamespacePolicy,
     existing: Option<Arc<Namespace>>,
+    access: Access,
 }
 
 impl Resolved {
-    /// The namespace, created now if it is new (RESOURCE_EXHAUSTED past `max_namespaces`).
+    /// The namespace, created now if it is new (RESOURCE_EXHAUSTED past `max_namespaces`),
+    /// once the caller's and the namespace's rate limits admit the call (RESOURCE_EXHAUSTED,
+    /// `RATE_LIMITED`).
     pub fn open(self) -> Result<Arc<Namespace>, ApiError> {
-        match self.existing {
-            Some(ns) => Ok(ns),
+        let ns = match self.existing {
+            Some(ns) => ns,
             None => {
                 let ns = self.cache.namespace(&self.name)?;
                 telemetry::note_namespace(&ns.name);
-                Ok(ns)
+                ns
             }
-        }
+        };
+        self.access.admit(&ns.name)?;
+        Ok(ns)
+    }
+
+    /// The caller's access (for rights beyond the one checked, like `write` for a lease).
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 }
 
-/// Resolves the namespace a data-plane request names (field `namespace`): checks the name and
-/// asks the engine (an unknown name is NOT_FOUND unless dynamic namespaces are on). An existing
-/// namespace is recorded on the RPC in flight, so the RPC's span and metrics carry the
+/// Resolves the namespace a data-plane request names (field `namespace`): checks the name, that
+/// the caller holds `right` on it (PERMISSION_DENIED, before anything tells whether it exists),
+/// and asks the engine (an unknown name is NOT_FOUND unless dynamic namespaces are on). An
+/// existing namespace is recorded on the RPC in flight, so the RPC's span and metrics carry the
 /// namespace label; a new one when [`Resolved::open`] creates it. Every data-plane service
 /// resolves namespaces here.
-pub fn namespace(cache: &Cache, name: &str) -> Result<Resolved, ApiError> {
+pub fn namespace(
+    cache: &Cache,
+    access: &Access,
+    name: &str,
+    right: Right,
+) -> Result<Resolved, ApiError> {
     validate::namespace("namespace", name)?;
+    access.require(right, name)?;
     let (policy, existing) = match cache.policy_for(name)? {
         Ok(ns) => {
             telemetry::note_namespace(&ns.name);
@@ -54,15 +72,23 @@ pub fn namespace(cache: &Cache, name: &str) -> Result<Resolved, ApiError> {
         name: name.to_string(),
         policy,
         existing,
+        access: access.clone(),
     })
 }
 
 /// Resolves a namespace that must exist already (admin calls: GetStats, Inspect), never
-/// creating one: an unknown name is NOT_FOUND.
-pub fn existing_namespace(cache: &Cache, name: &str) -> Result<Arc<Namespace>, ApiError> {
+/// creating one: an unknown name is NOT_FOUND. The caller must hold `right` on it.
+pub fn existing_namespace(
+    cache: &Cache,
+    access: &Access,
+    name: &str,
+    right: Right,
+) -> Result<Arc<Namespace>, ApiError> {
     validate::namespace("namespace", name)?;
+    access.require(right, name)?;
     let ns = cache.existing_namespace(name)?;
     telemetry::note_namespace(&ns.name);
+    access.admit(&ns.name)?;
     Ok(ns)
 }
 

@@ -22,6 +22,8 @@
 //!   keeps what it is sent, for telemetry tests.
 //! - [`soak`]: a soak of the real `tiercache serve` binary: a mixed workload for minutes with
 //!   the server's RSS sampled, rendered as a table, a verdict, JSON and markdown (`make soak`).
+//! - [`tls`]: [`TestPki`], a CA, server and client certificates made with rcgen and written to a
+//!   temporary directory; [`TestServer::start_tls`] serves with them.
 //! - [`wait`]: [`wait_for`], a bounded poll for conditions that become true eventually (no
 //!   fixed sleeps in tests).
 
@@ -35,13 +37,15 @@ pub mod req;
 pub mod rpc;
 pub mod server;
 pub mod soak;
+pub mod tls;
 pub mod wait;
 
 pub use crate::fleet::{Fleet, FleetBuilder};
 pub use crate::otlp::OtlpReceiver;
 pub use crate::proxy::Proxy;
-pub use crate::redis::RedisServer;
+pub use crate::redis::{AclUser, RedisSecurity, RedisServer, RedisTlsFiles, TlsClientAuth};
 pub use crate::server::{redis_config, TestServer};
+pub use crate::tls::{CertPair, TestCa, TestPki, Validity};
 pub use crate::wait::{wait_for, WaitTimeout};
 pub use opentelemetry_proto;
 /// The v1 API types, as the request builders and checks use them.

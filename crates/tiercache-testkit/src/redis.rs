@@ -35,6 +35,208 @@ pub struct RedisServer {
     dir: TempDir,
     /// Arguments after the defaults, given to every start (see [`RedisServer::start_with`]).
     extra_args: Vec<String>,
+    /// Set for a TLS-only server ([`RedisServer::start_secure`]).
+    tls: Option<RedisTlsFiles>,
+    /// Set for a server with a prefix-limited ACL user ([`RedisServer::start_secure`]).
+    acl_user: Option<AclUser>,
+}
+
+/// What [`RedisServer::start_secure`] turns on.
+#[derive(Debug, Clone, Default)]
+pub struct RedisSecurity {
+    /// Serve TLS only (`--port 0`, `--tls-port`), with certificates made for this server.
+    pub tls: Option<TlsClientAuth>,
+    /// An ACL user besides `default` (which keeps every right, for the test's own checks).
+    pub acl_user: Option<AclUser>,
+}
+
+/// `--tls-auth-clients` of a TLS server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsClientAuth {
+    /// A client may present a certificate signed by the test CA, or none.
+    Optional,
+    /// A client must present a certificate signed by the test CA.
+    Required,
+}
+
+/// A Redis ACL user limited to the keys `~<prefix>:*` and the channels `&<prefix>:*`, allowed
+/// exactly the commands tiercache documents ([`tiercache_core::store::redis::ACL_COMMANDS`]).
+#[derive(Clone)]
+pub struct AclUser {
+    /// The user name (`redis.username`).
+    pub name: String,
+    /// Its password (`redis.password`).
+    pub password: String,
+    /// The key prefix it is limited to (`redis.key_prefix`).
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for AclUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclUser")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AclUser {
+    /// The user `tiercache` with a fresh random password, limited to `prefix`.
+    pub fn limited_to(prefix: &str) -> AclUser {
+        let password: String = (0..24)
+            .map(|_| char::from(b'a' + rand_byte() % 26))
+            .collect();
+        AclUser {
+            name: "tiercache".into(),
+            password,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The rules after `ACL SETUSER <name>`: `on >password resetkeys ~<prefix>:* resetchannels
+    /// &<prefix>:*` and the commands.
+    pub fn rules(&self) -> Vec<String> {
+        let p = &self.prefix;
+        let mut rules = vec![
+            "on".to_string(),
+            format!(">{}", self.password),
+            "resetkeys".into(),
+            format!("~{p}:*"),
+            "resetchannels".into(),
+            format!("&{p}:*"),
+        ];
+        rules.extend(
+            tiercache_core::store::redis::ACL_COMMANDS
+                .split_whitespace()
+                .map(String::from),
+        );
+        rules
+    }
+}
+
+/// A byte from the OS's randomness (tests only need passwords nobody guesses by accident).
+fn rand_byte() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish() as u8
+}
+
+/// Certificates made at start for a TLS [`RedisServer`] (PEM files in its directory): one test
+/// CA signs the server's certificate (for `127.0.0.1` and `localhost`) and a client's.
+#[derive(Debug, Clone)]
+pub struct RedisTlsFiles {
+    /// The CA certificate (for `redis.tls_ca_file`).
+    pub ca_file: PathBuf,
+    /// A client certificate the server accepts (for `redis.tls_cert_file`).
+    pub cert_file: PathBuf,
+    /// Its private key (for `redis.tls_key_file`).
+    pub key_file: PathBuf,
+    server_cert_file: PathBuf,
+    server_key_file: PathBuf,
+    auth: TlsClientAuth,
+}
+
+impl RedisTlsFiles {
+    /// Makes the CA, server and client certificates in `dir`.
+    fn generate(dir: &Path, auth: TlsClientAuth) -> RedisTlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let fail = |e: rcgen::Error| -> ! { panic!("cannot make test certificates: {e}") };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| fail(e));
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "tiercache test redis ca");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+        let ca = CertifiedIssuer::self_signed(ca, ca_key).unwrap_or_else(|e| fail(e));
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(names).unwrap_or_else(|e| fail(e));
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+            let cert = params.signed_by(&key, &ca).unwrap_or_else(|e| fail(e));
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = leaf(
+            vec!["tiercache.test".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("cannot write a test certificate");
+            path
+        };
+        RedisTlsFiles {
+            ca_file: write("ca.crt", &ca.pem()),
+            cert_file: write("client.crt", &client_cert),
+            key_file: write("client.key", &client_key),
+            server_cert_file: write("redis.crt", &server_cert),
+            server_key_file: write("redis.key", &server_key),
+            auth,
+        }
+    }
+
+    /// The `redis-server` arguments that serve TLS only, on `port`.
+    fn args(&self, port: u16) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let auth = match self.auth {
+            TlsClientAuth::Optional => "optional",
+            TlsClientAuth::Required => "yes",
+        };
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&self.server_cert_file),
+            "--tls-key-file".into(),
+            path(&self.server_key_file),
+            "--tls-ca-cert-file".into(),
+            path(&self.ca_file),
+            "--tls-auth-clients".into(),
+            auth.into(),
+        ]
+    }
+
+    /// The store's TLS options: the CA, and the client certificate when `with_client_cert`.
+    pub fn options(&self, with_client_cert: bool) -> tiercache_core::RedisTls {
+        let read = |p: &PathBuf| std::fs::read(p).expect("cannot read a test certificate");
+        tiercache_core::RedisTls {
+            ca_pem: Some(read(&self.ca_file)),
+            client: with_client_cert.then(|| {
+                (
+                    read(&self.cert_file),
+                    tiercache_core::Secret::new(
+                        String::from_utf8(read(&self.key_file)).expect("a PEM key is text"),
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// A client of the `default` user over TLS, with the client certificate.
+    fn client(&self, port: u16) -> redis::Client {
+        let read = |p: &PathBuf| std::fs::read(p).expect("cannot read a test certificate");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        redis::Client::build_with_tls(
+            format!("rediss://127.0.0.1:{port}"),
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read(&self.cert_file),
+                    client_key: read(&self.key_file),
+                }),
+                root_cert: Some(read(&self.ca_file)),
+            },
+        )
+        .expect("the test certificates make a TLS client")
+    }
 }
 
 impl std::fmt::Debug for RedisServer {
@@ -68,21 +270,47 @@ impl RedisServer {
     ///
     /// As [`RedisServer::start`].
     pub fn start_with(extra_args: &[&str]) -> Self {
-        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        Self::start_full(extra_args, RedisSecurity::default())
+    }
+
+    /// Starts `redis-server` like [`RedisServer::start`] with TLS and/or an ACL user. With TLS
+    /// it serves only TLS ([`RedisServer::url`] is `rediss://`), with certificates made now
+    /// ([`RedisServer::tls_files`]); the ACL user is created by `--user`, so it survives
+    /// [`RedisServer::restart`].
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn start_secure(security: RedisSecurity) -> Self {
+        Self::start_full(&[], security)
+    }
+
+    fn start_full(extra_args: &[&str], security: RedisSecurity) -> Self {
+        let mut extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::Builder::new()
             .prefix("tiercache-redis-")
             .tempdir()
             .expect("cannot create a temporary directory for redis-server");
+        let tls = security
+            .tls
+            .map(|auth| RedisTlsFiles::generate(dir.path(), auth));
+        if let Some(user) = &security.acl_user {
+            extra_args.push("--user".into());
+            extra_args.push(user.name.clone());
+            extra_args.extend(user.rules());
+        }
         let mut last_log = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match spawn_and_wait(port, dir.path(), &extra_args) {
+            match spawn_and_wait(port, dir.path(), &extra_args, tls.as_ref()) {
                 Ok(child) => {
                     return Self {
                         child: Some(child),
                         port,
                         dir,
                         extra_args,
+                        tls,
+                        acl_user: security.acl_user,
                     }
                 }
                 // Another process took the port between our probe and redis-server's bind.
@@ -109,14 +337,56 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Returns the connection URL, `redis://127.0.0.1:<port>`.
+    /// Returns the connection URL, `redis://127.0.0.1:<port>`, or `rediss://…` for a TLS
+    /// server. It carries no credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// Returns a client for this server (it connects lazily, on first use).
+    /// Returns the certificates of a TLS server.
+    pub fn tls_files(&self) -> Option<&RedisTlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Returns the ACL user of a server started with one.
+    pub fn acl_user(&self) -> Option<&AclUser> {
+        self.acl_user.as_ref()
+    }
+
+    /// Returns the store options that reach this server: TLS with the test CA and client
+    /// certificate for a TLS server, and the ACL user's name, password and prefix when it has
+    /// one (else the prefix `tc`).
+    pub fn options(&self) -> tiercache_core::RedisOptions {
+        let mut options = tiercache_core::RedisOptions {
+            url: self.url(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            key_prefix: "tc".into(),
+            ..tiercache_core::RedisOptions::default()
+        };
+        if let Some(tls) = &self.tls {
+            options.tls = tls.options(true);
+        }
+        if let Some(user) = &self.acl_user {
+            options.username = Some(user.name.clone());
+            options.password = Some(tiercache_core::Secret::new(user.password.clone()));
+            options.key_prefix = user.prefix.clone();
+        }
+        options
+    }
+
+    /// Returns a client for this server as the `default` user, which may do anything (it
+    /// connects lazily, on first use); over TLS with the client certificate for a TLS server.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("a redis:// URL with a port is valid")
+        match &self.tls {
+            Some(tls) => tls.client(self.port),
+            None => redis::Client::open(self.url()).expect("a redis:// URL with a port is valid"),
+        }
     }
 
     /// Kills every client connection in pub/sub mode (`CLIENT KILL TYPE pubsub`), which is how
@@ -216,7 +486,12 @@ impl RedisServer {
     /// the port meanwhile; the message holds its log.
     pub fn restart(&mut self) {
         self.stop();
-        match spawn_and_wait(self.port, self.dir.path(), &self.extra_args) {
+        match spawn_and_wait(
+            self.port,
+            self.dir.path(),
+            &self.extra_args,
+            self.tls.as_ref(),
+        ) {
             Ok(child) => self.child = Some(child),
             Err(StartError::PortTaken(log)) => panic!(
                 "redis-server could not restart: port {} is taken; log:\n{log}",
@@ -259,12 +534,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_and_wait(port: u16, dir: &Path, extra_args: &[String]) -> Result<Child, StartError> {
+fn spawn_and_wait(
+    port: u16,
+    dir: &Path,
+    extra_args: &[String],
+    tls: Option<&RedisTlsFiles>,
+) -> Result<Child, StartError> {
     let log = log_path(dir);
+    let listen = match tls {
+        Some(tls) => tls.args(port),
+        None => vec!["--port".into(), port.to_string()],
+    };
     // A restart appends to the same file; keep the log of earlier runs for the panic output.
     let mut child = Command::new("redis-server")
-        .arg("--port")
-        .arg(port.to_string())
+        .args(&listen)
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         // Fault tests stall Redis with `DEBUG SLEEP`, refused by default since Redis 7.
         .args(["--enable-debug-command", "local"])
@@ -287,8 +570,11 @@ fn spawn_and_wait(port: u16, dir: &Path, extra_args: &[String]) -> Result<Child,
             }
         })?;
 
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .expect("a redis:// URL with a port is valid");
+    let client = match tls {
+        Some(tls) => tls.client(port),
+        None => redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .expect("a redis:// URL with a port is valid"),
+    };
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {

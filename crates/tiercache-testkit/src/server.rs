@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -49,6 +49,8 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     /// The task running `run`; `None` once [`TestServer::shutdown`] took it.
     handle: Option<JoinHandle<Result<(), ServerError>>>,
+    /// How [`TestServer::channel`] and the start-up health check reach a TLS server.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -71,7 +73,19 @@ impl TestServer {
     ///
     /// Panics if the port cannot be bound, if `run` returns during start (the message holds its
     /// error), or if the server is not `SERVING` within about 10 s.
-    pub async fn start(mut config: Config) -> Self {
+    pub async fn start(config: Config) -> Self {
+        Self::start_inner(config, None).await
+    }
+
+    /// Starts the server with `config` (whose `tls` is set) like [`start`](Self::start); the
+    /// health check, [`channel`](Self::channel) and [`endpoint`](Self::endpoint) use TLS with
+    /// `client` (for example [`TestPki::client_config`](crate::TestPki::client_config)).
+    pub async fn start_tls(config: Config, client: ClientTlsConfig) -> Self {
+        assert!(config.tls.is_some(), "start_tls needs config.tls");
+        Self::start_inner(config, Some(client)).await
+    }
+
+    async fn start_inner(mut config: Config, tls: Option<ClientTlsConfig>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("cannot bind 127.0.0.1:0 for the test server");
@@ -105,6 +119,7 @@ impl TestServer {
             admin_addr,
             shutdown: Some(tx),
             handle: Some(handle),
+            tls,
         };
         server.wait_until_serving().await;
         server
@@ -138,18 +153,32 @@ impl TestServer {
         self.admin_addr
     }
 
-    /// Returns the URL clients connect to, `http://127.0.0.1:<port>`.
+    /// Returns the URL clients connect to, `http://127.0.0.1:<port>`, or
+    /// `https://localhost:<port>` for a TLS server (the name its test certificate carries).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+        }
     }
 
-    /// Returns a channel to the server. It connects lazily, on the first call, and must be
-    /// created inside a tokio runtime.
+    /// Returns a channel to the server (over TLS for a TLS server). It connects lazily, on the
+    /// first call, and must be created inside a tokio runtime.
     pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.endpoint())
-            .expect("an http:// URL with a port is a valid endpoint")
+        self.endpoint_config()
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy()
+    }
+
+    fn endpoint_config(&self) -> Endpoint {
+        let ep = Endpoint::from_shared(self.endpoint())
+            .expect("an http(s):// URL with a port is a valid endpoint");
+        match &self.tls {
+            None => ep,
+            Some(tls) => ep
+                .tls_config(tls.clone())
+                .expect("a tls config tonic accepts"),
+        }
     }
 
     /// Signals shutdown, waits for `run` to return and returns its result.
@@ -204,8 +233,8 @@ impl TestServer {
     }
 
     async fn check_health(&self) -> Result<ServingStatus, String> {
-        let channel = Endpoint::from_shared(self.endpoint())
-            .expect("an http:// URL with a port is a valid endpoint")
+        let channel = self
+            .endpoint_config()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_millis(500))
             .connect()

@@ -82,26 +82,123 @@ redis://from-secret:6379
 {{- end -}}
 {{- end -}}
 
-{{/* Whether the Redis URL reaches the server from a Secret (credentials or existingSecret). */}}
+{{/* Whether the whole Redis URL reaches the server from an existing Secret (TIERCACHE_REDIS_URL). */}}
 {{- define "tiercache.redisFromSecret" -}}
-{{- if or .Values.redis.existingSecret .Values.redis.password .Values.redis.username -}}true{{- end -}}
+{{- if .Values.redis.existingSecret -}}true{{- end -}}
 {{- end -}}
 
-{{- define "tiercache.secretName" -}}
-{{- default (include "tiercache.fullname" .) .Values.redis.existingSecret -}}
+{{/* Whether the chart makes a Secret of its own (the Redis password given in the values). */}}
+{{- define "tiercache.chartSecret" -}}
+{{- if and .Values.redis.password (not .Values.redis.passwordSecret) (not .Values.redis.existingSecret) -}}true{{- end -}}
 {{- end -}}
 
-{{- define "tiercache.secretKey" -}}
-{{- if .Values.redis.existingSecret -}}{{ .Values.redis.existingSecretKey }}{{- else -}}redis-url{{- end -}}
+{{/* The Secret and key holding the Redis password (TIERCACHE_REDIS_PASSWORD), or empty. */}}
+{{- define "tiercache.redisPasswordRef" -}}
+{{- if .Values.redis.existingSecret -}}
+{{- else if .Values.redis.passwordSecret -}}
+{{- dict "name" .Values.redis.passwordSecret "key" .Values.redis.passwordSecretKey | toJson -}}
+{{- else if .Values.redis.password -}}
+{{- dict "name" (include "tiercache.fullname" .) "key" "redis-password" | toJson -}}
+{{- end -}}
 {{- end -}}
 
-{{/* The Redis URL with the chart's credentials, for the chart's Secret. */}}
-{{- define "tiercache.redisUrlWithCredentials" -}}
-{{- $url := include "tiercache.redisUrl" . -}}
-{{- $parts := splitn "://" 2 $url -}}
-{{- $user := .Values.redis.username | urlquery -}}
-{{- $pass := .Values.redis.password | urlquery -}}
-{{- printf "%s://%s:%s@%s" $parts._0 $user $pass $parts._1 -}}
+{{/* Whether the server's [auth] table is rendered: any principal turns auth on. */}}
+{{- define "tiercache.authOn" -}}
+{{- if .Values.auth.principals -}}true{{- end -}}
+{{- end -}}
+
+{{/* The name the probes and `helm test` expect on the server certificate. */}}
+{{- define "tiercache.tlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "tiercache.fullname" .) .Release.Namespace) .Values.tls.serverName -}}
+{{- end -}}
+
+{{/* `tiercache health` arguments reaching this pod's own gRPC port over TLS (exec probes). */}}
+{{- define "tiercache.tlsHealthArgs" -}}
+- --tls-ca
+- /etc/tiercache-tls/ca.crt
+- --tls-server-name
+- {{ include "tiercache.tlsServerName" . }}
+{{- if .Values.tls.clientAuth }}
+- --tls-cert
+- /etc/tiercache-tls/tls.crt
+- --tls-key
+- /etc/tiercache-tls/tls.key
+{{- end }}
+{{- end -}}
+
+{{/* The exec probe of a TLS pod: `tiercache health` over TLS to its own port. */}}
+{{- define "tiercache.execHealthProbe" -}}
+exec:
+  command:
+    - tiercache
+    - health
+    - --addr
+    - https://127.0.0.1:{{ .Values.server.grpcPort }}
+    - --timeout
+    - 2s
+    {{- include "tiercache.tlsHealthArgs" . | nindent 4 }}
+{{- end -}}
+
+{{/* Secret volumes of the server pod (TLS, tokens, Redis TLS), each mounted beside the config
+(not inside it: /etc/tiercache is a ConfigMap volume). Files are updated in place when the
+Secret changes; the server re-reads them. */}}
+{{- define "tiercache.secretMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/tiercache-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.auth.tokensSecret }}
+- name: tokens
+  mountPath: /etc/tiercache-auth
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.tls.secretName }}
+- name: redis-tls
+  mountPath: /etc/tiercache-redis-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tiercache.secretVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    # Readable by the server's group (the pod's fsGroup) only.
+    defaultMode: 0440
+    secretName: {{ .Values.tls.secretName }}
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      # The client CA under mTLS, and what the probes check the server certificate against.
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
+{{- if .Values.auth.tokensSecret }}
+- name: tokens
+  secret:
+    # Readable by the server's group (the pod's fsGroup) only.
+    defaultMode: 0440
+    secretName: {{ .Values.auth.tokensSecret }}
+    items:
+      - {key: {{ .Values.auth.tokensSecretKey }}, path: tokens}
+{{- end }}
+{{- with .Values.redis.tls }}
+{{- if .secretName }}
+- name: redis-tls
+  secret:
+    # Readable by the server's group (the pod's fsGroup) only.
+    defaultMode: 0440
+    secretName: {{ .secretName }}
+    items:
+      {{- if .caKey }}
+      - {key: {{ .caKey }}, path: ca.crt}
+      {{- end }}
+      {{- if .certKey }}
+      - {key: {{ .certKey }}, path: tls.crt}
+      - {key: {{ .keyKey }}, path: tls.key}
+      {{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Mebibytes of a memory quantity written in Mi or Gi (the schema allows only those). */}}
@@ -126,8 +223,28 @@ redis://from-secret:6379
 {{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) -}}
 {{- fail "memory-only (no redis.url, redis.existingSecret or redis.dev) needs replicaCount 1 and autoscaling off: replicas would each hold their own cache" -}}
 {{- end -}}
-{{- if or .Values.redis.username .Values.redis.password -}}
-{{- fail "redis.username and redis.password need redis.url (or the dev Redis)" -}}
+{{- if or .Values.redis.username .Values.redis.password .Values.redis.passwordSecret .Values.redis.tls.secretName -}}
+{{- fail "redis.username, redis.password, redis.passwordSecret and redis.tls need redis.url (or the dev Redis)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.auth.tokensSecret (not (include "tiercache.authOn" .)) -}}
+{{- fail "auth.tokensSecret maps tokens to principals: list them, with their rights, in auth.principals" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
+{{- fail "tls.enabled needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt (cert-manager writes one)" -}}
+{{- end -}}
+{{- if and .Values.tls.clientAuth (not .Values.tls.enabled) -}}
+{{- fail "tls.clientAuth (mTLS) needs tls.enabled" -}}
+{{- end -}}
+{{- if and .Values.redis.tls.secretName (not (hasPrefix "rediss://" (include "tiercache.redisUrl" .))) (not .Values.redis.existingSecret) -}}
+{{- fail "redis.tls.secretName needs a rediss:// redis.url" -}}
+{{- end -}}
+{{- if and .Values.redis.tls.certKey (not .Values.redis.tls.keyKey) -}}
+{{- fail "redis.tls.certKey needs redis.tls.keyKey (the client certificate's key)" -}}
+{{- end -}}
+{{- range $name, $p := .Values.auth.principals -}}
+{{- if not $p.rights -}}
+{{- fail (printf "auth.principals.%s has no rights: give it rights: {\"<namespace or prefix*>\": [read, ...]}" $name) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
@@ -135,6 +252,10 @@ redis://from-secret:6379
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.targetMemoryUtilizationPercentage) -}}
 {{- fail "autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" -}}
+{{- end -}}
+{{- /* Last, so the other checks name their own value first. */ -}}
+{{- if and (not (include "tiercache.authOn" .)) (not .Values.auth.allowInsecure) -}}
+{{- fail "the server listens on every interface of the pod and refuses to start without authentication: set auth.principals (with auth.tokensSecret, token_sha256 or mTLS client_cert_names), or auth.allowInsecure: true to let anyone who reaches the port read, write and flush every namespace (docs/deploy.md, \"Security\")" -}}
 {{- end -}}
 {{- end -}}
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import tiercache
@@ -85,7 +86,18 @@ class Redis:
 class Server:
     """One `tiercache serve` process; memory-only without ``redis_url``."""
 
-    def __init__(self, workdir: Path, redis_url: str | None, *, dynamic: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str | None,
+        *,
+        dynamic: bool = True,
+        extra_config: str = "",
+        health_client: Callable[[str], tiercache.Client] | None = None,
+    ) -> None:
+        """``extra_config`` is TOML tables appended to the shared config ([tls], [auth]…);
+        ``health_client`` makes the client the start-up health check uses (one with TLS for a
+        TLS server)."""
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         config = workdir / f"tiercache-{self.port}.toml"
@@ -93,6 +105,7 @@ class Server:
             CONFIG.replace(
                 "dynamic_namespaces = true", f"dynamic_namespaces = {str(dynamic).lower()}", 1
             )
+            + extra_config
         )
         self.log = workdir / f"tiercache-{self.port}.log"
         args = [tiercache_bin(), "serve", "--config", str(config), "--listen", self.address]
@@ -104,7 +117,8 @@ class Server:
             args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env
         )
         wait_port(self.port, self.proc, "tiercache serve", self.log)
-        with tiercache.Client(self.address, timeout=5) as c:
+        make = health_client or (lambda address: tiercache.Client(address, timeout=5))
+        with make(self.address) as c:
             deadline = time.monotonic() + 30
             while c.health() != tiercache.HealthStatus.SERVING:
                 if time.monotonic() > deadline:

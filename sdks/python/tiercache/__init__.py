@@ -6,7 +6,13 @@
     users = client.namespace("users", tiercache.JSON)
     user = users.get_or_set("user:42", lambda: load_user(42), ttl=60, tags=["org:7"])
 
-`tiercache.aio.Client` is the asyncio twin with the same surface.
+`tiercache.aio.Client` is the asyncio twin with the same surface. A secured server:
+
+    client = tiercache.Client(
+        "cache.internal:50051",
+        token=os.environ["TIERCACHE_TOKEN"],
+        tls=tiercache.TlsConfig(ca_file="ca.crt", cert_file="client.crt", key_file="client.key"),
+    )
 """
 
 from tiercache._common import (
@@ -24,6 +30,7 @@ from tiercache._common import (
 from tiercache._lock import Lock
 from tiercache._near import NearCacheConfig
 from tiercache._sync import Client, Namespace, Watch
+from tiercache._tls import TlsConfig
 from tiercache.errors import (
     Cancelled,
     DataLoss,
@@ -69,6 +76,7 @@ __all__ = [
     "Serializer",
     "SetResult",
     "TiercacheError",
+    "TlsConfig",
     "Unauthenticated",
     "Unavailable",
     "UnexpectedResponse",

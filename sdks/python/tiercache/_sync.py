@@ -36,6 +36,7 @@ from tiercache._proto.v1 import (
     cache_pb2_grpc,
     lock_pb2_grpc,
 )
+from tiercache._tls import TlsConfig, channel_setup, check_token
 from tiercache.errors import (
     DeadlineExceeded,
     TiercacheError,
@@ -53,10 +54,12 @@ P = ParamSpec("P")
 class Client:
     """A connection to a tiercache server (or a load balancer in front of replicas).
 
-    ``token`` is sent as ``authorization: Bearer …``; ``tls`` is ``True`` for the system roots or
-    a `grpc.ChannelCredentials`; ``timeout`` (seconds, ``None`` for none) bounds every call, its
-    retries included; ``retries`` is how many times an idempotent call is retried after
-    UNAVAILABLE (or a `RetryPolicy`). Thread-safe: share one client.
+    ``token`` is sent as ``authorization: Bearer …`` on every call. ``tls`` is ``True`` for TLS
+    with the system roots, a `TlsConfig` (a CA instead of the system roots, a client certificate
+    and key for mTLS, a server name to check), or a `grpc.ChannelCredentials`; an ``https://``
+    address means TLS with the system roots. ``timeout`` (seconds, ``None`` for none) bounds
+    every call, its retries included; ``retries`` is how many times an idempotent call is
+    retried after UNAVAILABLE (or a `RetryPolicy`). Thread-safe: share one client.
     """
 
     def __init__(
@@ -64,19 +67,18 @@ class Client:
         address: str = "127.0.0.1:50051",
         *,
         token: str | None = None,
-        tls: bool | grpc.ChannelCredentials = False,
+        tls: bool | TlsConfig | grpc.ChannelCredentials = False,
         timeout: float | None = c.DEFAULT_TIMEOUT,
         retries: int | RetryPolicy = 2,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         target = c.target_of(address)
-        opts = c.channel_options(options)
-        if tls is False and not address.startswith("https://"):
+        check_token(token)
+        creds, tls_opts = channel_setup(address, tls)
+        opts = c.channel_options([*tls_opts, *options])
+        if creds is None:
             self._channel = grpc.insecure_channel(target, options=opts)
         else:
-            creds = (
-                tls if isinstance(tls, grpc.ChannelCredentials) else grpc.ssl_channel_credentials()
-            )
             self._channel = grpc.secure_channel(target, creds, options=opts)
         self._token = token
         self.timeout = timeout

@@ -2,9 +2,10 @@
 
 The server reports expected outcomes (a miss, a failed condition, a revoked lease) as values, so
 an exception always means the call did not do its job. Each class keeps the status message, the
-`ErrorInfo` reason (``.reason``), and what matters for its code: the rejected fields of a
-`BadRequest` (``InvalidArgument.field`` / ``.field_violations``) and the `RetryInfo` delay
-(``Unavailable.retry_after``, in seconds).
+`ErrorInfo` reason and metadata (``.reason``, ``.metadata``), and what matters for its code: the
+rejected fields of a `BadRequest` (``InvalidArgument.field`` / ``.field_violations``), the
+`RetryInfo` delay (``Unavailable.retry_after``, in seconds) and the missing right
+(``PermissionDenied.right`` / ``.namespace``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class TiercacheError(Exception):
         reason: str | None = None,
         retry_after: float | None = None,
         field_violations: tuple[FieldViolation, ...] = (),
+        metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -66,6 +68,8 @@ class TiercacheError(Exception):
         self.retry_after = retry_after
         """Seconds the server asked the caller to wait before retrying (`RetryInfo`)."""
         self.field_violations = field_violations
+        self.metadata: dict[str, str] = dict(metadata or {})
+        """The `ErrorInfo` metadata (e.g. ``namespace``, ``right``), empty when there was none."""
 
     @property
     def retryable(self) -> bool:
@@ -122,13 +126,23 @@ class ResourceExhausted(TiercacheError):
 
 
 class PermissionDenied(TiercacheError):
-    """The credential is valid but may not do this."""
+    """The credential is valid but lacks the right: ``.right`` on ``.namespace``."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
 
+    @property
+    def right(self) -> str | None:
+        """The missing right (``read``, ``write``, ``invalidate``, ``lock``, ``admin``)."""
+        return self.metadata.get("right")
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace the right was missing on."""
+        return self.metadata.get("namespace")
+
 
 class Unauthenticated(TiercacheError):
-    """No valid credential was sent."""
+    """No valid credential was sent: no token, an unknown token or client certificate."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
 
@@ -201,6 +215,7 @@ def from_rpc_error(err: grpc.RpcError) -> TiercacheError:
     message: str = call.details() or ""
     reason: str | None = None
     retry_after: float | None = None
+    metadata: dict[str, str] = {}
     violations: list[FieldViolation] = []
     try:
         status = rpc_status.from_call(call)
@@ -212,6 +227,7 @@ def from_rpc_error(err: grpc.RpcError) -> TiercacheError:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             reason = info.reason or None
+            metadata = dict(info.metadata)
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
@@ -227,4 +243,5 @@ def from_rpc_error(err: grpc.RpcError) -> TiercacheError:
         reason=reason,
         retry_after=retry_after,
         field_violations=tuple(violations),
+        metadata=metadata,
     )

@@ -6,6 +6,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { type Client as RpcClient, type Interceptor, createClient } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import { setMaxListeners } from "node:events";
+import { readFileSync } from "node:fs";
 import { AdminService } from "./gen/tiercache/v1/admin_pb.js";
 import { CacheService } from "./gen/tiercache/v1/cache_pb.js";
 import { LockService } from "./gen/tiercache/v1/lock_pb.js";
@@ -63,16 +64,92 @@ export interface Logger {
   debug?(message: string): void;
 }
 
-/** TLS settings of a `Client` (`tls: true` uses the system roots). */
+/**
+ * TLS settings of a `Client` (`tls: true`, or an `https://` address, uses the system roots). The
+ * same options as the Rust and Python SDKs and the CLI: a CA instead of the system roots, a client
+ * certificate and key (mTLS), the name the server certificate must carry. Files are read when the
+ * client is made; a missing or non-PEM file throws, naming the option.
+ */
 export interface TlsOptions {
   /** PEM CA certificate(s) to trust instead of the system roots. */
   ca?: string | Buffer;
-  /** PEM client certificate, for mutual TLS. */
+  /** A file holding `ca`. */
+  caFile?: string;
+  /** PEM client certificate, for mutual TLS (with `key`). */
   cert?: string | Buffer;
+  /** A file holding `cert`. */
+  certFile?: string;
   /** PEM key of the client certificate. */
   key?: string | Buffer;
-  /** The name to check the server's certificate against, when it differs from the host. */
+  /** A file holding `key`. */
+  keyFile?: string;
+  /** The name to check the server's certificate against, when it differs from the address. */
+  serverName?: string;
+  /** The same as `serverName` (Node's spelling). */
   servername?: string;
+}
+
+/** The TLS options Node's `http2.connect` takes, from a `TlsOptions`, checked. */
+export function tlsConnectOptions(tls: TlsOptions): {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  servername?: string;
+} {
+  const ca = pemOf("ca", tls.ca, tls.caFile, "CERTIFICATE");
+  const cert = pemOf("cert", tls.cert, tls.certFile, "CERTIFICATE");
+  const key = pemOf("key", tls.key, tls.keyFile, "PRIVATE KEY");
+  if ((cert === undefined) !== (key === undefined)) {
+    const missing = key === undefined ? "key/keyFile" : "cert/certFile";
+    throw new TypeError(`Client: tls: a client certificate needs a certificate and a key; ${missing} is missing`);
+  }
+  if (tls.serverName !== undefined && tls.servername !== undefined && tls.serverName !== tls.servername) {
+    throw new TypeError("Client: tls: give serverName or servername, not both");
+  }
+  const servername = tls.serverName ?? tls.servername;
+  if (servername !== undefined && (servername === "" || /\s/.test(servername))) {
+    throw new TypeError(`Client: tls.serverName: ${JSON.stringify(servername)} is not a host name`);
+  }
+  return {
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key }),
+    ...(servername === undefined ? {} : { servername }),
+  };
+}
+
+function pemOf(name: string, pem: string | Buffer | undefined, file: string | undefined, kind: string): Buffer | undefined {
+  if (pem !== undefined && file !== undefined) {
+    throw new TypeError(`Client: tls: give ${name} or ${name}File, not both`);
+  }
+  let where = `tls.${name}`;
+  let data: Buffer;
+  if (file !== undefined) {
+    where = `tls.${name}File (${file})`;
+    try {
+      data = readFileSync(file);
+    } catch (err) {
+      const why = (err as NodeJS.ErrnoException).code ?? String(err);
+      throw new TypeError(`Client: ${where}: cannot read: ${why}`);
+    }
+  } else if (pem !== undefined) {
+    data = typeof pem === "string" ? Buffer.from(pem) : pem;
+  } else {
+    return undefined;
+  }
+  // "PRIVATE KEY" also matches "RSA PRIVATE KEY" and "EC PRIVATE KEY" (PKCS#1, SEC1).
+  const text = data.toString("latin1");
+  if (!text.includes("-----BEGIN ") || !text.includes(kind)) {
+    throw new TypeError(`Client: ${where}: not PEM (expected a -----BEGIN ...${kind}----- block)`);
+  }
+  return data;
+}
+
+/** Refuses a token an HTTP/2 header cannot carry, without echoing it. */
+function checkToken(token: string): void {
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    throw new TypeError("Client: `token` must be non-empty printable ASCII without spaces (the value is not shown)");
+  }
 }
 
 /** What `new Client(...)` takes; only `address` is required. */
@@ -82,7 +159,7 @@ export interface ClientOptions {
   address: string;
   /** A bearer token sent as `authorization: Bearer <token>` on every call. */
   token?: string;
-  /** TLS: `true` for the system roots, or the CA / client certificate to use. */
+  /** TLS: `true` for the system roots, or the CA / client certificate / server name to use. */
   tls?: boolean | TlsOptions;
   /** The deadline of each call in ms (default 5000). A getOrSet or lock wait is added on top. */
   timeoutMs?: number;
@@ -183,17 +260,21 @@ export class Client {
     // Every call in flight listens on the closing signal: no limit (Node warns past 10).
     setMaxListeners(0, this.#closing.signal);
     this.#headers = { ...options.headers };
-    if (options.token !== undefined) this.#headers.authorization = `Bearer ${options.token}`;
-    const tls = typeof options.tls === "object" ? options.tls : undefined;
+    if (options.token !== undefined) {
+      checkToken(options.token);
+      this.#headers.authorization = `Bearer ${options.token}`;
+    }
+    if (options.address.startsWith("http://") && options.tls !== undefined && options.tls !== false) {
+      throw new TypeError(`Client: address ${options.address} is plaintext (http://) but \`tls\` is set: use https://`);
+    }
+    const tls = typeof options.tls === "object" ? tlsConnectOptions(options.tls) : undefined;
     const baseUrl = baseUrlOf(options.address, options.tls);
     // One HTTP/2 connection, kept alive with PINGs while calls are open (as gRPC clients do) and
     // closed by close(); when idle it does not keep the process alive.
     this.#session = new Http2SessionManager(
       baseUrl,
       { pingIntervalMs: 30_000, pingTimeoutMs: 10_000, idleConnectionTimeoutMs: 15 * 60_000 },
-      tls === undefined
-        ? {}
-        : { ca: tls.ca, cert: tls.cert, key: tls.key, servername: tls.servername },
+      tls ?? {},
     );
     const transport = createGrpcTransport({
       baseUrl,

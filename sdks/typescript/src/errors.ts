@@ -92,6 +92,18 @@ export class TiercacheError extends Error {
     return codeName(this.code);
   }
 
+  /** The missing right of a `permission_denied` (`read`, `write`, `invalidate`, `lock`, `admin`),
+   * from the `ErrorInfo` metadata. */
+  get right(): string | undefined {
+    return this.metadata.right;
+  }
+
+  /** The namespace the error is about (a missing right's, an unknown namespace's), from the
+   * `ErrorInfo` metadata. */
+  get namespace(): string | undefined {
+    return this.metadata.namespace;
+  }
+
   /** The first rejected field (`key`, `tags[2]`, …), from the `BadRequest` detail. */
   get field(): string | undefined {
     return this.fieldViolations[0]?.field;
@@ -105,6 +117,16 @@ export class TiercacheError extends Error {
   /** Maps anything a call threw to a TiercacheError, reading the status details. */
   static from(err: unknown): TiercacheError {
     if (err instanceof TiercacheError) return err;
+    const tls = tlsFailure(err);
+    if (tls !== undefined) {
+      // Node reports a refused handshake as a plain error that connect calls INTERNAL; it is the
+      // connection that failed, as gRPC's own clients (and the Python SDK) say: UNAVAILABLE.
+      return new TiercacheError(Code.Unavailable, `TLS handshake failed (${tls.code}): ${tls.message.trim()}`, {
+        reason: "TLS_HANDSHAKE_FAILED",
+        metadata: { tls_error: tls.code },
+        cause: err,
+      });
+    }
     const ce = ConnectError.from(err);
     let reason: string | undefined;
     let metadata: Record<string, string> = {};
@@ -133,6 +155,34 @@ export class TiercacheError extends Error {
       cause: err,
     });
   }
+}
+
+/** Node's codes for a certificate that did not verify (OpenSSL's X509_V_ERR names). */
+const CERT_ERRORS = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "CERT_REVOKED",
+  "INVALID_CA",
+  "HOSTNAME_MISMATCH",
+]);
+
+/** The TLS error (a refused certificate, a handshake the server ended) behind `err`, if any. */
+function tlsFailure(err: unknown): { code: string; message: string } | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (typeof code === "string" && (CERT_ERRORS.has(code) || /^ERR_(TLS|SSL)_/.test(code))) {
+      return { code, message: e.message };
+    }
+  }
+  return undefined;
 }
 
 /** `lock()` waited its `maxWaitMs` while another owner held the lock. */

@@ -7,7 +7,7 @@ import { createServer, connect } from "node:net";
 import { homedir, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Client, type ClientOptions } from "../src/index.js";
+import { Client, type ClientOptions, type TlsOptions } from "../src/index.js";
 
 /** A file of the repository, found by walking up from this file (build/test/ or test/ of the
  * package) to the folder that holds `tests/conformance`. */
@@ -135,20 +135,27 @@ export class Redis {
 
 export class Server {
   readonly port: number;
-  /** `http://127.0.0.1:<port>`, what `new Client({ address })` takes. */
+  /** `http://127.0.0.1:<port>` (`https://` for a TLS server), what `new Client({ address })` takes. */
   readonly address: string;
   readonly proc: ChildProcess;
   readonly log: string;
 
-  private constructor(port: number, proc: ChildProcess, log: string) {
+  private constructor(port: number, proc: ChildProcess, log: string, scheme = "http") {
     this.port = port;
-    this.address = `http://127.0.0.1:${port}`;
+    this.address = `${scheme}://127.0.0.1:${port}`;
     this.proc = proc;
     this.log = log;
   }
 
-  /** One `tiercache serve`; memory-only without `redisUrl`. */
-  static async start(workdir: string, redisUrl?: string, config: string = CONFIG): Promise<Server> {
+  /** One `tiercache serve`; memory-only without `redisUrl`. `tls`: the server serves TLS (its
+   * config has a [tls] table) and these client options reach it; the address is then https://
+   * and readiness is checked with the health service (open under auth). */
+  static async start(
+    workdir: string,
+    redisUrl?: string,
+    config: string = CONFIG,
+    tls?: TlsOptions,
+  ): Promise<Server> {
     const port = await freePort();
     const configPath = join(workdir, `tiercache-${port}.toml`);
     writeFileSync(configPath, config);
@@ -160,18 +167,19 @@ export class Server {
     env.RUST_LOG ??= "warn";
     const proc = start(tiercacheBin(), args, log, env);
     await waitPort(port, proc, "tiercache serve", log);
-    const server = new Server(port, proc, log);
-    await server.waitServing();
+    const server = new Server(port, proc, log, tls === undefined ? "http" : "https");
+    await server.waitServing(tls);
     return server;
   }
 
-  private async waitServing(): Promise<void> {
-    const client = new Client({ address: this.address, timeoutMs: 2_000 });
+  private async waitServing(tls?: TlsOptions): Promise<void> {
+    const client = new Client({ address: this.address, timeoutMs: 2_000, ...(tls ? { tls } : {}) });
     try {
       const deadline = Date.now() + 30_000;
       for (;;) {
         try {
-          await client.namespace("default").get("tiercache-test-kit-probe");
+          if (tls === undefined) await client.namespace("default").get("tiercache-test-kit-probe");
+          else if ((await client.health()) !== "serving") throw new Error("not serving yet");
           return;
         } catch (err) {
           if (Date.now() > deadline) throw err;

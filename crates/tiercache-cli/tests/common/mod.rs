@@ -20,8 +20,17 @@ pub fn tiercache() -> Command {
         "TIERCACHE_CONFIG",
         "TIERCACHE_LISTEN",
         "TIERCACHE_REDIS_URL",
+        "TIERCACHE_REDIS_PASSWORD",
         "TIERCACHE_ADDR",
         "TIERCACHE_ADMIN_LISTEN",
+        "TIERCACHE_TOKEN",
+        "TIERCACHE_AUTH_TOKENS",
+        "TIERCACHE_TLS_CA",
+        "TIERCACHE_TLS_CERT",
+        "TIERCACHE_TLS_KEY",
+        "TIERCACHE_TLS_SERVER_NAME",
+        "TIERCACHE_TLS_CERT_FILE",
+        "TIERCACHE_TLS_KEY_FILE",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         cmd.env_remove(var);
@@ -88,7 +97,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `tiercache serve` with `extra` arguments and waits (bounded) until it listens.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`ServerProcess::start`] with environment variables `env` set for the server.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = tiercache()
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             // Tests run at once; the default admin port 127.0.0.1:9464 would clash.
             .args(["--admin-listen", "127.0.0.1:0"])

@@ -60,8 +60,15 @@ impl Store {
             Store::Local(l) => l.set(ns, key, data, ttl, condition),
             Store::Redis(r) => {
                 let blob = codec::encode(data);
-                r.set(&ns.keys, key, blob, ttl + data.stale_window, condition)
-                    .await
+                r.set(
+                    &ns.keys,
+                    key,
+                    blob,
+                    &data.tags,
+                    ttl + data.stale_window,
+                    condition,
+                )
+                .await
             }
         }
     }
@@ -106,8 +113,15 @@ impl Store {
             Store::Local(l) => l.fill(ns, key, token, data, ttl),
             Store::Redis(r) => {
                 let blob = codec::encode(data);
-                r.fill(&ns.keys, key, token, blob, ttl + data.stale_window)
-                    .await
+                r.fill(
+                    &ns.keys,
+                    key,
+                    token,
+                    blob,
+                    &data.tags,
+                    ttl + data.stale_window,
+                )
+                .await
             }
         }
     }

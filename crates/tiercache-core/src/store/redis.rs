@@ -30,14 +30,226 @@ use crate::keys::{KeySpace, NamespaceKeys};
 use crate::types::WriteCondition;
 
 /// How to reach Redis.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows no password: not the one in `password`, nor one in the URL's userinfo.
+#[derive(Clone)]
 pub struct RedisOptions {
+    /// `redis://…` or `rediss://…` (TLS); it may carry `user:password@`.
     pub url: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     /// The prefix of every key and channel name (`redis.key_prefix`), assumed valid
     /// ([`crate::keys::validate_key_prefix`]).
     pub key_prefix: String,
+    /// The ACL user (`AUTH <username> <password>`); overrides one in the URL.
+    pub username: Option<String>,
+    /// The password; overrides one in the URL.
+    pub password: Option<Secret>,
+    /// Certificates for a `rediss://` URL.
+    pub tls: RedisTls,
+}
+
+impl Default for RedisOptions {
+    /// A local Redis (`redis://127.0.0.1:6379`), the server's default timeouts and prefix, no
+    /// credentials, system roots for TLS.
+    fn default() -> Self {
+        RedisOptions {
+            url: "redis://127.0.0.1:6379".into(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(1),
+            key_prefix: crate::keys::DEFAULT_KEY_PREFIX.into(),
+            username: None,
+            password: None,
+            tls: RedisTls::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redact_url(&self.url))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// A password: `Debug` prints `***`, so it cannot reach a log or an error by accident.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    /// Returns the secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// Certificates of a `rediss://` connection, PEM bytes. Without a CA the system roots are trusted.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The CA certificates that sign the Redis server's certificate (`redis.tls_ca_file`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain and its private key (`redis.tls_cert_file`,
+    /// `redis.tls_key_file`), for a Redis started with `tls-auth-clients yes`.
+    pub client: Option<(Vec<u8>, Secret)>,
+}
+
+impl RedisTls {
+    /// Whether any certificate is set (then the URL must be `rediss://`).
+    pub fn is_set(&self) -> bool {
+        self.ca_pem.is_some() || self.client.is_some()
+    }
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.as_ref().map(|_| "set"))
+            .field("client_cert", &self.client.as_ref().map(|_| "set"))
+            .finish()
+    }
+}
+
+/// Returns `url` with the password of its userinfo replaced by `***` (`redis://user:***@host`),
+/// for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => userinfo.to_string(),
+    };
+    format!("{}{user}{}", &url[..scheme_end], &rest[at..])
+}
+
+/// Builds the one client every connection of the store comes from (the data connection, the
+/// subscriber, script loads, health checks), so all use the same TLS and credentials.
+fn build_client(options: &RedisOptions) -> Result<redis::Client, CoreError> {
+    use redis::IntoConnectionInfo;
+    // Parse errors name the URL's shape only; never echo it (it may hold a password).
+    let bad_url = |e: redis::RedisError| {
+        CoreError::Unavailable(format!(
+            "bad redis url {} (redis.url): {}",
+            redact_url(&options.url),
+            e.category()
+        ))
+    };
+    let info = options
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad_url)?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &options.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &options.password {
+        settings = settings.set_password(password.expose());
+    }
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if options.tls.is_set() && !tls {
+        return Err(CoreError::Unavailable(
+            "redis.tls_ca_file, tls_cert_file and tls_key_file need a rediss:// redis.url".into(),
+        ));
+    }
+    let info = with_keepalive(info).set_redis_settings(settings);
+    if !tls {
+        return redis::Client::open(info).map_err(bad_url);
+    }
+    // rustls needs one process-wide crypto provider; ring is the one built. Installing fails
+    // harmlessly when another part of the process (gRPC TLS) installed it first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = redis::TlsCertificates {
+        client_tls: options
+            .tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.expose().as_bytes().to_vec(),
+            }),
+        root_cert: options.tls.ca_pem.clone(),
+    };
+    redis::Client::build_with_tls(info, certs).map_err(|e| {
+        CoreError::Unavailable(format!(
+            "bad redis tls certificates (redis.tls_ca_file, tls_cert_file, tls_key_file): {e}"
+        ))
+    })
+}
+
+/// Returns the error of a failed first connection: a refused login or TLS handshake names the
+/// settings to fix.
+fn connect_error(e: redis::RedisError, tls: bool) -> CoreError {
+    let text = e.to_string();
+    if text.contains("NOPERM") {
+        return CoreError::Unavailable(format!(
+            "the redis ACL user (redis.username) may not run a command tiercache needs: {text} \
+             (docs/security.md lists them)"
+        ));
+    }
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+    {
+        let code = e.code().unwrap_or("WRONGPASS");
+        return CoreError::Unavailable(format!(
+            "redis refused the login ({code}): check redis.username and redis.password \
+             (or redis.password_file, TIERCACHE_REDIS_PASSWORD, the url's user:password@)"
+        ));
+    }
+    if tls && (e.is_io_error() || e.is_connection_dropped()) {
+        return CoreError::Unavailable(format!(
+            "tls connection to redis failed: {text} (check redis.tls_ca_file; a redis with \
+             tls-auth-clients yes needs redis.tls_cert_file and redis.tls_key_file)"
+        ));
+    }
+    classify(e)
+}
+
+/// The commands tiercache sends, as Redis ACL rules (docs/security.md): connection set-up
+/// (`AUTH`, `HELLO`, `SELECT`), the data connection (`EVALSHA`, `SCRIPT LOAD` after Redis lost its
+/// scripts, `MGET`, `GET`/`PTTL` for a lease, `PING`, and `CONFIG GET` for the eviction-policy
+/// check, which may be refused), the subscriber (`PSUBSCRIBE`, `PUNSUBSCRIBE`, `PING`) and what
+/// the scripts run (`GET`, `SET`, `DEL`, `INCR`, `PTTL`, `PEXPIRE`, `STRLEN`, `TIME`, `PUBLISH`).
+/// With `~<prefix>:*` and `&<prefix>:*` it is all an ACL user needs. (redis-rs also sends
+/// `CLIENT SETINFO` on Redis 7.2+ and ignores a refusal.)
+pub const ACL_COMMANDS: &str = "-@all +auth +hello +select +ping +evalsha +script|load +mget \
+     +get +set +del +incr +pttl +pexpire +strlen +time +publish +psubscribe +punsubscribe \
+     +config|get";
+
+/// Every Lua script of the store, by name, with the SHA1 `EVALSHA` names it by (for tests that
+/// watch Redis run them).
+pub fn script_hashes() -> Vec<(&'static str, String)> {
+    Scripts::new()
+        .all()
+        .iter()
+        .map(|(name, script)| (*name, script.get_hash().to_string()))
+        .collect()
 }
 
 /// TCP keepalive on every Redis connection: first probe after 10 s idle, then every 5 s, dead
@@ -48,17 +260,46 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_RETRIES: u32 = 3;
 
-/// Returns `client` with TCP keepalive on (see [`KEEPALIVE_IDLE`]).
-fn with_keepalive(client: redis::Client) -> Result<redis::Client, CoreError> {
+/// Returns `info` with TCP keepalive on (see [`KEEPALIVE_IDLE`]).
+fn with_keepalive(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
     use redis::io::tcp::socket2::TcpKeepalive;
-    let info = client.get_connection_info().clone();
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
     let tcp = info.tcp_settings().clone().set_keepalive(keepalive);
-    redis::Client::open(info.set_tcp_settings(tcp))
-        .map_err(|e| CoreError::Unavailable(format!("bad redis url: {e}")))
+    info.set_tcp_settings(tcp)
+}
+
+/// How many times a script is called again declaring the tags the stored entry turned out to
+/// have ([`RedisStore::invoke_tagged`]); only a key rewritten with other tags between each pair
+/// of calls exhausts it.
+const TAG_ATTEMPTS: usize = 4;
+
+/// The tags a script asked to have declared (`{'tags', {tag…}}`), or `None` for any other reply.
+/// No other reply is a two-item array whose second item is an array.
+fn undeclared_tags(reply: &Value) -> Option<Vec<String>> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let [Value::BulkString(marker), tags] = items.as_slice() else {
+        return None;
+    };
+    if marker.as_slice() != b"tags" {
+        return None;
+    }
+    match tags {
+        Value::Array(tags) => Some(
+            tags.iter()
+                .map(|t| match t {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                })
+                .collect(),
+        ),
+        Value::Nil => Some(Vec::new()),
+        _ => None,
+    }
 }
 
 /// The Redis tier: a multiplexed, auto-reconnecting connection and the scripts.
@@ -74,7 +315,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("url", &self.options.url)
+            .field("url", &redact_url(&self.options.url))
             .finish()
     }
 }
@@ -109,9 +350,11 @@ fn ints(v: Value) -> Result<Vec<u64>, CoreError> {
 impl RedisStore {
     /// Connects to Redis; fails if it does not answer within the connect timeout.
     pub async fn connect(options: RedisOptions) -> Result<RedisStore, CoreError> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| CoreError::Unavailable(format!("bad redis url: {e}")))?;
-        let client = with_keepalive(client)?;
+        let client = build_client(&options)?;
+        let tls = matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        );
         let key_space = KeySpace::new(
             &options.key_prefix,
             client.get_connection_info().redis_settings().db(),
@@ -126,7 +369,18 @@ impl RedisStore {
             ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
-        .map_err(|_| CoreError::Unavailable("timed out connecting to redis".into()))??;
+        .map_err(|_| CoreError::Unavailable("timed out connecting to redis".into()))?
+        .map_err(|e| connect_error(e, tls))?;
+        // The manager connects without a command; a missing password shows only as NOAUTH on
+        // the first one, which should fail here, naming the setting, not later on the data path.
+        let mut probe = conn.clone();
+        let _: String = tokio::time::timeout(
+            options.connect_timeout,
+            redis::cmd("PING").query_async(&mut probe),
+        )
+        .await
+        .map_err(|_| CoreError::Unavailable("timed out connecting to redis".into()))?
+        .map_err(|e| connect_error(e, tls))?;
         Ok(RedisStore {
             client,
             key_space,
@@ -179,6 +433,34 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         self.call(op, async { Ok(inv.invoke_async(&mut conn).await?) })
             .await
+    }
+
+    /// Runs a script whose visibility check reads the tag marks of a stored entry, declaring
+    /// the mark keys of `tags` (the caller's guess of that entry's tags); `build` makes the
+    /// invocation for a list of tags. When the script answers that the entry has other tags
+    /// (`{'tags', {…}}`, having changed nothing), calls again declaring those, a bounded number
+    /// of times (the entry could change between calls).
+    async fn invoke_tagged<'a>(
+        &'a self,
+        op: RedisOp,
+        mut tags: Vec<String>,
+        build: impl Fn(&[String]) -> redis::ScriptInvocation<'a>,
+    ) -> Result<Value, CoreError> {
+        for _ in 0..TAG_ATTEMPTS {
+            let reply: Value = self.invoke(op, &build(&tags)).await?;
+            match undeclared_tags(&reply) {
+                Some(actual) => tags = actual,
+                None => return Ok(reply),
+            }
+        }
+        Err(CoreError::Redis(crate::error::RedisReplyError {
+            class: crate::error::RedisErrorClass::Transient,
+            code: "TAGS_CHANGED".into(),
+            message: format!(
+                "the entry's tags changed on each of {TAG_ATTEMPTS} attempts of {}",
+                op.name
+            ),
+        }))
     }
 
     /// Runs a command on the shared connection, in its span, reported to the observer.
@@ -256,12 +538,16 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Writes an entry whose version and born sequence the script assigns.
+    /// Writes an entry whose version and born sequence the script assigns. `tags` are the new
+    /// entry's tags: a condition checks the stored entry's visibility, and its tags are most
+    /// often the same.
+    #[allow(clippy::too_many_arguments)]
     pub async fn set(
         &self,
         keys: &NamespaceKeys,
         key: &str,
         blob: Bytes,
+        tags: &[String],
         lifetime: Duration,
         condition: WriteCondition,
     ) -> Result<StoreSet, CoreError> {
@@ -270,20 +556,39 @@ impl RedisStore {
             WriteCondition::IfAbsent => ("absent", String::new()),
             WriteCondition::IfVersion(v) => ("version", v.to_string()),
         };
+        // Without a condition the script reads no tag mark.
+        let guess = if cond.is_empty() {
+            Vec::new()
+        } else {
+            tags.to_vec()
+        };
         let px = lifetime.as_millis().max(1) as u64;
-        let mut inv = self.scripts.set.prepare_invoke();
-        inv.key(keys.entry(key))
-            .key(keys.lease(key))
-            .key(&keys.seq)
-            .key(&keys.run)
-            .arg(&keys.meta_prefix)
-            .arg(&keys.channel)
-            .arg(blob.as_ref())
-            .arg(px)
-            .arg(cond)
-            .arg(expected)
-            .arg(key);
-        let reply: Value = self.invoke(RedisOp::SET, &inv).await?;
+        let entry = keys.entry(key);
+        let lease = keys.lease(key);
+        let life = keys.lifetime();
+        let script = &self.scripts.set;
+        let reply = self
+            .invoke_tagged(RedisOp::SET, guess, |tags| {
+                let mut inv = script.prepare_invoke();
+                inv.key(&entry)
+                    .key(&lease)
+                    .key(&keys.seq)
+                    .key(&keys.run)
+                    .key(&keys.flush)
+                    .key(&life);
+                for t in tags {
+                    inv.key(keys.tag(t));
+                }
+                inv.arg(&keys.meta_prefix)
+                    .arg(&keys.channel)
+                    .arg(blob.as_ref())
+                    .arg(px)
+                    .arg(cond)
+                    .arg(&expected)
+                    .arg(key);
+                inv
+            })
+            .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
             [0, version, sequence] => StoreSet::Stored {
@@ -303,16 +608,28 @@ impl RedisStore {
         key: &str,
         if_version: Option<u64>,
     ) -> Result<StoreDelete, CoreError> {
-        let mut inv = self.scripts.delete.prepare_invoke();
-        inv.key(keys.entry(key))
-            .key(keys.lease(key))
-            .key(&keys.seq)
-            .key(&keys.run)
-            .arg(&keys.meta_prefix)
-            .arg(&keys.channel)
-            .arg(if_version.map(|v| v.to_string()).unwrap_or_default())
-            .arg(key);
-        let reply: Value = self.invoke(RedisOp::DELETE, &inv).await?;
+        let entry = keys.entry(key);
+        let lease = keys.lease(key);
+        let expected = if_version.map(|v| v.to_string()).unwrap_or_default();
+        let script = &self.scripts.delete;
+        let reply = self
+            .invoke_tagged(RedisOp::DELETE, Vec::new(), |tags| {
+                let mut inv = script.prepare_invoke();
+                inv.key(&entry)
+                    .key(&lease)
+                    .key(&keys.seq)
+                    .key(&keys.run)
+                    .key(&keys.flush);
+                for t in tags {
+                    inv.key(keys.tag(t));
+                }
+                inv.arg(&keys.meta_prefix)
+                    .arg(&keys.channel)
+                    .arg(&expected)
+                    .arg(key);
+                inv
+            })
+            .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
             [0, _, sequence] => StoreDelete::Deleted {
@@ -437,14 +754,21 @@ impl RedisStore {
         token: &str,
         ttl: Duration,
     ) -> Result<LeaseGrant, CoreError> {
-        let mut inv = self.scripts.acquire_lease.prepare_invoke();
-        inv.key(keys.entry(key))
-            .key(keys.lease(key))
-            .key(&keys.seq)
-            .arg(&keys.meta_prefix)
-            .arg(token)
-            .arg(ttl.as_millis().max(1) as u64);
-        let reply: Value = self.invoke(RedisOp::ACQUIRE_LEASE, &inv).await?;
+        let entry = keys.entry(key);
+        let lease = keys.lease(key);
+        let ttl = ttl.as_millis().max(1) as u64;
+        let script = &self.scripts.acquire_lease;
+        let reply = self
+            .invoke_tagged(RedisOp::ACQUIRE_LEASE, Vec::new(), |tags| {
+                let mut inv = script.prepare_invoke();
+                inv.key(&entry).key(&lease).key(&keys.seq).key(&keys.flush);
+                for t in tags {
+                    inv.key(keys.tag(t));
+                }
+                inv.arg(&keys.meta_prefix).arg(token).arg(ttl);
+                inv
+            })
+            .await?;
         let r = ints_signed(reply)?;
         Ok(match r.as_slice() {
             [0, born] => LeaseGrant::Granted {
@@ -458,27 +782,43 @@ impl RedisStore {
         })
     }
 
-    /// Stores a value computed under a lease.
+    /// Stores a value computed under a lease; `tags` are the value's tags (in `blob`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn fill(
         &self,
         keys: &NamespaceKeys,
         key: &str,
         token: &str,
         blob: Bytes,
+        tags: &[String],
         lifetime: Duration,
     ) -> Result<StoreFill, CoreError> {
-        let mut inv = self.scripts.fill.prepare_invoke();
-        inv.key(keys.entry(key))
-            .key(keys.lease(key))
-            .key(&keys.seq)
-            .key(&keys.run)
-            .arg(&keys.meta_prefix)
-            .arg(&keys.channel)
-            .arg(token)
-            .arg(blob.as_ref())
-            .arg(lifetime.as_millis().max(1) as u64)
-            .arg(key);
-        let reply: Value = self.invoke(RedisOp::FILL, &inv).await?;
+        let entry = keys.entry(key);
+        let lease = keys.lease(key);
+        let life = keys.lifetime();
+        let px = lifetime.as_millis().max(1) as u64;
+        let script = &self.scripts.fill;
+        let reply = self
+            .invoke_tagged(RedisOp::FILL, tags.to_vec(), |tags| {
+                let mut inv = script.prepare_invoke();
+                inv.key(&entry)
+                    .key(&lease)
+                    .key(&keys.seq)
+                    .key(&keys.run)
+                    .key(&keys.flush)
+                    .key(&life);
+                for t in tags {
+                    inv.key(keys.tag(t));
+                }
+                inv.arg(&keys.meta_prefix)
+                    .arg(&keys.channel)
+                    .arg(token)
+                    .arg(blob.as_ref())
+                    .arg(px)
+                    .arg(key);
+                inv
+            })
+            .await?;
         let r = ints(reply)?;
         Ok(match r.as_slice() {
             [0, version, sequence, born] => StoreFill::Stored {
@@ -624,15 +964,20 @@ impl RedisStore {
         key: &str,
         extra_tags: &[String],
     ) -> Result<InspectSnapshot, CoreError> {
-        let mut inv = self.scripts.inspect.prepare_invoke();
-        inv.key(keys.entry(key))
-            .key(&keys.seq)
-            .key(&keys.flush)
-            .arg(&keys.meta_prefix);
-        for t in extra_tags {
-            inv.arg(t);
-        }
-        let reply: Value = self.invoke(RedisOp::INSPECT, &inv).await?;
+        let entry = keys.entry(key);
+        // The L1 copy's tags are the best guess of the stored entry's.
+        let script = &self.scripts.inspect;
+        let reply = self
+            .invoke_tagged(RedisOp::INSPECT, extra_tags.to_vec(), |tags| {
+                let mut inv = script.prepare_invoke();
+                inv.key(&entry).key(&keys.seq).key(&keys.flush);
+                for t in tags.iter().chain(extra_tags) {
+                    inv.key(keys.tag(t));
+                }
+                inv.arg(&keys.meta_prefix).arg(tags.len());
+                inv
+            })
+            .await?;
         let bad = |what: &str| CoreError::unexpected_reply(("inspect", what));
         let Value::Array(items) = reply else {
             return Err(bad("not an array"));
@@ -675,10 +1020,83 @@ mod tests {
 
     #[test]
     fn every_connection_has_tcp_keepalive_and_keeps_the_database() {
-        let client = redis::Client::open("redis://127.0.0.1:1/3").unwrap();
-        let client = with_keepalive(client).unwrap();
+        let options = RedisOptions {
+            url: "redis://127.0.0.1:1/3".into(),
+            ..RedisOptions::default()
+        };
+        let client = build_client(&options).unwrap();
         let info = client.get_connection_info();
         assert!(info.tcp_settings().keepalive().is_some());
         assert_eq!(info.redis_settings().db(), 3);
+    }
+
+    #[test]
+    fn urls_lose_their_password_in_logs() {
+        assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            redact_url("rediss://u:p%40ss@h:6380/0"),
+            "rediss://u:***@h:6380/0"
+        );
+        assert_eq!(redact_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(redact_url("redis://user@h"), "redis://user@h");
+        assert_eq!(redact_url("redis://u:a@b@h/1"), "redis://u:***@h/1");
+        assert_eq!(redact_url("redis://h/0?x=a@b"), "redis://h/0?x=a@b");
+    }
+
+    #[test]
+    fn options_debug_shows_no_secret() {
+        let options = RedisOptions {
+            url: "rediss://app:in-url@h:6380".into(),
+            username: Some("app".into()),
+            password: Some(Secret::new("in-field")),
+            tls: RedisTls {
+                ca_pem: Some(b"ca".to_vec()),
+                client: Some((b"cert".to_vec(), Secret::new("PRIVATE KEY"))),
+            },
+            ..RedisOptions::default()
+        };
+        let debug = format!("{options:?}");
+        for secret in ["in-url", "in-field", "PRIVATE KEY"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("app"), "{debug}");
+    }
+
+    #[test]
+    fn a_bad_url_error_does_not_echo_it() {
+        let options = RedisOptions {
+            url: "redis://u:hunter2@h:notaport".into(),
+            ..RedisOptions::default()
+        };
+        let e = build_client(&options).unwrap_err().to_string();
+        assert!(!e.contains("hunter2") && e.contains("redis.url"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_url() {
+        let options = RedisOptions {
+            tls: RedisTls {
+                ca_pem: Some(b"x".to_vec()),
+                client: None,
+            },
+            ..RedisOptions::default()
+        };
+        let e = build_client(&options).unwrap_err().to_string();
+        assert!(e.contains("rediss://"), "{e}");
+    }
+
+    #[test]
+    fn the_tags_reply_is_told_apart_from_every_other() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![bulk("tags"), Value::Array(vec![bulk("a"), bulk("b")])]);
+        assert_eq!(undeclared_tags(&reply), Some(vec!["a".into(), "b".into()]));
+        let none = Value::Array(vec![bulk("tags"), Value::Array(vec![])]);
+        assert_eq!(undeclared_tags(&none), Some(vec![]));
+        assert_eq!(
+            undeclared_tags(&Value::Array(vec![Value::Int(0), Value::Int(1)])),
+            None
+        );
+        let inspect = Value::Array(vec![bulk("tags"), Value::Int(5), Value::Int(0)]);
+        assert_eq!(undeclared_tags(&inspect), None);
     }
 }

@@ -1,5 +1,13 @@
 //! The Lua scripts of the Redis store. Every write is one script, so the condition check, the
 //! version bump, lease revocation, the namespace sequence and the event are one atomic step.
+//!
+//! Every key a script reads or writes is declared in `KEYS`, never built from `ARGV` or from a
+//! stored value inside the script (Redis ACLs check each call, and the declared keys are what a
+//! reader of the script and a Redis Cluster rely on). The one key set the caller cannot know
+//! beforehand is the tag marks of the entry already stored, which the visibility rule reads: the
+//! caller declares the tags it expects, and when the entry has others the script changes nothing
+//! and answers `{'tags', {tag…}}`, so the caller calls again declaring those
+//! (`RedisStore::invoke_tagged`). Pub/sub channels are arguments, as `PUBLISH` wants.
 
 use redis::Script;
 
@@ -52,27 +60,49 @@ local function next_seq(seq_key, run_key)
   end
   return seq, run
 end
-local function visible(blob, prefix)
-  if not blob then return false end
-  local born = u64(blob, 11)
-  local flush = tonumber(redis.call('GET', prefix .. 'flush') or '0')
-  if born < flush then return false end
+-- The tags of an entry blob (read at the codec's offsets; a short blob yields the tags it holds).
+local function tags_of(blob)
+  local tags = {}
   local n = string.byte(blob, 27) * 256 + string.byte(blob, 28)
   local pos = 29
-  for _ = 1, n do
+  for i = 1, n do
+    if pos + 1 > string.len(blob) then break end
     local len = string.byte(blob, pos) * 256 + string.byte(blob, pos + 1)
-    local tag = string.sub(blob, pos + 2, pos + 1 + len)
+    tags[i] = string.sub(blob, pos + 2, pos + 1 + len)
     pos = pos + 2 + len
-    local m = redis.call('GET', prefix .. 'tag:' .. esc(tag))
+  end
+  return tags
+end
+-- Whether `tags` are exactly the tags whose mark keys are declared in KEYS[first .. first + n - 1].
+local function declared(tags, prefix, first, n)
+  if #tags ~= n then return false end
+  for i, tag in ipairs(tags) do
+    if KEYS[first + i - 1] ~= prefix .. 'tag:' .. esc(tag) then return false end
+  end
+  return true
+end
+-- Whether an entry is visible: born >= the flush mark (`flush_key`) and >= the mark of each of
+-- its tags, whose keys must be the declared KEYS[first .. first + n - 1]. Returns nil and the
+-- entry's tags when they are other tags: the caller answers `{'tags', tags}` unchanged.
+local function visible(blob, flush_key, prefix, first, n)
+  if not blob then return false end
+  local born = u64(blob, 11)
+  local flush = tonumber(redis.call('GET', flush_key) or '0')
+  if born < flush then return false end
+  local tags = tags_of(blob)
+  if not declared(tags, prefix, first, n) then return nil, tags end
+  for i = first, first + n - 1 do
+    local m = redis.call('GET', KEYS[i])
     if m and born < tonumber(m) then return false end
   end
   return true
 end
--- Records the longest entry lifetime (ms) ever written in the namespace, so InvalidateTags keeps
--- its marks at least that long whichever replica (and policy) wrote the entry.
-local function note_life(prefix, px)
-  local k = prefix .. 'life'
-  if tonumber(redis.call('GET', k) or '0') < tonumber(px) then redis.call('SET', k, px) end
+-- Records the longest entry lifetime (ms) ever written in the namespace (at `life_key`), so
+-- InvalidateTags keeps its marks at least that long whichever replica (and policy) wrote the entry.
+local function note_life(life_key, px)
+  if tonumber(redis.call('GET', life_key) or '0') < tonumber(px) then
+    redis.call('SET', life_key, px)
+  end
 end
 "#;
 
@@ -96,16 +126,21 @@ end
 return out
 "#;
 
-/// KEYS: entry, lease, seq, run. ARGV: meta prefix, channel, blob, px, condition ('' | 'absent' |
-/// 'version'), expected version, key.
-/// Returns {0, version, seq} stored, {1, current} version mismatch, {2, current} exists.
+/// KEYS: entry, lease, seq, run, flush, longest lifetime, tag marks of the stored entry… (for a
+/// condition only). ARGV: meta prefix, channel, blob, px, condition ('' | 'absent' | 'version'),
+/// expected version, key.
+/// Returns {0, version, seq} stored, {1, current} version mismatch, {2, current} exists,
+/// {'tags', {tag…}} when a condition needs tag marks other than the declared ones.
 pub(super) const SET: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-local vis = visible(cur, ARGV[1])
 local curv = 0
-if vis then curv = u64(cur, 3) end
-if ARGV[5] == 'absent' and vis then return {2, curv} end
-if ARGV[5] == 'version' and num(curv) ~= ARGV[6] then return {1, curv} end
+if ARGV[5] ~= '' then
+  local vis, tags = visible(cur, KEYS[5], ARGV[1], 7, #KEYS - 6)
+  if vis == nil then return {'tags', tags} end
+  if vis then curv = u64(cur, 3) end
+  if ARGV[5] == 'absent' and vis then return {2, curv} end
+  if ARGV[5] == 'version' and num(curv) ~= ARGV[6] then return {1, curv} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local prev = 0
@@ -114,17 +149,20 @@ local ver = math.max(prev + 1, now)
 local seq, run = next_seq(KEYS[3], KEYS[4])
 local blob = string.sub(ARGV[3], 1, 2) .. be64(ver) .. be64(seq) .. string.sub(ARGV[3], 19)
 redis.call('SET', KEYS[1], blob, 'PX', ARGV[4])
-note_life(ARGV[1], ARGV[4])
+note_life(KEYS[6], ARGV[4])
 revoke(KEYS[2])
 redis.call('PUBLISH', ARGV[2], run .. '\n' .. num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[7])
 return {0, ver, seq}
 "#;
 
-/// KEYS: entry, lease, seq, run. ARGV: meta prefix, channel, expected version ('' for none), key.
-/// Returns {0, old version, seq} deleted, {1, current} mismatch, {2, 0, seq} nothing visible.
+/// KEYS: entry, lease, seq, run, flush, tag marks of the stored entry…. ARGV: meta prefix,
+/// channel, expected version ('' for none), key.
+/// Returns {0, old version, seq} deleted, {1, current} mismatch, {2, 0, seq} nothing visible,
+/// {'tags', {tag…}} when the stored entry's tags are not the declared ones.
 pub(super) const DELETE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-local vis = visible(cur, ARGV[1])
+local vis, tags = visible(cur, KEYS[5], ARGV[1], 6, #KEYS - 5)
+if vis == nil then return {'tags', tags} end
 local curv = 0
 if vis then curv = u64(cur, 3) end
 if ARGV[3] ~= '' and num(curv) ~= ARGV[3] then return {1, curv} end
@@ -136,13 +174,19 @@ if vis then return {0, curv, seq} end
 return {2, 0, seq}
 "#;
 
-/// KEYS: entry, lease, seq. ARGV: meta prefix, token, lease ttl ms.
-/// Returns {0, born} granted, {1} a fresh visible entry exists, {2, lease pttl} held by another.
+/// KEYS: entry, lease, seq, flush, tag marks of the stored entry…. ARGV: meta prefix, token,
+/// lease ttl ms.
+/// Returns {0, born} granted, {1} a fresh visible entry exists, {2, lease pttl} held by another,
+/// {'tags', {tag…}} when a fresh stored entry's tags are not the declared ones.
 pub(super) const ACQUIRE_LEASE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
-if cur and visible(cur, ARGV[1]) then
+if cur then
   local pttl = redis.call('PTTL', KEYS[1])
-  if pttl > u64(cur, 19) then return {1} end
+  if pttl > u64(cur, 19) then
+    local vis, tags = visible(cur, KEYS[4], ARGV[1], 5, #KEYS - 4)
+    if vis == nil then return {'tags', tags} end
+    if vis then return {1} end
+  end
 end
 local l = redis.call('GET', KEYS[2])
 local revoked = ''
@@ -156,8 +200,10 @@ redis.call('SET', KEYS[2], ARGV[2] .. '|' .. num(seq) .. '|' .. revoked, 'PX', A
 return {0, seq}
 "#;
 
-/// KEYS: entry, lease, seq, run. ARGV: meta prefix, channel, token, blob, px, key.
-/// Returns {0, version, seq, born} stored, {1} revoked, {2} expired.
+/// KEYS: entry, lease, seq, run, flush, longest lifetime, tag marks of the filled entry….
+/// ARGV: meta prefix, channel, token, blob, px, key.
+/// Returns {0, version, seq, born} stored, {1} revoked, {2} expired, {'tags', {tag…}} when the
+/// blob's tags are not the declared ones.
 pub(super) const FILL: &str = r#"
 local l = redis.call('GET', KEYS[2])
 if not l then return {2} end
@@ -168,7 +214,9 @@ if tok ~= ARGV[3] then
 end
 born = tonumber(born)
 local probe = string.sub(ARGV[4], 1, 10) .. be64(born) .. string.sub(ARGV[4], 19)
-if not visible(probe, ARGV[1]) then
+local vis, tags = visible(probe, KEYS[5], ARGV[1], 7, #KEYS - 6)
+if vis == nil then return {'tags', tags} end
+if not vis then
   redis.call('DEL', KEYS[2])
   return {1}
 end
@@ -179,7 +227,7 @@ local t = redis.call('TIME')
 local ver = math.max(prev + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
 local blob = string.sub(ARGV[4], 1, 2) .. be64(ver) .. be64(born) .. string.sub(ARGV[4], 19)
 redis.call('SET', KEYS[1], blob, 'PX', ARGV[5])
-note_life(ARGV[1], ARGV[5])
+note_life(KEYS[6], ARGV[5])
 redis.call('DEL', KEYS[2])
 local seq, run = next_seq(KEYS[3], KEYS[4])
 redis.call('PUBLISH', ARGV[2], run .. '\n' .. num(seq) .. '\nK\n' .. num(ver) .. '\n' .. ARGV[6])
@@ -245,30 +293,25 @@ redis.call('PUBLISH', ARGV[1], run .. '\n' .. num(seq) .. '\nF')
 return seq
 "#;
 
-/// KEYS: entry, seq, flush. ARGV: meta prefix, extra tags… (the tags of the replica's L1 copy).
-/// Returns {blob or nil, pttl, seq, flush, {marks of the entry's tags}, {marks of extra tags}}.
-/// Reads the tags at the codec's offsets, like `visible` in the prelude.
+/// KEYS: entry, seq, flush, tag marks of the stored entry… (ARGV[2] of them), marks of extra
+/// tags… (the tags of the replica's L1 copy). ARGV: meta prefix, number of entry tag marks.
+/// Returns {blob or nil, pttl, seq, flush, {marks of the entry's tags}, {marks of extra tags}},
+/// or {'tags', {tag…}} when the stored entry's tags are not the declared ones. A blob that is
+/// not an entry of this codec has no tags.
 pub(super) const INSPECT: &str = r#"
 local blob = redis.call('GET', KEYS[1])
 local pttl = redis.call('PTTL', KEYS[1])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local flush = tonumber(redis.call('GET', KEYS[3]) or '0')
-local function mark(tag)
-  return tonumber(redis.call('GET', ARGV[1] .. 'tag:' .. esc(tag)) or '0')
-end
+local n = tonumber(ARGV[2])
+local tags = {}
+if blob and string.len(blob) >= 28 and string.byte(blob, 1) == 1 then tags = tags_of(blob) end
+if not declared(tags, ARGV[1], 4, n) then return {'tags', tags} end
+local function mark(i) return tonumber(redis.call('GET', KEYS[i]) or '0') end
 local marks = {}
-if blob and string.len(blob) >= 28 and string.byte(blob, 1) == 1 then
-  local n = string.byte(blob, 27) * 256 + string.byte(blob, 28)
-  local pos = 29
-  for i = 1, n do
-    if pos + 1 > string.len(blob) then break end
-    local len = string.byte(blob, pos) * 256 + string.byte(blob, pos + 1)
-    marks[i] = mark(string.sub(blob, pos + 2, pos + 1 + len))
-    pos = pos + 2 + len
-  end
-end
+for i = 1, n do marks[i] = mark(3 + i) end
 local extra = {}
-for i = 2, #ARGV do extra[i - 1] = mark(ARGV[i]) end
+for i = 4 + n, #KEYS do extra[#extra + 1] = mark(i) end
 return {blob, pttl, seq, flush, marks, extra}
 "#;
 
@@ -307,7 +350,27 @@ impl Scripts {
     }
 }
 
-/// Builds a script with the shared Lua helpers (`u64`, `be64`, `esc`, `num`, `visible`) in front.
+impl Scripts {
+    /// Every script with its name, for tests that check all of them ran.
+    pub fn all(&self) -> [(&'static str, &Script); 12] {
+        [
+            ("acquire_lease", &self.acquire_lease),
+            ("fill", &self.fill),
+            ("release_lease", &self.release_lease),
+            ("acquire_lock", &self.acquire_lock),
+            ("renew_lock", &self.renew_lock),
+            ("release_lock", &self.release_lock),
+            ("read", &self.read),
+            ("set", &self.set),
+            ("delete", &self.delete),
+            ("invalidate_tags", &self.invalidate_tags),
+            ("flush", &self.flush),
+            ("inspect", &self.inspect),
+        ]
+    }
+}
+
+/// Builds a script with the shared Lua helpers (`u64`, `be64`, `esc`, `num`, `visible`…) in front.
 fn with_prelude(body: &str) -> Script {
     Script::new(&format!("{LUA_PRELUDE}\n{body}"))
 }

@@ -64,6 +64,7 @@ pub struct Metrics {
     rpc_requests: Counter<u64>,
     redis_duration: Histogram<f64>,
     redis_errors: Counter<u64>,
+    security: crate::auth::SecurityCounters,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,7 +135,24 @@ impl Metrics {
             }
         }
         register_cache_instruments(&meter, cache);
+        let security = crate::auth::SecurityCounters {
+            auth_refusals: meter
+                .u64_counter("tiercache.auth.refusals")
+                .with_description(
+                    "Requests refused by auth, by reason: missing_credential, \
+                     unknown_credential (UNAUTHENTICATED), permission_denied",
+                )
+                .build(),
+            rate_limited: meter
+                .u64_counter("tiercache.rate_limited")
+                .with_description(
+                    "Requests refused by a rate limit (RESOURCE_EXHAUSTED, RATE_LIMITED), by \
+                     tiercache.limit (principal or namespace) and namespace",
+                )
+                .build(),
+        };
         Ok(Metrics {
+            security,
             provider,
             registry,
             rpc_duration,
@@ -147,6 +165,11 @@ impl Metrics {
     /// Returns the tower layer that traces and times every RPC.
     pub fn rpc_layer(&self) -> RpcLayer {
         RpcLayer::new(self.rpc_duration.clone(), self.rpc_requests.clone())
+    }
+
+    /// Returns the counters of auth and rate-limit refusals.
+    pub fn security_counters(&self) -> crate::auth::SecurityCounters {
+        self.security.clone()
     }
 
     /// Returns the observer the engine reports Redis calls to.
@@ -438,6 +461,35 @@ impl Metrics {
                     );
                 }
             })
+            .build();
+    }
+}
+
+impl Metrics {
+    /// Reports the TLS listener's handshake and reload failures (at 0 from the start) and the
+    /// serving certificate's expiry.
+    pub fn observe_tls(&self, stats: Arc<crate::tls::TlsStats>) {
+        let meter = self.provider.meter(SCOPE);
+        let s = stats.clone();
+        meter
+            .u64_observable_counter("tiercache.tls.handshake.failures")
+            .with_description("TLS handshakes on the gRPC port that failed or timed out")
+            .with_callback(move |o| o.observe(s.handshake_failures.load(Ordering::Relaxed), &[]))
+            .build();
+        let s = stats.clone();
+        meter
+            .u64_observable_counter("tiercache.tls.reload.failures")
+            .with_description(
+                "Changed TLS certificate files that did not load; the previous certificate \
+                 keeps serving",
+            )
+            .with_callback(move |o| o.observe(s.reload_failures.load(Ordering::Relaxed), &[]))
+            .build();
+        meter
+            .i64_observable_gauge("tiercache.tls.cert.expiry_timestamp")
+            .with_description("The notAfter of the serving TLS certificate, in Unix seconds")
+            .with_unit("s")
+            .with_callback(move |o| o.observe(stats.cert_not_after.load(Ordering::Relaxed), &[]))
             .build();
     }
 }

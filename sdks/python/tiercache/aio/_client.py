@@ -36,6 +36,7 @@ from tiercache._proto.v1 import (
     cache_pb2_grpc,
     lock_pb2_grpc,
 )
+from tiercache._tls import TlsConfig, channel_setup, check_token
 from tiercache.aio._lock import Lock
 from tiercache.errors import (
     DeadlineExceeded,
@@ -69,19 +70,18 @@ class Client:
         address: str = "127.0.0.1:50051",
         *,
         token: str | None = None,
-        tls: bool | grpc.ChannelCredentials = False,
+        tls: bool | TlsConfig | grpc.ChannelCredentials = False,
         timeout: float | None = c.DEFAULT_TIMEOUT,
         retries: int | RetryPolicy = 2,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         target = c.target_of(address)
-        opts = c.channel_options(options)
-        if tls is False and not address.startswith("https://"):
+        check_token(token)
+        creds, tls_opts = channel_setup(address, tls)
+        opts = c.channel_options([*tls_opts, *options])
+        if creds is None:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
         else:
-            creds = (
-                tls if isinstance(tls, grpc.ChannelCredentials) else grpc.ssl_channel_credentials()
-            )
             self._channel = grpc.aio.secure_channel(target, creds, options=opts)
         self._token = token
         self.timeout = timeout
