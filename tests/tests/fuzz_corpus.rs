@@ -3,7 +3,8 @@
 //! cargo-fuzz runs (`fuzz/src/`, compiled here as a module), so the targets keep compiling and
 //! every past finding stays fixed. Fuzzing itself is `make fuzz` (docs/testing.md, "Fuzzing").
 //!
-//! The seed files are written by `write_seed_corpus` (ignored; run it after changing a seed).
+//! The seed files are what the targets' `seeds()` write; `seed_corpus_is_up_to_date` checks it
+//! (and writes them with `TIERCACHE_WRITE_SEEDS=1`).
 
 #[path = "../../fuzz/src/lib.rs"]
 mod targets;
@@ -110,10 +111,13 @@ fn request_seeds_reach_the_handlers() {
     }
 }
 
-/// Writes the seed corpus: `cargo test -p tiercache-e2e --test fuzz_corpus -- --ignored`.
+/// The committed seeds are what the targets' `seeds()` functions write, so a seed changed in
+/// code (or a config file the config seeds copy, like the README's examples) cannot silently
+/// leave the corpus behind. `TIERCACHE_WRITE_SEEDS=1 cargo test -p tiercache-e2e --test
+/// fuzz_corpus seed_corpus_is_up_to_date` writes them instead.
 #[test]
-#[ignore = "writes fuzz/corpus/*/seed-*; run on purpose"]
-fn write_seed_corpus() {
+fn seed_corpus_is_up_to_date() {
+    let write = std::env::var_os("TIERCACHE_WRITE_SEEDS").is_some_and(|v| v == "1");
     let all = [
         ("entry_codec", targets::entry_codec::seeds()),
         ("key_codec", targets::key_codec::seeds()),
@@ -121,11 +125,22 @@ fn write_seed_corpus() {
         ("config", targets::config::seeds(&root())),
         ("requests", targets::requests::seeds()),
     ];
+    let mut stale = Vec::new();
     for (target, seeds) in all {
         let dir = corpus(target);
         std::fs::create_dir_all(&dir).expect("corpus dir");
         for (name, input) in seeds {
-            std::fs::write(dir.join(format!("seed-{name}")), input).expect("seed file");
+            let path = dir.join(format!("seed-{name}"));
+            if write {
+                std::fs::write(&path, input).expect("seed file");
+            } else if std::fs::read(&path).ok().as_deref() != Some(input.as_slice()) {
+                stale.push(path.display().to_string());
+            }
         }
     }
+    assert!(
+        stale.is_empty(),
+        "seed files differ from the targets' seeds() (run with TIERCACHE_WRITE_SEEDS=1 and \
+         commit them): {stale:?}"
+    );
 }
