@@ -127,13 +127,14 @@ async fn readme_tls_and_tokens_example_starts_and_serves() {
     let server = TestServer::start_tls(config, pki.mtls_client_config(&["checkout.test"])).await;
 
     let client_cert = pki.ca.client_cert(&["checkout.test"]);
-    let connect = |token: Option<String>| {
+    let ops_cert = pki.ca.client_cert(&["ops.example.internal"]);
+    let connect_as = |cert: &tiercache_testkit::CertPair, token: Option<String>| {
         let mut b = ClientBuilder::new(format!("localhost:{}", server.addr().port()))
             .tls(TlsConfig {
                 ca_certificate_pem: Some(pki.ca.cert_pem().into_bytes()),
                 client_identity_pem: Some((
-                    client_cert.cert_pem.clone().into_bytes(),
-                    client_cert.key_pem.clone().into_bytes(),
+                    cert.cert_pem.clone().into_bytes(),
+                    cert.key_pem.clone().into_bytes(),
                 )),
                 ..TlsConfig::default()
             })
@@ -144,6 +145,7 @@ async fn readme_tls_and_tokens_example_starts_and_serves() {
         }
         b.connect()
     };
+    let connect = |token: Option<String>| connect_as(&client_cert, token);
 
     let checkout = connect(Some(token)).await.expect("connect over mutual TLS");
     let orders = checkout.namespace("checkout-orders");
@@ -181,5 +183,25 @@ async fn readme_tls_and_tokens_example_starts_and_serves() {
     assert!(
         matches!(refused, Error::Unauthenticated { .. }),
         "no token: {refused:?}"
+    );
+
+    // The ops principal is its client certificate (client_cert_names), no token: read and
+    // admin on every namespace, no write.
+    let ops = connect_as(&ops_cert, None).await.expect("connect");
+    let got = ops.namespace("checkout-orders").get("o1").await;
+    assert!(got.is_ok(), "ops reads any namespace: {got:?}");
+    let names = ops.list_namespaces().await.expect("ops has admin");
+    assert!(
+        names.iter().any(|n| n.name == "checkout-orders"),
+        "{names:?}"
+    );
+    let denied = ops
+        .namespace("checkout-orders")
+        .set("o1", "refunded")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(denied, Error::PermissionDenied { .. }),
+        "ops has no write: {denied:?}"
     );
 }

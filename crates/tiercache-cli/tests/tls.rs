@@ -143,3 +143,20 @@ fn a_bad_tls_section_stops_serve_naming_the_field() {
         stderr(&o)
     );
 }
+
+/// An expired certificate is served (its replacement may land any moment), with a warning at
+/// start that names the file.
+#[test]
+fn an_expired_certificate_is_served_with_a_warning() {
+    let pki = TestPki::with_server_validity(tiercache_testkit::Validity::Expired);
+    let server = ServerProcess::start(&["--config", &config(&pki, false)]);
+    // "listening" is logged when the port is bound, before the TLS files are loaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let warned =
+        |log: &str| log.contains("the tls certificate has expired") && log.contains("tls.crt");
+    while !warned(&server.log()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log();
+    assert!(warned(&log), "{log}");
+}

@@ -116,6 +116,7 @@ impl TlsAcceptor {
         stats
             .cert_not_after
             .store(loaded.not_after, Ordering::Relaxed);
+        warn_if_expired(config, loaded.not_after);
         Ok(Arc::new(Self {
             config: config.clone(),
             resolver,
@@ -164,6 +165,7 @@ impl TlsAcceptor {
         self.stats
             .cert_not_after
             .store(loaded.not_after, Ordering::Relaxed);
+        warn_if_expired(&self.config, loaded.not_after);
         Ok(true)
     }
 
@@ -363,6 +365,27 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Whether a certificate valid until `not_after` (Unix seconds) has expired at `now`.
+pub fn has_expired(not_after: i64, now: std::time::SystemTime) -> bool {
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    not_after <= now
+}
+
+/// Logs a warning when the certificate about to be served has expired: every client will refuse
+/// it until the files are replaced. It is served anyway (the files may be replaced any moment, and
+/// refusing to start would turn a renewal hiccup into an outage of the port).
+fn warn_if_expired(config: &TlsConfig, not_after: i64) {
+    if has_expired(not_after, std::time::SystemTime::now()) {
+        tracing::warn!(
+            cert_file = %config.cert_file.display(),
+            not_after,
+            "the tls certificate has expired; clients will refuse it until the files are replaced"
+        );
+    }
+}
+
 /// Returns the notAfter of a DER certificate in Unix seconds, or `None` if it does not parse.
 pub fn not_after(der: &[u8]) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -488,6 +511,14 @@ mod tests {
             client_ca_file: mtls.then(|| pki.path("ca.crt")),
             ..TlsConfig::new(pki.path("tls.crt"), pki.path("tls.key"))
         }
+    }
+
+    #[test]
+    fn expiry_is_judged_against_now() {
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        assert!(has_expired(999, now));
+        assert!(has_expired(1_000, now));
+        assert!(!has_expired(1_001, now));
     }
 
     fn error(config: &TlsConfig) -> String {
