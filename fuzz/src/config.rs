@@ -21,11 +21,7 @@ pub fn run(data: &[u8]) {
         .expect("a config that validated validates again");
     let _ = config.default_policy();
     config.redis = None;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
+    let rt = super::paused_runtime();
     rt.block_on(async {
         let cache = tiercache_server::build_cache(&config)
             .await

@@ -26,3 +26,13 @@ pub mod requests;
 pub fn split(data: &[u8], n: usize) -> Vec<&[u8]> {
     data.splitn(n, |&b| b == 0xff).collect()
 }
+
+/// A current-thread runtime with tokio's clock paused, so the waits of the code under test cost
+/// no real time.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}

@@ -374,11 +374,7 @@ pub fn session(data: &[u8]) -> Vec<Option<Code>> {
     if calls.is_empty() {
         return Vec::new();
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
+    let rt = super::paused_runtime();
     rt.block_on(async {
         let mut services = Services::new().await;
         let mut codes = Vec::new();

@@ -15,8 +15,7 @@ use tiercache_server::auth::{token_hash_hex, Right};
 use tiercache_server::config::Config;
 use tiercache_testkit::req::{self, InNamespace};
 use tiercache_testkit::{redis_config, wait_for, RedisServer, TestServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_client::HealthClient;
@@ -651,25 +650,10 @@ async fn get_or_set_leases_need_write_on(server: TestServer) {
 
 /// Sends `GET /metrics`, with a bearer token when given; returns the status code and body.
 async fn scrape(addr: SocketAddr, token: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: tiercache\r\n{auth}Connection: close\r\n\r\n")
-                .as_bytes(),
-        )
+    let s = tiercache_testkit::scrape_metrics(addr, token)
         .await
         .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
+    (s.status, s.body)
 }
 
 /// The value of the sample of `name` whose labels include every `labels` pair.

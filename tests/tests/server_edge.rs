@@ -342,15 +342,11 @@ async fn shutdown_answers_every_waiter_and_stream_with_draining_at_once() {
 
 /// Scrapes `/metrics` and returns the value of `name` whose `tiercache_kind` label is `kind`.
 async fn metric(addr: SocketAddr, name: &str, kind: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tiercache\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.ok()?;
+    let scrape = tiercache_testkit::scrape_metrics(addr, None).await.ok()?;
     let label = format!("tiercache_kind=\"{kind}\"");
-    raw.lines()
+    scrape
+        .body
+        .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .find(|l| l.contains(&label))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

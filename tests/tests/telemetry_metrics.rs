@@ -10,28 +10,12 @@ use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::cache_service_client::CacheServiceClient;
 use tiercache_testkit::req::{self, InNamespace};
 use tiercache_testkit::{RedisServer, TestServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Sends `GET /metrics` (HTTP/1.1, connection closed after) and returns the status line's code,
 /// the content type and the body.
 async fn scrape(addr: SocketAddr) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tiercache\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-type: "))
-        .unwrap_or_default()
-        .to_string();
-    (code, content_type, body.to_string())
+    let s = tiercache_testkit::scrape_metrics(addr, None).await.unwrap();
+    (s.status, s.content_type, s.body)
 }
 
 /// One sample line: metric name, labels, value.

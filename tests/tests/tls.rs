@@ -13,7 +13,6 @@ use tiercache_server::identity::PeerIdentity;
 use tiercache_server::tls::TlsAcceptor;
 use tiercache_server::Config;
 use tiercache_testkit::{wait_for, CertPair, TestCa, TestPki, TestServer, Validity};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
 use tonic::transport::server::Connected as _;
@@ -80,17 +79,22 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Reads one counter or gauge (summed over its series) from the server's `/metrics`.
 async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tiercache\r\nConnection: close\r\n\r\n")
+    tiercache_testkit::scrape_metrics(admin, None)
         .await
-        .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    raw.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
-        .sum()
+        .unwrap()
+        .sum(name)
+}
+
+/// Waits until the server has counted at least `n` failed handshakes.
+async fn handshake_failures_reach(server: &TestServer, n: u32) {
+    let admin = server.admin_addr().unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async { metric(admin, "tiercache_tls_handshake_failures_total").await >= f64::from(n) },
+    )
+    .await
+    .unwrap();
 }
 
 /// Opens a raw TLS connection trusting `roots` and returns the server's leaf certificate.
@@ -184,14 +188,7 @@ async fn a_client_trusting_another_ca_is_refused() {
         .await
         .unwrap_err();
     assert!(err.contains("UnknownIssuer"), "{err}");
-    let admin = server.admin_addr().unwrap();
-    wait_for(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async { metric(admin, "tiercache_tls_handshake_failures_total").await >= 2.0 },
-    )
-    .await
-    .unwrap();
+    handshake_failures_reach(&server, 2).await;
 }
 
 /// Starts `run` on a bound listener without waiting for a health check (which an unusable
@@ -247,14 +244,7 @@ async fn mutual_tls_refuses_a_missing_or_foreign_client_certificate() {
     connect_and_call(addr, trusting_with_cert(&pki.ca, &foreign))
         .await
         .unwrap_err();
-    let admin = server.admin_addr().unwrap();
-    wait_for(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async { metric(admin, "tiercache_tls_handshake_failures_total").await >= 2.0 },
-    )
-    .await
-    .unwrap();
+    handshake_failures_reach(&server, 2).await;
 }
 
 /// A real handshake through the server's acceptor: the verified client certificate's DNS and
@@ -419,14 +409,7 @@ async fn a_plaintext_client_on_a_tls_port_fails_at_once() {
         ),
         "{err:?}"
     );
-    let admin = server.admin_addr().unwrap();
-    wait_for(
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || async { metric(admin, "tiercache_tls_handshake_failures_total").await >= 1.0 },
-    )
-    .await
-    .unwrap();
+    handshake_failures_reach(&server, 1).await;
 }
 
 /// A client that connects and never speaks TLS does not hold up other clients' handshakes.

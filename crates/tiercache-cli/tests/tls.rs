@@ -23,6 +23,14 @@ fn config(pki: &TestPki, mtls: bool) -> String {
     pki.path("server.toml").display().to_string()
 }
 
+/// Starts `tiercache serve` on `pki`'s certificate (requiring client certificates when `mtls`);
+/// returns it, its `https://localhost:<port>` address and the path of the CA that signed it.
+fn serve_tls(pki: &TestPki, mtls: bool) -> (ServerProcess, String, String) {
+    let server = ServerProcess::start(&["--config", &config(pki, mtls)]);
+    let addr = https(&server);
+    (server, addr, pki.path("ca.crt").display().to_string())
+}
+
 /// `https://localhost:<port>` of a server whose `addr` is `http://127.0.0.1:<port>`.
 fn https(server: &ServerProcess) -> String {
     let port = server.addr.rsplit(':').next().unwrap();
@@ -32,9 +40,7 @@ fn https(server: &ServerProcess) -> String {
 #[test]
 fn commands_talk_tls_with_a_ca_from_a_flag_or_the_environment() {
     let pki = TestPki::new();
-    let server = ServerProcess::start(&["--config", &config(&pki, false)]);
-    let addr = https(&server);
-    let ca = pki.path("ca.crt").display().to_string();
+    let (server, addr, ca) = serve_tls(&pki, false);
 
     let o = run(&["set", "k", "secret", "--addr", &addr, "--tls-ca", &ca]);
     assert_exit(&o, 0);
@@ -82,9 +88,7 @@ fn commands_talk_tls_with_a_ca_from_a_flag_or_the_environment() {
 #[test]
 fn commands_present_a_client_certificate_under_mutual_tls() {
     let pki = TestPki::new();
-    let server = ServerProcess::start(&["--config", &config(&pki, true)]);
-    let addr = https(&server);
-    let ca = pki.path("ca.crt").display().to_string();
+    let (_server, addr, ca) = serve_tls(&pki, true);
     let client = pki.ca.client_cert(&["cli.test"]);
     pki.write("client.crt", &client.cert_pem);
     pki.write("client.key", &client.key_pem);
@@ -149,7 +153,7 @@ fn a_bad_tls_section_stops_serve_naming_the_field() {
 #[test]
 fn an_expired_certificate_is_served_with_a_warning() {
     let pki = TestPki::with_server_validity(tiercache_testkit::Validity::Expired);
-    let server = ServerProcess::start(&["--config", &config(&pki, false)]);
+    let (server, _, _) = serve_tls(&pki, false);
     // "listening" is logged when the port is bound, before the TLS files are loaded.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let warned =

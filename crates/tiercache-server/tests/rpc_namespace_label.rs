@@ -8,23 +8,15 @@ use tiercache_proto::v1 as pb;
 use tiercache_proto::v1::admin_service_client::AdminServiceClient;
 use tiercache_proto::v1::lock_service_client::LockServiceClient;
 use tiercache_testkit::TestServer;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const CALLS: &str = "rpc_server_call_duration_seconds_count";
 
 /// Returns the body of `GET /metrics`.
 async fn scrape(addr: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: tiercache\r\nConnection: close\r\n\r\n")
+    tiercache_testkit::scrape_metrics(addr, None)
         .await
-        .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (_, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    body.to_string()
+        .unwrap()
+        .body
 }
 
 /// Returns the call-count lines of `method` (`pkg.Service/Method`).

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod fleet;
+pub mod metrics;
 pub mod otlp;
 pub mod proxy;
 pub mod redis;
@@ -41,6 +42,7 @@ pub mod tls;
 pub mod wait;
 
 pub use crate::fleet::{Fleet, FleetBuilder};
+pub use crate::metrics::{scrape_metrics, Scrape};
 pub use crate::otlp::OtlpReceiver;
 pub use crate::proxy::Proxy;
 pub use crate::redis::{AclUser, RedisSecurity, RedisServer, RedisTlsFiles, TlsClientAuth};
